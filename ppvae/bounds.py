@@ -1,0 +1,183 @@
+"""Per-datapoint ELBO and IWAE bounds with Monte Carlo standard errors, streamed from log weights.
+
+With log weights ``log w = log p(x, z) - log q(z | x)`` from :mod:`ppvae.weights`:
+
+* ELBO(x)   = E_q[log w]                                (Kingma and Welling 2014)
+* IWAE_k(x) = E[log (1/k) sum_{i<=k} w_i]                (Burda, Grosse and Salakhutdinov 2016)
+
+and ``ELBO = IWAE_1 <= IWAE_k <= IWAE_k' <= log p(x)`` for ``k <= k'``. Estimates stream over
+chunks of samples with a running log-sum-exp (memory bounded by the chunk). Standard errors:
+
+* ELBO: sample standard deviation of log w over sqrt(S) (parallel Welford accumulation).
+* IWAE_k from several independent estimates: their spread over sqrt(#estimates).
+* IWAE_k from one estimate of k samples: the delta method,
+  se(log mean w) ~= sqrt(Var(w) / k) / mean(w) = sqrt((mean(w^2)/mean(w)^2 - 1) / k),
+  computed from the running log-sum-exps of log w and 2 log w.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .contract import check_pair
+from .weights import default_chunk_size, iter_log_weights
+
+__all__ = [
+    "Bound",
+    "elbo",
+    "elbo_from_log_weights",
+    "iwae",
+    "iwae_from_log_weights",
+    "logmeanexp",
+]
+
+
+class Bound(NamedTuple):
+    """A per-datapoint bound estimate with its Monte Carlo standard error."""
+
+    name: str  # "elbo" or "iwae"
+    k: int  # importance samples inside the log (1 for the ELBO)
+    per_datapoint: torch.Tensor  # [N]
+    stderr: torch.Tensor  # [N] Monte Carlo standard error of each entry
+    num_samples: int  # samples drawn per datapoint in total
+
+    @property
+    def mean(self) -> float:
+        """Average over datapoints."""
+        return float(self.per_datapoint.mean())
+
+    @property
+    def mean_stderr(self) -> float:
+        """Monte Carlo standard error of :attr:`mean` (independent errors across datapoints)."""
+        n = self.per_datapoint.numel()
+        return float(self.stderr.pow(2).sum().sqrt() / n)
+
+    def __repr__(self) -> str:
+        label = "ELBO" if self.name == "elbo" else f"IWAE_{self.k}"
+        return (
+            f"Bound({label}: mean {self.mean:.4f} ± {self.mean_stderr:.4f} over "
+            f"{self.per_datapoint.numel()} datapoints, {self.num_samples} samples each)"
+        )
+
+
+def logmeanexp(t: torch.Tensor, dim: int) -> torch.Tensor:
+    return torch.logsumexp(t, dim=dim) - math.log(t.shape[dim])
+
+
+def _delta_stderr(lse1: torch.Tensor, lse2: torch.Tensor, k: int) -> torch.Tensor:
+    # mean(w^2) / mean(w)^2 = exp(lse2 - 2 lse1) * k; unbiased variance factor k / (k - 1)
+    if k < 2:
+        return torch.full_like(lse1, float("nan"))
+    ratio = torch.exp(lse2 - 2 * lse1) * k
+    return ((ratio - 1).clamp(min=0) / (k - 1)).sqrt()
+
+
+def elbo_from_log_weights(lw: torch.Tensor) -> Bound:
+    """ELBO per datapoint from log weights ``[S, N]``."""
+    s = lw.shape[0]
+    se = lw.std(0) / math.sqrt(s) if s > 1 else torch.full_like(lw[0], float("nan"))
+    return Bound("elbo", 1, lw.mean(0), se, s)
+
+
+def iwae_from_log_weights(lw: torch.Tensor, k: int) -> Bound:
+    """IWAE_k per datapoint from log weights ``[S, N]``: S // k independent estimates averaged.
+
+    With S == k (one estimate), the standard error comes from the delta method.
+    """
+    s = lw.shape[0]
+    if k < 1 or k > s:
+        raise ValueError(f"k must be in [1, {s}] for {s} log weights per datapoint, got {k}")
+    if k == 1:
+        return elbo_from_log_weights(lw)._replace(name="iwae")
+    groups = s // k
+    est = logmeanexp(lw[: groups * k].reshape(groups, k, -1), dim=1)  # [G, N]
+    if groups > 1:
+        se = est.std(0) / math.sqrt(groups)
+    else:
+        se = _delta_stderr(torch.logsumexp(lw[:k], 0), torch.logsumexp(2 * lw[:k], 0), k)
+    return Bound("iwae", k, est.mean(0), se, groups * k)
+
+
+def elbo(
+    model, guide, x: torch.Tensor, num_samples: int = 100, *, chunk_size: int | None = None,
+    **kwargs,
+) -> Bound:
+    """Per-datapoint ELBO ``E_q[log p(x, z) - log q(z | x)]`` from ``num_samples`` samples each."""
+    if num_samples < 2:
+        raise ValueError("num_samples must be >= 2 to estimate a standard error")
+    n_tot, mean, m2 = 0, None, None
+    for lw in iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size, **kwargs):
+        lw = lw.detach()
+        nb = lw.shape[0]
+        mb = lw.mean(0)
+        m2b = ((lw - mb) ** 2).sum(0)
+        if mean is None:
+            n_tot, mean, m2 = nb, mb, m2b
+            continue
+        delta = mb - mean  # Chan et al.'s parallel variance update
+        tot = n_tot + nb
+        mean = mean + delta * nb / tot
+        m2 = m2 + m2b + delta**2 * n_tot * nb / tot
+        n_tot = tot
+    se = (m2 / (n_tot - 1)).sqrt() / math.sqrt(n_tot)
+    return Bound("elbo", 1, mean, se, n_tot)
+
+
+def iwae(
+    model,
+    guide,
+    x: torch.Tensor,
+    k: int,
+    *,
+    num_estimates: int = 1,
+    chunk_size: int | None = None,
+    **kwargs,
+) -> Bound:
+    """Per-datapoint IWAE_k bound ``log (1/k) sum_i w_i``, streamed (memory bounded by the chunk).
+
+    ``num_estimates`` independent IWAE_k estimates are averaged; their spread gives the standard
+    error. With one estimate the delta-method error is reported (see module docstring). k = 5000
+    over 1000 MNIST-sized datapoints needs only one chunk of activations in memory.
+    """
+    if k < 1 or num_estimates < 1:
+        raise ValueError(f"k and num_estimates must be >= 1, got k={k}, "
+                         f"num_estimates={num_estimates}")
+    info = check_pair(model, guide, x, **kwargs)
+    chunk = chunk_size or default_chunk_size(info.num_data)
+    if k <= chunk:  # whole estimates per chunk: [m * k, N] -> [m, N]
+        per_chunk = max(1, chunk // k)
+        ests, lse2 = [], None
+        done = 0
+        while done < num_estimates:
+            m = min(per_chunk, num_estimates - done)
+            lw = torch.cat(list(iter_log_weights(model, guide, x, m * k, chunk_size=m * k,
+                                                 info=info, **kwargs))).detach()
+            lw = lw.reshape(m, k, -1)  # [m, k, N]
+            ests.append(logmeanexp(lw, dim=1))
+            if num_estimates == 1:
+                lse2 = torch.logsumexp(2 * lw[0], 0)
+            done += m
+        est = torch.cat(ests, 0)  # [E, N]
+        lse1 = est[0] + math.log(k) if num_estimates == 1 else None
+    else:  # stream each estimate over several chunks with a running log-sum-exp
+        ests = []
+        for _ in range(num_estimates):
+            lse1 = lse2 = None
+            for lw in iter_log_weights(model, guide, x, k, chunk_size=chunk, info=info,
+                                       **kwargs):
+                lw = lw.detach()
+                c1, c2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
+                lse1 = c1 if lse1 is None else torch.logaddexp(lse1, c1)
+                lse2 = c2 if lse2 is None else torch.logaddexp(lse2, c2)
+            ests.append((lse1 - math.log(k)).unsqueeze(0))
+        est = torch.cat(ests, 0)
+    if num_estimates > 1:
+        se = est.std(0) / math.sqrt(num_estimates)
+    elif k == 1:
+        se = torch.full_like(est[0], float("nan"))
+    else:
+        se = _delta_stderr(lse1, lse2, k)
+    return Bound("iwae" if k > 1 else "elbo", k, est.mean(0), se, k * num_estimates)

@@ -1,0 +1,255 @@
+"""The model/guide contract, and a check that explains what is wrong when it is broken.
+
+A *model* is any callable ``model(x, **kw)`` that
+
+* puts every per-datapoint site inside ``pyro.plate("data", N, dim=-1)`` with ``N = x.shape[0]``
+  (subsampling is allowed: the plate's full size may be larger, its batch must be ``N``),
+* samples each latent site with its event dimensions declared (``.to_event(...)``), so that the
+  site's batch shape is the data plate (plus any plates the user nests inside it),
+* observes the data with ``pyro.sample(name, dist, obs=x)``.
+
+A *guide* has the same signature and samples the same latent sites inside the same plate. Both
+must broadcast over an outer particle plate, which the engine adds at the first free dimension
+to the left of every plate in the pair (dim -2 for the usual single-plate model).
+
+:func:`check_pair` traces the pair once and raises :class:`ContractError`, naming the site, for
+each way the contract can be broken. Every engine entry point calls it once, so users see these
+messages instead of a shape error deep inside Pyro. Estimators are built on the per-site,
+per-datapoint log densities computed by :func:`site_log_density` (Pyro's own distributions and
+traces; see ``pyro/infer/trace_elbo.py`` for the pattern).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import prune_subsample_sites
+
+__all__ = [
+    "DATA_PLATE",
+    "ContractError",
+    "PairInfo",
+    "check_pair",
+    "guide_latent_names",
+    "is_latent",
+    "is_observed",
+    "per_datapoint",
+    "site_log_density",
+]
+
+DATA_PLATE = "data"
+
+
+class ContractError(ValueError):
+    """A model or guide does not keep the ppvae model/guide contract."""
+
+
+class PairInfo(NamedTuple):
+    """What :func:`check_pair` learned about a (model, guide) pair."""
+
+    num_data: int  # N, the data plate's batch size
+    latent: tuple[str, ...]  # latent site names, in guide order
+    observed: tuple[str, ...]  # observed site names in the model
+    max_plate_nesting: int  # plates enclosing any site (>= 1: the data plate)
+
+    @property
+    def particle_dim(self) -> int:
+        """The tensor dimension of the engine's outer particle plate."""
+        return -(self.max_plate_nesting + 1)
+
+
+def is_observed(site: dict) -> bool:
+    return site["type"] == "sample" and site["is_observed"] and not _is_deterministic(site)
+
+
+def is_latent(site: dict) -> bool:
+    return (
+        site["type"] == "sample"
+        and not site["is_observed"]
+        and not site["infer"].get("is_auxiliary", False)
+    )
+
+
+def _is_deterministic(site: dict) -> bool:
+    return bool(site["infer"].get("_deterministic", False))
+
+
+def guide_latent_names(guide_trace) -> list[str]:
+    return [name for name, site in guide_trace.nodes.items() if is_latent(site)]
+
+
+def site_log_density(site: dict) -> torch.Tensor:
+    """log density of a sample site at its value, masked but *not* scaled.
+
+    Scaling (poutine.scale, plate subsampling) is a property of training objectives; per-datapoint
+    estimators need the model's own densities.
+    """
+    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(lp, 1.0, site["mask"])
+
+
+def per_datapoint(lp: torch.Tensor, particle_dim: int, shape: torch.Size) -> torch.Tensor:
+    """Reduce a site's log density (batch-shaped) to ``shape = [S, N]``.
+
+    Dimensions between the particle dimension and the data dimension (user plates nested inside
+    "data") are summed out; dimensions the site does not have are broadcast.
+    """
+    nd = -particle_dim  # number of batch dims including the particle dim
+    if lp.dim() > nd:
+        raise ContractError(
+            f"a log density has shape {tuple(lp.shape)}, more dimensions than the "
+            f"{nd - 1} plate(s) and the particle dimension: declare event dims with .to_event()"
+        )
+    lp = lp.reshape((1,) * (nd - lp.dim()) + tuple(lp.shape))
+    if nd > 2:
+        lp = lp.sum(dim=tuple(range(1, nd - 1)))
+    return lp.expand(shape)
+
+
+def _data_frame(site: dict):
+    for frame in site["cond_indep_stack"]:
+        if frame.name == DATA_PLATE:
+            return frame
+    return None
+
+
+def _nesting(site: dict) -> int:
+    dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
+    return max(dims, default=0)
+
+
+def _trace(fn, role: str, x, kwargs):
+    try:
+        return prune_subsample_sites(poutine.trace(fn).get_trace(x, **kwargs))
+    except ContractError:
+        raise
+    except Exception as e:  # re-raised with the role it came from, the original chained
+        raise ContractError(
+            f"running the {role} on x of shape {tuple(x.shape)} failed: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _check_site(role: str, name: str, site: dict, n: int, nesting: int) -> None:
+    frame = _data_frame(site)
+    kind = "observed" if site["is_observed"] else "latent"
+    if frame is None:
+        raise ContractError(
+            f"{role} {kind} site '{name}' is outside pyro.plate('{DATA_PLATE}', N, dim=-1): every "
+            "per-datapoint site must be inside the data plate"
+        )
+    if frame.dim != -1:
+        raise ContractError(
+            f"{role} site '{name}': plate '{DATA_PLATE}' has dim={frame.dim}; the contract needs "
+            "dim=-1 (the engine puts its particle plate to the left of every plate)"
+        )
+    batch_shape = tuple(site["fn"].batch_shape)
+    full = frame.full_size if frame.full_size is not None else frame.size
+    if not batch_shape or batch_shape[-1] != n:
+        if frame.size != n:
+            raise ContractError(
+                f"{role} site '{name}': plate '{DATA_PLATE}' has size {frame.size} but x has "
+                f"N = x.shape[0] = {n} rows; read the plate size from x"
+            )
+        raise ContractError(
+            f"{role} {kind} site '{name}' has batch shape {batch_shape}; inside plate "
+            f"'{DATA_PLATE}' (size {full}) its last batch dimension must be N = {n}"
+        )
+    if len(batch_shape) > nesting:
+        raise ContractError(
+            f"{role} {kind} site '{name}' has batch shape {batch_shape} but only {nesting} "
+            f"plate(s) enclose it; declare its event dimensions with .to_event("
+            f"{len(batch_shape) - nesting}) so its batch shape is the data plate"
+        )
+
+
+def _check_finite(role: str, name: str, site: dict) -> None:
+    try:
+        lp = site_log_density(site)
+    except ValueError as e:  # e.g. a value outside the distribution's support
+        raise ContractError(f"{role} site '{name}': log density failed: {e}") from e
+    if not torch.isfinite(lp).all():
+        bad = (~torch.isfinite(lp)).nonzero()
+        where = [tuple(i.tolist()) for i in bad[:5]]
+        raise ContractError(
+            f"{role} site '{name}' has a non-finite log density at batch index {where}"
+            f"{' ...' if len(bad) > 5 else ''}: check the data and the parameters"
+        )
+
+
+def check_pair(model, guide, x: torch.Tensor, **kwargs) -> PairInfo:
+    """Trace ``guide(x, **kwargs)`` and ``model(x, **kwargs)`` replayed on it once; check the contract.
+
+    Raises :class:`ContractError` naming the site for: a guide latent the model lacks, a model
+    latent the guide lacks, a per-datapoint site outside the "data" plate, a data plate whose
+    size is not N, no observed site, a site whose batch shape is not [N] (missing ``.to_event``),
+    a latent whose event shape differs between model and guide, and non-finite log densities.
+    Returns a :class:`PairInfo`.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ContractError(
+            f"x must be a tensor with a leading data dimension, got {type(x).__name__}"
+            + (f" of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else "")
+        )
+    n = int(x.shape[0])
+    with torch.no_grad():
+        guide_tr = _trace(guide, "guide", x, kwargs)
+        model_tr = _trace(poutine.replay(model, trace=guide_tr), "model", x, kwargs)
+
+    guide_latent = [
+        name for name, s in guide_tr.nodes.items() if s["type"] == "sample" and is_latent(s)
+    ]
+    model_latent = [name for name, s in model_tr.nodes.items() if is_latent(s)]
+    observed = [name for name, s in model_tr.nodes.items() if is_observed(s)]
+
+    for name in guide_latent:
+        if name not in model_tr.nodes or model_tr.nodes[name]["type"] != "sample":
+            raise ContractError(
+                f"the guide samples latent site '{name}' that the model does not have "
+                f"(model sample sites: {sorted(n for n in model_tr.nodes if n != '_INPUT')})"
+            )
+        if model_tr.nodes[name]["is_observed"]:
+            raise ContractError(
+                f"the guide samples site '{name}' but the model observes it (obs=...); "
+                "a guide samples only latent sites"
+            )
+    for name in model_latent:
+        if name not in guide_tr.nodes:
+            raise ContractError(
+                f"the model's latent site '{name}' is not sampled by the guide; the guide must "
+                "sample every latent site of the model"
+            )
+    if not observed:
+        raise ContractError(
+            "the model has no observed site: observe the data with "
+            "pyro.sample('x', dist, obs=x) inside pyro.plate('data', N)"
+        )
+
+    sites = [("model", n_, s) for n_, s in model_tr.nodes.items() if s["type"] == "sample"]
+    sites += [("guide", n_, guide_tr.nodes[n_]) for n_ in guide_latent]
+    sites = [(r, n_, s) for r, n_, s in sites if not _is_deterministic(s)]
+    if not any(_data_frame(s) is not None for _, _, s in sites):
+        raise ContractError(
+            f"no site is inside pyro.plate('{DATA_PLATE}', N, dim=-1): wrap the per-datapoint "
+            "sample statements of model and guide in that plate"
+        )
+    nesting = max(_nesting(s) for _, _, s in sites)
+    for role, name, site in sites:
+        _check_site(role, name, site, n, _nesting(site))
+
+    for name in guide_latent:
+        g_ev = tuple(guide_tr.nodes[name]["fn"].event_shape)
+        m_ev = tuple(model_tr.nodes[name]["fn"].event_shape)
+        if g_ev != m_ev:
+            raise ContractError(
+                f"latent site '{name}' has event shape {g_ev} in the guide but {m_ev} in the "
+                "model; both must declare the same .to_event() dimensions"
+            )
+
+    with torch.no_grad():
+        for role, name, site in sites:
+            _check_finite(role, name, site)
+    return PairInfo(n, tuple(guide_latent), tuple(observed), max(nesting, 1))
+
