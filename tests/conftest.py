@@ -1,0 +1,34 @@
+"""Test set-up in the style of Pyro/NumPyro: validation on, a fresh param store and a fixed seed
+per test, float64 on request for exact checks, and a ``slow`` marker (see pyproject.toml)."""
+
+import os
+
+import matplotlib
+import pyro
+import pytest
+import torch
+
+matplotlib.use("Agg")
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def _pyro_test_setup(request):
+    pyro.enable_validation(True)
+    pyro.clear_param_store()
+    seed = 0
+    marker = request.node.get_closest_marker("seed")
+    if marker is not None:
+        seed = marker.args[0]
+    pyro.set_rng_seed(seed)
+    old_dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(old_dtype)
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def float64():
+    """Run the test with float64 as the default dtype (exact PPCA checks)."""
+    torch.set_default_dtype(torch.float64)
+    yield
