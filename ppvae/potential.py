@@ -1,0 +1,221 @@
+"""Per-datapoint log joint densities from Pyro traces, in unconstrained coordinates, for MCMC and AIS.
+
+Every sampler in ppvae (annealed importance sampling, bidirectional Monte Carlo, batched HMC)
+works on one tensor ``u`` of shape ``[C, N, D]``: C chains for each of N datapoints, D the number
+of unconstrained latent coordinates per datapoint. :class:`Potential` maps ``u`` back to the
+model's latent sites (``biject_to(support)`` per site, as in Stan and Pyro's HMC; the log
+Jacobian is added), runs the model under an outer particle plate of size C conditioned on those
+values, and reduces each site's log density to ``[C, N]`` (see :mod:`ppvae.contract`). Because it
+reads everything from traces, it works for any model keeping the ppvae contract, and gradients
+come from autograd. Since the datapoints' posteriors are independent given the model, the
+gradient of the summed log density w.r.t. ``u`` is each chain's own gradient.
+
+The log density is split into an initial part and the remainder, ``log f_init(u)`` and
+``log p(x, z(u)) + log|J| - log f_init(u)``: the prior (or a guide) and the likelihood along the
+geometric path of AIS (Neal 2001).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pyro
+import torch
+from pyro import poutine
+from pyro.distributions.transforms import biject_to
+from pyro.poutine.util import prune_subsample_sites
+
+from .contract import ContractError, check_pair, is_observed, per_datapoint, site_log_density
+from .weights import PARTICLE_PLATE
+
+__all__ = ["LatentSite", "Potential", "PotentialTerms", "prior_guide"]
+
+
+class LatentSite(NamedTuple):
+    name: str
+    mid_shape: tuple[int, ...]  # plate dims nested inside "data" (between chain and data dims)
+    event_shape: tuple[int, ...]  # event shape of the site's values
+    unconstrained_event: tuple[int, ...]  # event shape in unconstrained coordinates
+    size: int  # unconstrained coordinates per datapoint
+    transform: object  # biject_to(support): unconstrained -> constrained
+
+
+class PotentialTerms(NamedTuple):
+    """log f_init, log f_target - log f_init and their gradients at ``u``."""
+
+    log_init: torch.Tensor  # [C, N]
+    log_diff: torch.Tensor  # [C, N]
+    grad_init: torch.Tensor  # [C, N, D]
+    grad_diff: torch.Tensor  # [C, N, D]
+
+
+def prior_guide(model):
+    """A guide that samples the model's latent sites from its prior (observed sites hidden)."""
+
+    def guide(x, **kwargs):
+        return poutine.block(model, hide_fn=lambda msg: bool(msg["is_observed"]))(x, **kwargs)
+
+    return guide
+
+
+class Potential:
+    """The per-datapoint log joint of ``model`` at data ``x`` as a function of ``u [C, N, D]``.
+
+    Args:
+        model: a model keeping the ppvae contract (checked here, with its prior as the guide).
+        x: data ``[N, ...]``; tensors follow its device and dtype.
+        guide: optional initial distribution (a guide keeping the contract); default the prior.
+        **kwargs: passed to model and guide.
+    """
+
+    def __init__(self, model, x: torch.Tensor, guide=None, **kwargs):
+        self.model, self.x, self.kwargs = model, x, kwargs
+        self.guide = guide
+        info = check_pair(model, prior_guide(model), x, **kwargs)
+        if guide is not None:
+            g_info = check_pair(model, guide, x, **kwargs)
+            info = info._replace(max_plate_nesting=max(info.max_plate_nesting,
+                                                       g_info.max_plate_nesting))
+        self.info = info
+        self.particle_dim = info.particle_dim
+        self.num_data = info.num_data
+        with torch.no_grad():
+            tr = self._trace(prior_guide(model), 1, None)
+        self.sites = tuple(self._site(name, tr.nodes[name]) for name in info.latent)
+        self.dim = sum(s.size for s in self.sites)
+
+    def _site(self, name: str, site: dict) -> LatentSite:
+        fn = site["fn"]
+        if fn.support.is_discrete:
+            raise ContractError(
+                f"latent site '{name}' has discrete support {fn.support}; HMC and AIS need "
+                "continuous latents (marginalize it out or use a continuous relaxation)"
+            )
+        t = biject_to(fn.support)
+        u = t.inv(site["value"])  # [1, *mid, N, *uevent]
+        nmid = -self.particle_dim - 2
+        ev = len(fn.event_shape) + (u.dim() - site["value"].dim())
+        shape = tuple(u.shape)
+        mid, uev = shape[1 : 1 + nmid], shape[2 + nmid :]
+        if len(uev) != ev or shape[1 + nmid] != self.num_data:
+            raise ContractError(f"latent site '{name}' has value shape {tuple(shape)} under a "
+                                f"chain plate of size 1; expected [1, ..., N={self.num_data}, ...]")
+        size = 1
+        for d in (*mid, *uev):
+            size *= d
+        return LatentSite(name, tuple(mid), tuple(fn.event_shape), tuple(uev), size, t)
+
+    def _trace(self, fn, num_chains: int, values: dict | None):
+        if values is not None:
+            fn = poutine.condition(fn, data=values)
+
+        def wrapped(x, **kwargs):
+            with pyro.plate(PARTICLE_PLATE, num_chains, dim=self.particle_dim, device=x.device):
+                return fn(x, **kwargs)
+
+        return prune_subsample_sites(poutine.trace(wrapped).get_trace(self.x, **self.kwargs))
+
+    # --- coordinates -----------------------------------------------------------------------
+    def unflatten(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``u [C, N, D]`` -> (site values ``[C, *mid, N, *event]``, log |Jacobian| ``[C, N]``)."""
+        c = u.shape[0]
+        values, ldj, off = {}, 0.0, 0
+        for s in self.sites:
+            us = u[..., off : off + s.size].reshape(c, self.num_data, *s.mid_shape,
+                                                     *s.unconstrained_event)
+            us = us.movedim(1, 1 + len(s.mid_shape))  # [C, *mid, N, *uevent]
+            v = s.transform(us)
+            lj = s.transform.log_abs_det_jacobian(us, v)  # [C, *mid, N]
+            ldj = ldj + per_datapoint(lj, self.particle_dim, torch.Size((c, self.num_data)))
+            values[s.name] = v
+            off += s.size
+        return values, ldj
+
+    def flatten(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Site values ``[C, *mid, N, *event]`` -> unconstrained ``u [C, N, D]``."""
+        parts = []
+        for s in self.sites:
+            us = s.transform.inv(values[s.name])  # [C, *mid, N, *uevent]
+            us = us.movedim(1 + len(s.mid_shape), 1)
+            parts.append(us.reshape(us.shape[0], self.num_data, s.size))
+        return torch.cat(parts, dim=-1)  # [C, N, D]
+
+    def with_chains(self, values: dict[str, torch.Tensor], num_chains: int) -> dict:
+        """Values without a chain dim (``[*mid, N, *event]``, leading 1s optional) -> ``[C, ...]``."""
+        out = {}
+        for s in self.sites:
+            v = values[s.name]
+            full = len(s.mid_shape) + 1 + len(s.event_shape)
+            v = v.reshape((1,) * (full - v.dim()) + tuple(v.shape))
+            out[s.name] = v.unsqueeze(0).expand(num_chains, *v.shape)
+        return out
+
+    def per_datapoint_values(self, values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Constrained site values reshaped to ``[C, N, size]`` (one vector per datapoint)."""
+        out = {}
+        for s in self.sites:
+            v = values[s.name].movedim(1 + len(s.mid_shape), 1)
+            out[s.name] = v.reshape(v.shape[0], self.num_data, -1)
+        return out
+
+    # --- sampling and densities ------------------------------------------------------------
+    def sample_init(self, num_chains: int) -> torch.Tensor:
+        """``u [C, N, D]`` drawn from the initial distribution (prior, or the guide)."""
+        fn = self.guide if self.guide is not None else prior_guide(self.model)
+        with torch.no_grad():
+            tr = self._trace(fn, num_chains, None)
+        return self.flatten({s.name: tr.nodes[s.name]["value"] for s in self.sites}).detach()
+
+    def _sum_sites(self, tr, names, shape) -> torch.Tensor:
+        total = torch.zeros(shape, dtype=self.x.dtype, device=self.x.device)
+        for name in names:
+            total = total + per_datapoint(site_log_density(tr.nodes[name]), self.particle_dim,
+                                          shape)
+        return total
+
+    def log_parts(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log prior, log likelihood, log |J|), each ``[C, N]``, differentiable in ``u``."""
+        c = u.shape[0]
+        shape = torch.Size((c, self.num_data))
+        values, ldj = self.unflatten(u)
+        tr = self._trace(self.model, c, values)
+        latent = [s.name for s in self.sites]
+        obs = [n for n, site in tr.nodes.items()
+               if site["type"] == "sample" and is_observed(site) and n not in values]
+        return self._sum_sites(tr, latent, shape), self._sum_sites(tr, obs, shape), ldj
+
+    def log_guide(self, u: torch.Tensor, values: dict | None = None) -> torch.Tensor:
+        """log q(z(u) | x) ``[C, N]`` of the guide (without the Jacobian)."""
+        if self.guide is None:
+            raise ValueError("this Potential has no guide")
+        values = values if values is not None else self.unflatten(u)[0]
+        tr = self._trace(self.guide, u.shape[0], values)
+        return self._sum_sites(tr, [s.name for s in self.sites],
+                               torch.Size((u.shape[0], self.num_data)))
+
+    def log_target(self, u: torch.Tensor) -> torch.Tensor:
+        """log p(x_n, z(u)) + log |J|, ``[C, N]``."""
+        lp, ll, ldj = self.log_parts(u)
+        return lp + ll + ldj
+
+    def target_and_grad(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log target ``[C, N]``, its gradient ``[C, N, D]``) for HMC."""
+        with torch.enable_grad():
+            u = u.detach().requires_grad_(True)
+            lt = self.log_target(u)
+            (g,) = torch.autograd.grad(lt.sum(), u)
+        return lt.detach(), g
+
+    def terms(self, u: torch.Tensor) -> PotentialTerms:
+        """Initial and difference terms of the geometric path with their gradients (for AIS)."""
+        with torch.enable_grad():
+            u = u.detach().requires_grad_(True)
+            lp, ll, ldj = self.log_parts(u)
+            if self.guide is None:
+                li, ld = lp + ldj, ll
+            else:
+                lq = self.log_guide(u, self.unflatten(u)[0]) + ldj
+                li, ld = lq, lp + ll + ldj - lq
+            (gi,) = torch.autograd.grad(li.sum(), u, retain_graph=True)
+            (gd,) = torch.autograd.grad(ld.sum(), u)
+        return PotentialTerms(li.detach(), ld.detach(), gi, gd)
