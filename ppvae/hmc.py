@@ -8,7 +8,8 @@ acceptance rate (Hoffman and Gelman 2014, Algorithm 5), and its own diagonal mas
 estimated from a warm-up window (as Stan does). The trajectory length is fixed (L leapfrog
 steps) or jittered: each iteration draws L uniformly from 1..``num_leapfrog``, shared by all
 chains so that no work is wasted, which breaks the periodicity of fixed trajectories on
-near-Gaussian posteriors (Neal 2011, section 5.4.2.2). There is no Python loop over datapoints or chains.
+near-Gaussian posteriors (Neal 2011, section 5.4.2.2). There is no Python loop over datapoints
+or chains.
 
 Results convert to ArviZ ``InferenceData`` with ``az.from_dict`` and dims (chain, draw,
 datapoint, latent_dim); :func:`diagnostics` gives rank-normalized R-hat, bulk and tail ESS and
@@ -90,7 +91,7 @@ class _DualAveraging:
 
 
 class HMCResult(NamedTuple):
-    samples: dict[str, torch.Tensor]  # site -> [C, S, N, size] constrained, one vector per datapoint
+    samples: dict[str, torch.Tensor]  # site -> [C, S, N, size], constrained, per datapoint
     accept_prob: torch.Tensor  # [C, S, N] acceptance probability of each kept transition
     step_size: torch.Tensor  # [C, N] tuned step sizes
     inv_mass: torch.Tensor  # [C, N, D] tuned diagonal inverse mass matrices
@@ -109,7 +110,8 @@ def hmc(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 500,
     Warm-up: dual averaging of each chain's step size throughout; the diagonal mass matrix is
     set at 75% of the warm-up from the variance of draws in [15%, 75%) and dual averaging
     restarts. ``jitter``: draw the number of leapfrog steps in 1..``num_leapfrog`` each
-    iteration (else always ``num_leapfrog``). Chains start from the prior (or ``guide``, or ``init [C, N, D]``, unconstrained).
+    iteration (else always ``num_leapfrog``). Chains start from the prior (or ``guide``, or
+    ``init [C, N, D]``, unconstrained).
     """
     if num_warmup < 20 or num_samples < 1 or num_leapfrog < 1:
         raise ValueError("need num_warmup >= 20, num_samples >= 1 and num_leapfrog >= 1; got "

@@ -1,4 +1,4 @@
-"""Per-datapoint log joint densities from Pyro traces, in unconstrained coordinates, for MCMC and AIS.
+"""Per-datapoint log joints from Pyro traces, in unconstrained coordinates, for MCMC and AIS.
 
 Every sampler in ppvae (annealed importance sampling, bidirectional Monte Carlo, batched HMC)
 works on one tensor ``u`` of shape ``[C, N, D]``: C chains for each of N datapoints, D the number
@@ -141,7 +141,7 @@ class Potential:
         return torch.cat(parts, dim=-1)  # [C, N, D]
 
     def with_chains(self, values: dict[str, torch.Tensor], num_chains: int) -> dict:
-        """Values without a chain dim (``[*mid, N, *event]``, leading 1s optional) -> ``[C, ...]``."""
+        """Chainless values ``[*mid, N, *event]`` (leading 1s optional) -> ``[C, ...]``."""
         out = {}
         for s in self.sites:
             v = values[s.name]
