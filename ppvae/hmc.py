@@ -157,11 +157,13 @@ def hmc(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 500,
     return HMCResult(samples, torch.stack(kept_acc, dim=1), step, inv_mass, num_leapfrog)
 
 
-def to_inference_data(samples: dict[str, torch.Tensor], sample_stats: dict | None = None):
-    """``site -> [C, S, N, size]`` samples as ArviZ InferenceData.
+def to_inference_data(samples: dict[str, torch.Tensor], sample_stats: dict | None = None,
+                      datapoints=None):
+    """``site -> [C, S, N, size]`` samples as ArviZ InferenceData (built with ``az.from_dict``).
 
     Dims (chain, draw, datapoint, latent_dim) for a single site; with several sites each gets
     its own ``<site>_dim``. ``sample_stats`` entries ``[C, S, N]`` get dims (datapoint,).
+    ``datapoints``: coordinate labels of the datapoint dim (default 0..N-1).
     """
     az = _arviz()
     posterior = {k: v.detach().cpu().numpy() for k, v in samples.items()}
@@ -169,7 +171,9 @@ def to_inference_data(samples: dict[str, torch.Tensor], sample_stats: dict | Non
             for k in samples}
     stats = {k: v.detach().cpu().numpy() for k, v in (sample_stats or {}).items()}
     dims.update({k: ["datapoint"] for k in stats})
-    return az.from_dict(posterior=posterior, sample_stats=stats or None, dims=dims)
+    coords = None if datapoints is None else {"datapoint": [int(i) for i in datapoints]}
+    return az.from_dict(posterior=posterior, sample_stats=stats or None, dims=dims,
+                        coords=coords)
 
 
 class Diagnostics(NamedTuple):
