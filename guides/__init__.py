@@ -1,6 +1,23 @@
 """Guides: amortized recognition networks and other variational families keeping the contract."""
 
+from .conditional import ConditionalEncoder
+from .conv import ConvEncoder
+from .delta import DeltaEncoder
+from .fullcov import FullCovEncoder
+from .hierarchical import BottomUpGuide, LadderGuide
 from .linear import AmortizedLinearGaussian
 from .mlp import MLPEncoder, mlp
+from .vq import VQEncoder
 
-__all__ = ["AmortizedLinearGaussian", "MLPEncoder", "mlp"]
+__all__ = [
+    "AmortizedLinearGaussian",
+    "BottomUpGuide",
+    "ConditionalEncoder",
+    "ConvEncoder",
+    "DeltaEncoder",
+    "FullCovEncoder",
+    "LadderGuide",
+    "MLPEncoder",
+    "VQEncoder",
+    "mlp",
+]

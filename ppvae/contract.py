@@ -54,11 +54,21 @@ class PairInfo(NamedTuple):
     latent: tuple[str, ...]  # latent site names, in guide order
     observed: tuple[str, ...]  # observed site names in the model
     max_plate_nesting: int  # plates enclosing any site (>= 1: the data plate)
+    discrete: tuple[str, ...] = ()  # latent sites whose model distribution has discrete support
 
     @property
     def particle_dim(self) -> int:
         """The tensor dimension of the engine's outer particle plate."""
         return -(self.max_plate_nesting + 1)
+
+    def require_continuous(self, analysis: str) -> None:
+        """Raise :class:`ContractError` if a latent is discrete; for analyses that move z
+        continuously (local Gaussian VI, HMC, AIS, latent manifolds, traversals)."""
+        if self.discrete:
+            raise ContractError(
+                f"{analysis} needs continuous latents, but the model's latent site(s) "
+                f"{list(self.discrete)} have discrete support (e.g. VQ-VAE codes)"
+            )
 
 
 def is_observed(site: dict) -> bool:
@@ -121,6 +131,13 @@ def _nesting(site: dict) -> int:
     return max(dims, default=0)
 
 
+def _is_discrete(fn) -> bool:
+    try:
+        return bool(fn.support.is_discrete)
+    except (NotImplementedError, AttributeError):  # distributions without a declared support
+        return False
+
+
 def _trace(fn, role: str, x, kwargs):
     try:
         return prune_subsample_sites(poutine.trace(fn).get_trace(x, **kwargs))
@@ -139,6 +156,8 @@ def _check_site(role: str, name: str, site: dict, n: int, nesting: int) -> None:
         raise ContractError(
             f"{role} {kind} site '{name}' is outside pyro.plate('{DATA_PLATE}', N, dim=-1): every "
             "per-datapoint site must be inside the data plate"
+            + ("; a global latent (e.g. Bayesian decoder weights) must first be fixed with "
+               "ppvae.fix_globals (see ppvae/globals.py)" if kind == "latent" else "")
         )
     if frame.dim != -1:
         raise ContractError(
@@ -251,5 +270,6 @@ def check_pair(model, guide, x: torch.Tensor, **kwargs) -> PairInfo:
     with torch.no_grad():
         for role, name, site in sites:
             _check_finite(role, name, site)
-    return PairInfo(n, tuple(guide_latent), tuple(observed), max(nesting, 1))
+    discrete = tuple(n_ for n_ in guide_latent if _is_discrete(model_tr.nodes[n_]["fn"]))
+    return PairInfo(n, tuple(guide_latent), tuple(observed), max(nesting, 1), discrete)
 

@@ -1,0 +1,87 @@
+"""Global latents (outside the data plate): fix them, then analyse per datapoint.
+
+ppvae's estimators are per datapoint: log w[s, n] = log p(x_n, z_sn) - log q(z_sn | x_n) needs
+every latent inside ``pyro.plate("data")``. A model with *global* latents, such as a Bayesian
+VAE with a prior over its decoder weights W (Blundell et al. 2015; Kingma and Welling 2014,
+appendix F), does not factorize that way: log p(x_1..N) = log E_W[prod_n p(x_n | W)] does not
+split into per-datapoint terms, so :func:`ppvae.check_pair` rejects such a pair.
+
+The rule ppvae follows: per-datapoint analyses of such a model are analyses of the
+*conditional* model p(x, z | W = w) at a fixed w, typically the global guide's mean (or one
+draw from it). :func:`fix_globals` wraps a model or guide so that the named sites take the given
+values and are hidden from the engine (recorded like ``pyro.deterministic`` sites), which turns
+the pair into an ordinary contract-keeping pair; ELBO, IWAE, gaps, AIS and MCMC over z then
+apply and mean "given these weights". The marginal over W is not estimated by ppvae.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from pyro import poutine
+from pyro.poutine.messenger import Messenger
+
+from .contract import DATA_PLATE, is_latent
+
+__all__ = ["FixGlobals", "fix_globals", "global_latent_names", "global_values"]
+
+
+class FixGlobals(Messenger):
+    """Set the named sample sites to fixed values and mark them deterministic (engine-invisible)."""
+
+    def __init__(self, values: Mapping[str, torch.Tensor]):
+        super().__init__()
+        self.values = dict(values)
+
+    def _pyro_sample(self, msg) -> None:
+        if msg["name"] in self.values:
+            msg["value"] = self.values[msg["name"]]
+            msg["is_observed"] = True
+            msg["infer"] = {**msg["infer"], "_deterministic": True}
+
+
+def fix_globals(fn: Callable, values: Mapping[str, torch.Tensor]) -> Callable:
+    """``fn`` (a model or guide) with the sites in ``values`` fixed and hidden from the engine."""
+    def fixed(*args, **kwargs):
+        with FixGlobals(values):
+            return fn(*args, **kwargs)
+
+    fixed.__name__ = f"fix_globals({getattr(fn, '__name__', type(fn).__name__)})"
+    fixed.__wrapped__ = fn
+    return fixed
+
+
+def _in_data_plate(site: dict) -> bool:
+    return any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
+
+
+def global_latent_names(guide: Callable, x: torch.Tensor, **kwargs) -> tuple[str, ...]:
+    """Latent sites of ``guide(x, **kwargs)`` outside the data plate, in guide order."""
+    with torch.no_grad():
+        tr = poutine.trace(guide).get_trace(x, **kwargs)
+    return tuple(n for n, s in tr.nodes.items()
+                 if s["type"] == "sample" and is_latent(s) and not _in_data_plate(s))
+
+
+def global_values(guide: Callable, x: torch.Tensor, how: str = "mean",
+                  **kwargs) -> dict[str, torch.Tensor]:
+    """Values of the guide's global latents: its distributions' means or one draw.
+
+    Args:
+        guide: a guide whose global sites (outside the data plate) are to be fixed.
+        x: a batch to run the guide on (only the global sites are kept).
+        how: ``"mean"`` (the mean of each global site's distribution) or ``"sample"``.
+    """
+    if how not in ("mean", "sample"):
+        raise ValueError(f"how must be 'mean' or 'sample', got {how!r}")
+    with torch.no_grad():
+        tr = poutine.trace(guide).get_trace(x, **kwargs)
+    out = {}
+    for name, site in tr.nodes.items():
+        if site["type"] == "sample" and is_latent(site) and not _in_data_plate(site):
+            out[name] = (site["fn"].mean if how == "mean" else site["value"]).detach()
+    if not out:
+        raise ValueError("the guide samples no latent site outside pyro.plate('data'): "
+                         "there are no global latents to fix")
+    return out
