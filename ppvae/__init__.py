@@ -9,6 +9,8 @@ from . import data
 from .bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights, logmeanexp
 from .contract import ContractError, PairInfo, check_pair
 from .device import resolve_device
+from .fit import FitResult, fit
+from .objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
 from .ppca import (
     PPCAParams,
     gaussian_kl,
@@ -23,21 +25,29 @@ from .weights import iter_log_weights, log_weights
 __version__ = "0.1.0"
 
 __all__ = [
+    "ELBO",
+    "IWAE",
     "Bound",
+    "FitResult",
+    "PyroObjective",
     "ContractError",
     "PPCAParams",
     "PairInfo",
     "__version__",
+    "beta_vae",
     "check_pair",
     "data",
     "elbo",
     "elbo_from_log_weights",
+    "fit",
     "gaussian_kl",
     "iter_log_weights",
     "iwae",
     "iwae_from_log_weights",
+    "kl_warmup",
     "log_weights",
     "logmeanexp",
+    "mean_field",
     "mean_field_gap",
     "ppca_kl_to_posterior",
     "ppca_log_marginal",

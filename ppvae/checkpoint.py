@@ -1,0 +1,181 @@
+"""Training checkpoints: atomic, self-describing, and loaded without arbitrary unpickling.
+
+A checkpoint is one file written by ``torch.save`` to a temporary name in the target folder,
+flushed to disk, then renamed over the target (``os.replace``), so a crash never leaves a
+half-written checkpoint under the real name. It holds only tensors, numbers, strings, lists and
+dicts, so :func:`load_checkpoint` reads it with ``torch.load(weights_only=True)``:
+
+* ``params``: the trained (unconstrained) parameters by Pyro parameter-store name,
+* ``model_state`` / ``guide_state``: the ``state_dict`` of model and guide when they are
+  ``nn.Module`` s (buffers included),
+* ``optimizer`` / ``scheduler``: their ``state_dict`` s,
+* ``rng``: the torch (and CUDA) generator states, so a resumed run continues exactly,
+* ``meta_json``: JSON text with the ppvae, Pyro and torch versions, the epoch and step, the
+  fit configuration and the training history (:class:`CheckpointMeta`).
+
+A file that cannot be read, was not written by ppvae, has another format version, or does not
+match the parameters it is loaded into raises :class:`CheckpointError` naming the file and the
+problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pyro
+import torch
+
+__all__ = ["FORMAT", "CheckpointError", "CheckpointMeta", "load_checkpoint", "read_meta",
+           "save_checkpoint"]
+
+FORMAT = "ppvae-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is unreadable, foreign, of another version, or does not fit."""
+
+
+class CheckpointMeta(NamedTuple):
+    epoch: int  # epochs completed
+    step: int  # optimizer steps completed
+    versions: dict[str, str]  # ppvae, pyro, torch
+    config: dict[str, Any]  # the fit configuration (JSON types)
+    state: dict[str, Any]  # training history and early-stopping state (JSON types)
+
+
+def _versions() -> dict[str, str]:
+    from ppvae import __version__  # late: ppvae/__init__ imports this module
+
+    return {"ppvae": __version__, "pyro": pyro.__version__, "torch": torch.__version__}
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def save_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor], model=None,
+                    guide=None, optimizer=None, scheduler=None, epoch: int, step: int,
+                    config: dict, state: dict) -> Path:
+    """Write a checkpoint atomically; refuses non-finite parameters. Returns the path."""
+    path = Path(path)
+    for name, p in params.items():
+        if not torch.isfinite(p).all():
+            raise CheckpointError(f"refusing to write {path}: parameter '{name}' is not finite")
+    meta = {"epoch": epoch, "step": step, "versions": _versions(), "config": config,
+            "state": state}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "meta_json": json.dumps(meta),
+        "params": {k: v.detach().cpu() for k, v in params.items()},
+        "model_state": model.state_dict() if isinstance(model, torch.nn.Module) else {},
+        "guide_state": guide.state_dict() if isinstance(guide, torch.nn.Module) else {},
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "rng": _rng_state(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path}: not a readable ppvae checkpoint (corrupt, truncated, or containing "
+            f"objects that weights_only loading refuses): {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a ppvae checkpoint (no '{FORMAT}' marker)")
+    if payload.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {payload.get('format_version')} is not "
+            f"supported (this ppvae reads version {FORMAT_VERSION})"
+        )
+    return payload
+
+
+def _meta(path: Path, payload: dict) -> CheckpointMeta:
+    try:
+        m = json.loads(payload["meta_json"])
+        return CheckpointMeta(int(m["epoch"]), int(m["step"]), m["versions"], m["config"],
+                              m["state"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed checkpoint metadata: {e}") from e
+
+
+def read_meta(path: str | os.PathLike) -> CheckpointMeta:
+    """The metadata of a checkpoint, without loading anything into a model."""
+    path = Path(path)
+    return _meta(path, _read(path))
+
+
+def _load_params(path: Path, saved: dict, params: dict[str, torch.Tensor]) -> None:
+    missing = sorted(set(params) - set(saved))
+    extra = sorted(set(saved) - set(params))
+    if missing or extra:
+        raise CheckpointError(
+            f"{path}: parameters do not match: missing from the checkpoint {missing[:5]}, "
+            f"not in the model/guide {extra[:5]}"
+        )
+    for name, p in params.items():
+        if tuple(saved[name].shape) != tuple(p.shape):
+            raise CheckpointError(
+                f"{path}: parameter '{name}' has shape {tuple(saved[name].shape)} in the "
+                f"checkpoint but {tuple(p.shape)} in the model/guide"
+            )
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name].to(device=p.device, dtype=p.dtype))
+
+
+def load_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor], model=None,
+                    guide=None, optimizer=None, scheduler=None,
+                    restore_rng: bool = True) -> CheckpointMeta:
+    """Load a checkpoint into existing parameters, modules, optimizer and scheduler (in place).
+
+    ``params`` maps parameter-store names to the live (unconstrained) tensors, as
+    :func:`ppvae.fit` collects them. Raises :class:`CheckpointError` on any mismatch.
+    """
+    path = Path(path)
+    payload = _read(path)
+    meta = _meta(path, payload)
+    try:
+        for obj, key in ((model, "model_state"), (guide, "guide_state")):
+            if isinstance(obj, torch.nn.Module) and payload[key]:
+                obj.load_state_dict(payload[key])
+        _load_params(path, payload["params"], params)
+        if optimizer is not None and payload["optimizer"]:
+            optimizer.load_state_dict(payload["optimizer"])
+        if scheduler is not None and payload["scheduler"]:
+            scheduler.load_state_dict(payload["scheduler"])
+    except CheckpointError:
+        raise
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: does not fit this model/guide/optimizer: {e}") from e
+    if restore_rng:
+        torch.set_rng_state(payload["rng"]["torch"])
+        if "cuda" in payload["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    return meta

@@ -1,0 +1,142 @@
+"""Data sets as typed records of tensors: :func:`load_dataset` and the :class:`Dataset` record.
+
+Names:
+
+* ``"digits"`` — scikit-learn's bundled 8x8 handwritten digits (Alpaydin and Kaynak 1998; 1797
+  images, scaled to [0, 1]), split 1297 / 200 / 300 with a seeded permutation: the embedded
+  default, no network needed.
+* ``"binarized-mnist"`` — statically binarized MNIST of Larochelle and Murray (2011), 50k / 10k /
+  10k, from ``.amat`` files or an ``.npz`` (:mod:`ppvae.data.binarized_mnist`).
+* ``"mnist"``, ``"fashion-mnist"`` — through torchvision (LeCun et al. 1998; Xiao et al. 2017);
+  the last 10k training images form the validation split (:mod:`ppvae.data.image_sets`).
+* ``"ppca"`` — synthetic data from a probabilistic PCA (:func:`ppvae.data.ppca_dataset`).
+
+Images are flattened to ``[N, D]`` rows (``image_shape`` says how to fold them back); labels are
+``int64`` tensors, or None where a set has none. ``binarize`` is None, ``"static"``,
+``"threshold"`` or ``"dynamic"`` (:mod:`ppvae.data.binarize`); with ``"dynamic"`` the training
+split keeps its grey levels and :func:`ppvae.fit` draws a fresh binarization each epoch, while
+validation and test are binarized once with the seed so evaluation is fixed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .binarize import BINARIZATIONS
+from .binarize import binarize as binarize_images
+
+__all__ = ["DATASETS", "Dataset", "default_root", "load_dataset"]
+
+DATASETS = ("digits", "binarized-mnist", "mnist", "fashion-mnist", "ppca")
+
+
+class Dataset(NamedTuple):
+    name: str
+    train: torch.Tensor  # [N_train, D]
+    valid: torch.Tensor  # [N_valid, D]
+    test: torch.Tensor  # [N_test, D]
+    train_labels: torch.Tensor | None  # [N_train] int64
+    valid_labels: torch.Tensor | None
+    test_labels: torch.Tensor | None
+    image_shape: tuple[int, ...] | None  # e.g. (28, 28); None for non-image data
+    binarization: str | None  # None, "static", "threshold" or "dynamic"
+
+    @property
+    def data_dim(self) -> int:
+        return int(self.train.shape[1])
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name}: train {tuple(self.train.shape)}, valid "
+                f"{tuple(self.valid.shape)}, test {tuple(self.test.shape)}, labels "
+                f"{self.train_labels is not None}, binarization {self.binarization})")
+
+
+def default_root() -> Path:
+    """Where downloads go: ``$PPVAE_DATA`` or ``~/.cache/ppvae``."""
+    return Path(os.environ.get("PPVAE_DATA", Path.home() / ".cache" / "ppvae"))
+
+
+def _split(n: int, sizes: tuple[int, int], seed: int) -> tuple[np.ndarray, ...]:
+    perm = np.random.default_rng(seed).permutation(n)
+    n_valid, n_test = sizes
+    return perm[n_valid + n_test:], perm[:n_valid], perm[n_valid:n_valid + n_test]
+
+
+def _digits(seed: int):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = d.data.astype(np.float32) / 16.0  # [1797, 64] in [0, 1]
+    tr, va, te = _split(len(x), (200, 300), seed)
+    y = d.target.astype(np.int64)
+    return (x[tr], x[va], x[te]), (y[tr], y[va], y[te]), (8, 8)
+
+
+def _ppca(seed: int, num_data: int = 1000, data_dim: int = 10, latent_dim: int = 3,
+          sigma: float = 0.5):
+    from .synthetic import ppca_dataset
+
+    x = ppca_dataset(num_data, data_dim, latent_dim, sigma, seed=seed).x.numpy()
+    n_hold = max(1, num_data // 10)
+    tr, va, te = x[2 * n_hold:], x[:n_hold], x[n_hold:2 * n_hold]
+    return (tr, va, te), None, None
+
+
+def load_dataset(name: str, *, root: str | os.PathLike | None = None, path=None,
+                 binarize: str | None = None, download: bool = True, seed: int = 0,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 **options) -> Dataset:
+    """Load data set ``name`` (one of :data:`DATASETS`) as a :class:`Dataset`.
+
+    Args:
+        root: folder for downloaded files (default :func:`default_root`).
+        path: for ``"binarized-mnist"``, an ``.npz`` file or a folder with the ``.amat`` files.
+        binarize: None, ``"static"``, ``"threshold"`` or ``"dynamic"``. ``"binarized-mnist"`` is
+            binary already; ``"ppca"`` is real-valued and takes none.
+        download: fetch missing files when online (a clear error otherwise).
+        seed: seeds splits and binarization.
+        options: for ``"ppca"``: ``num_data``, ``data_dim``, ``latent_dim``, ``sigma``.
+    """
+    if binarize not in BINARIZATIONS:
+        raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {binarize!r}")
+    if options and name != "ppca":
+        raise TypeError(f"unexpected options for '{name}': {sorted(options)}")
+    root = Path(root) if root is not None else default_root()
+    if name == "digits":
+        splits, labels, shape = _digits(seed)
+    elif name == "ppca":
+        if binarize is not None:
+            raise ValueError("the 'ppca' data set is real-valued; it takes no binarize option")
+        splits, labels, shape = _ppca(seed, **options)
+    elif name == "binarized-mnist":
+        from .binarized_mnist import load_binarized_mnist
+
+        if binarize not in (None, "static"):
+            raise ValueError("'binarized-mnist' is statically binarized already; for dynamic "
+                             "binarization use 'mnist' with binarize='dynamic'")
+        splits, labels, shape = load_binarized_mnist(path, root=root, download=download), None, (
+            28, 28)
+        binarize = "static"
+    elif name in ("mnist", "fashion-mnist"):
+        from .image_sets import load_torchvision
+
+        splits, labels, shape = load_torchvision(name, root, download=download)
+    else:
+        raise ValueError(f"unknown data set '{name}'; choose one of {DATASETS}")
+
+    tensors = [torch.as_tensor(np.asarray(s)).to(device=device, dtype=dtype) for s in splits]
+    if name != "binarized-mnist" and binarize is not None:
+        tr_how = None if binarize == "dynamic" else binarize
+        how = "static" if binarize == "dynamic" else binarize
+        tensors = [binarize_images(tensors[0], tr_how, seed=seed),
+                   binarize_images(tensors[1], how, seed=seed + 1),
+                   binarize_images(tensors[2], how, seed=seed + 2)]
+    labs = [None] * 3 if labels is None else [torch.as_tensor(np.asarray(y), dtype=torch.int64,
+                                                              device=device) for y in labels]
+    return Dataset(name, *tensors, *labs, shape, binarize)
+
