@@ -111,11 +111,18 @@ class BayesianVAE(PyroModule):
 
         return guide
 
-    def at(self, weight_guide: WeightGuide, x: torch.Tensor, how: str = "mean") -> Callable:
-        """The conditional model p(x, z | W = w), w the weight guide's mean or one draw.
+    def at(self, weight_guide: WeightGuide, x: torch.Tensor | None = None,
+           how: str = "mean") -> Callable:
+        """The conditional model p(x, z | W = w) with w the weight guide's mean or one draw.
 
-        The result keeps the ppvae contract: pair it with the encoder for per-datapoint analyses.
+        ``how="mean"`` follows the guide's current means at every call (no ``x`` needed);
+        ``how="sample"`` fixes one draw from q(W), made now (tracing the guide on ``x``). The
+        result keeps the ppvae contract: pair it with the encoder for per-datapoint analyses.
         """
+        if how == "mean":
+            return fix_globals(self, weight_guide.means)
+        if x is None:
+            raise ValueError("BayesianVAE.at(how='sample') needs a batch x to trace the guide on")
         return fix_globals(self, global_values(weight_guide, x, how=how))
 
 
@@ -134,6 +141,10 @@ class WeightGuide(PyroModule):
             setattr(self, f"loc_{i}", PyroParam(init.clone()))
             setattr(self, f"scale_{i}", PyroParam(torch.full_like(init, init_scale),
                                                   constraint=constraints.positive))
+
+    def means(self) -> dict[str, torch.Tensor]:
+        """The current mean of every weight site, ``{site: tensor}`` (detached)."""
+        return {site: getattr(self, f"loc_{i}").detach() for i, (site, _) in enumerate(self.sites)}
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
         for i, (site, event_dim) in enumerate(self.sites):

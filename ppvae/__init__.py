@@ -10,6 +10,7 @@ from .bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weig
 from .contract import ContractError, PairInfo, check_pair
 from .device import resolve_device
 from .fit import FitResult, fit
+from .globals import fix_globals, global_latent_names, global_values
 from .objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
 from .ppca import (
     PPCAParams,
@@ -40,7 +41,10 @@ __all__ = [
     "elbo",
     "elbo_from_log_weights",
     "fit",
+    "fix_globals",
     "gaussian_kl",
+    "global_latent_names",
+    "global_values",
     "iter_log_weights",
     "iwae",
     "iwae_from_log_weights",

@@ -26,13 +26,25 @@ from .contract import DATA_PLATE, is_latent
 
 __all__ = ["FixGlobals", "fix_globals", "global_latent_names", "global_values"]
 
+Values = Mapping[str, torch.Tensor] | Callable[[], Mapping[str, torch.Tensor]]
+
 
 class FixGlobals(Messenger):
-    """Set the named sample sites to fixed values and mark them deterministic (engine-invisible)."""
+    """Set the named sample sites to fixed values and mark them deterministic (engine-invisible).
 
-    def __init__(self, values: Mapping[str, torch.Tensor]):
+    ``values`` is a mapping, or a callable returning one (read once when the handler is entered,
+    so the values can follow a global guide's current parameters).
+    """
+
+    def __init__(self, values: Values):
         super().__init__()
-        self.values = dict(values)
+        self._source = values
+        self.values: dict[str, torch.Tensor] = {}
+
+    def __enter__(self):
+        source = self._source() if callable(self._source) else self._source
+        self.values = dict(source)
+        return super().__enter__()
 
     def _pyro_sample(self, msg) -> None:
         if msg["name"] in self.values:
@@ -41,8 +53,11 @@ class FixGlobals(Messenger):
             msg["infer"] = {**msg["infer"], "_deterministic": True}
 
 
-def fix_globals(fn: Callable, values: Mapping[str, torch.Tensor]) -> Callable:
-    """``fn`` (a model or guide) with the sites in ``values`` fixed and hidden from the engine."""
+def fix_globals(fn: Callable, values: Values) -> Callable:
+    """``fn`` (a model or guide) with the sites in ``values`` fixed and hidden from the engine.
+
+    ``values``: ``{site: tensor}``, or a callable returning it at each call of ``fn``.
+    """
     def fixed(*args, **kwargs):
         with FixGlobals(values):
             return fn(*args, **kwargs)

@@ -110,7 +110,7 @@ def _bayesian() -> Entry:
     model = models.BayesianVAE(D, 2, (16,), num_data=100, name="reg_bvae")
     weights = models.WeightGuide(model, name="reg_bvae_w")
     encoder = guides.MLPEncoder(D, 2, (32,), name="reg_bvae_q")
-    return Entry(model.at(weights, x), encoder, x, {}, {"z": (2,)}, train_model=model,
+    return Entry(model.at(weights), encoder, x, {}, {"z": (2,)}, train_model=model,
                  train_guide=model.guide_with(weights, encoder))
 
 
