@@ -11,6 +11,7 @@ from .contract import ContractError, PairInfo, check_pair
 from .device import resolve_device
 from .fit import FitResult, fit
 from .globals import fix_globals, global_latent_names, global_values
+from .local import LocalFit, LocalGuide, fit_local
 from .objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
 from .ppca import (
     PPCAParams,
@@ -29,11 +30,13 @@ __all__ = [
     "ELBO",
     "IWAE",
     "Bound",
-    "FitResult",
-    "PyroObjective",
     "ContractError",
+    "FitResult",
+    "LocalFit",
+    "LocalGuide",
     "PPCAParams",
     "PairInfo",
+    "PyroObjective",
     "__version__",
     "beta_vae",
     "check_pair",
@@ -41,6 +44,7 @@ __all__ = [
     "elbo",
     "elbo_from_log_weights",
     "fit",
+    "fit_local",
     "fix_globals",
     "gaussian_kl",
     "global_latent_names",
