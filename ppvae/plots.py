@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from pyro import poutine
 
 from .collapse import CollapseReport, _unwrap
-from .contract import ContractError, is_latent, is_observed
+from .contract import ContractError, check_pair, is_latent, is_observed
 
 __all__ = [
     "collapse_plot",
@@ -86,19 +86,18 @@ def encode(guide, x: torch.Tensor, *, latent: str = "z", **kwargs) -> torch.Tens
 
 
 def _prior_site(model, template: torch.Tensor, latent: str, m: int = 1, **kwargs) -> dict:
-    with torch.no_grad():
-        tr = poutine.trace(model).get_trace(_placeholder(template, m), **kwargs)
+    try:
+        with torch.no_grad():
+            tr = poutine.trace(model).get_trace(_placeholder(template, m), **kwargs)
+    except NotImplementedError as e:
+        raise ContractError(f"the model's prior cannot be sampled (an improper prior?): {e}") from e
     if latent not in tr.nodes or not is_latent(tr.nodes[latent]):
         raise ContractError(f"the model has no latent site '{latent}'")
     return tr.nodes[latent]
 
 
-def _require_continuous(model, template, latent: str, figure: str, m: int, **kwargs) -> dict:
-    site = _prior_site(model, template, latent, m, **kwargs)
-    if getattr(site["fn"].support, "is_discrete", False):
-        raise ContractError(f"{figure} needs a continuous latent; site '{latent}' has discrete "
-                            "support (e.g. VQ-VAE codes)")
-    return site
+def _require_continuous(model, guide, x: torch.Tensor, figure: str, **kwargs) -> None:
+    check_pair(model, guide, x, **kwargs).require_continuous(figure)
 
 
 def _image_shape(d: int, image_shape) -> tuple[int, int]:
@@ -167,7 +166,10 @@ def latent_manifold(model, template: torch.Tensor, *, latent: str = "z", n: int 
     Grid coordinates are evenly spaced probabilities in (0, 1) mapped through the prior's
     inverse CDF per dimension; ``kwargs`` must then have ``n * n`` rows.
     """
-    site = _require_continuous(model, template, latent, "the latent manifold", n * n, **kwargs)
+    site = _prior_site(model, template, latent, n * n, **kwargs)
+    if getattr(site["fn"].support, "is_discrete", False):
+        raise ContractError(f"the latent manifold needs a continuous latent; site '{latent}' has "
+                            "discrete support (e.g. VQ-VAE codes)")
     if tuple(site["fn"].event_shape) != (2,):
         raise ValueError(f"the latent manifold needs a 2-D latent; site '{latent}' has event "
                          f"shape {tuple(site['fn'].event_shape)}")
@@ -204,14 +206,17 @@ def interpolation(model, guide, x: torch.Tensor, *, steps: int = 10, latent: str
                   observed: str = "x", image_shape=None, **kwargs) -> Figure:
     """Decode the straight line between the encodings of ``x[0]`` and ``x[1]``.
 
-    Latent sites other than ``latent`` are drawn from the prior; ``kwargs`` need ``steps`` rows.
+    Latent sites other than ``latent`` are drawn from the prior. ``kwargs`` are per-datapoint
+    (rows of ``x``); decoding along the path uses the row of ``x[0]`` (its label, say).
     """
-    _require_continuous(model, x, latent, "interpolation", steps, **kwargs)
-    z = encode(guide, x[:2], latent=latent, **{k: v[:2] for k, v in kwargs.items()})  # [2, ...]
+    two = {k: v[:2] for k, v in kwargs.items()}
+    _require_continuous(model, guide, x[:2], "interpolation", **two)
+    z = encode(guide, x[:2], latent=latent, **two)  # [2, ...]
     t = torch.linspace(0, 1, steps, dtype=z.dtype, device=z.device)
     t = t.reshape(steps, *([1] * (z.dim() - 1)))
     path = (1 - t) * z[0] + t * z[1]  # [steps, ...]
-    means = decode(model, {latent: path}, x, observed=observed, **kwargs)
+    kw = {k: v[:1].expand(steps, *v.shape[1:]) for k, v in kwargs.items()}
+    means = decode(model, {latent: path}, x, observed=observed, **kw)
     shape = _image_shape(means.shape[1], image_shape)
     return _show(_tile(means, 1, steps, shape), "interpolation", size=1.0 * steps)
 
@@ -221,8 +226,11 @@ def latent_traversals(model, guide, x: torch.Tensor, *, latent: str = "z", dims=
                       image_shape=None, **kwargs) -> Figure:
     """One row per latent dimension: the encoding of ``x[0]`` with that dimension swept over
     ``[-span, span]`` (prior standard deviations for a standard normal prior), the others fixed.
+    ``kwargs`` are per-datapoint (rows of ``x``); the row of ``x[0]`` is used throughout.
     """
-    z0 = encode(guide, x[:1], latent=latent, **{k: v[:1] for k, v in kwargs.items()})[0]
+    one = {k: v[:1] for k, v in kwargs.items()}
+    _require_continuous(model, guide, x[:1], "latent traversals", **one)
+    z0 = encode(guide, x[:1], latent=latent, **one)[0]
     if z0.dim() != 1:
         raise ValueError(f"latent traversals need a vector latent; '{latent}' has shape "
                          f"{tuple(z0.shape)}")
@@ -231,7 +239,6 @@ def latent_traversals(model, guide, x: torch.Tensor, *, latent: str = "z", dims=
     z = z0.repeat(len(dims), steps, 1)  # [R, steps, K]
     z[torch.arange(len(dims)), :, torch.tensor(dims)] = values  # row r sweeps dimension dims[r]
     kw = {k: v[:1].expand(len(dims) * steps, *v.shape[1:]) for k, v in kwargs.items()}
-    _require_continuous(model, x, latent, "latent traversals", len(dims) * steps, **kw)
     means = decode(model, {latent: z.reshape(-1, z0.shape[0])}, x, observed=observed, **kw)
     shape = _image_shape(means.shape[1], image_shape)
     return _show(_tile(means, len(dims), steps, shape),

@@ -46,7 +46,7 @@ def test_figures_render(name, tmp_path):
                                                                     kw.items()}),
         "manifold": plots.latent_manifold(e.model, x, latent=lat, n=5, **rows(25)),
         "scatter": plots.latent_scatter(e.guide, x, y, latent=lat, **kw),
-        "interp": plots.interpolation(e.model, e.guide, x, steps=5, latent=lat, **rows(5)),
+        "interp": plots.interpolation(e.model, e.guide, x, steps=5, latent=lat, **kw),
         "traversal": plots.latent_traversals(e.model, e.guide, x, latent=lat, steps=5, **kw),
         "collapse": plots.collapse_plot(posterior_collapse(e.model, e.guide, x, latent=lat,
                                                            **kw)),
@@ -71,9 +71,16 @@ def test_figures_that_do_not_apply_raise():
         plots.latent_manifold(vq.model, vq.x)
     with pytest.raises(ppvae.ContractError, match="discrete support"):
         posterior_collapse(vq.model, vq.guide, vq.x)
+    with pytest.raises(ppvae.ContractError, match="discrete support"):
+        plots.interpolation(vq.model, vq.guide, vq.x)
+    with pytest.raises(ppvae.ContractError, match="discrete support"):
+        plots.latent_traversals(vq.model, vq.guide, vq.x)
     ae = REGISTRY["autoencoder/delta"]()
     with pytest.raises(ppvae.ContractError, match="cannot be sampled"):
         plots.sample_grid(ae.model, ae.x, 4)
+    with pytest.raises(ppvae.ContractError, match="cannot be sampled"):
+        plots.latent_manifold(ae.model, ae.x)
+    plt.close(plots.interpolation(ae.model, ae.guide, ae.x))  # a point-mass encoder works
     with pytest.raises(ValueError, match="point masses"):
         posterior_collapse(ae.model, ae.guide, ae.x)
     hv = REGISTRY["hierarchical/bottom_up"]()
