@@ -35,6 +35,7 @@ class Entry(NamedTuple):
     train_guide: Callable | None = None  # (default: guide)
     deterministic_guide: bool = False  # point-mass guide: ELBO == IWAE_k exactly
     samples_prior: bool = True  # the model's prior can be sampled (not an improper prior)
+    pyro_elbo: bool = False  # train with Pyro's Trace_ELBO: the guide adds pyro.factor losses
 
 
 def binary_batch(n: int = N, d: int = D, seed: int = 0) -> torch.Tensor:
@@ -118,7 +119,7 @@ def _vq(ema: bool) -> Callable[[], Entry]:
     def make() -> Entry:
         model = models.VQVAE(D, 8, 3, 4, (32,), ema=ema, name="reg_vq")
         return Entry(model, guides.VQEncoder(model, (32,), name="reg_vq_q"), binary_batch(), {},
-                     {"z": (4, 3)}, deterministic_guide=True)
+                     {"z": (4, 3)}, deterministic_guide=True, pyro_elbo=True)
     return make
 
 
