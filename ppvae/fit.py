@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import pyro
 import torch
+from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -200,6 +201,8 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     bar = tqdm(total=epochs, initial=start_epoch, disable=quiet, desc="fit", unit="epoch",
                leave=False)
     epoch = start_epoch
+    was_validating = is_validation_enabled()
+    pyro.enable_validation(validate)  # once for the loop, not per step
     try:
         while epoch < epochs:
             t0 = time.perf_counter()
@@ -213,12 +216,10 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
                 kw = {**fixed_kw, **{k: v[idx] for k, v in batch_kw.items()}}
                 scale = n / xb.shape[0]
                 try:
-                    with pyro.validation_enabled(validate):
-                        loss = objective.loss(model, guide, xb, info=info._replace(
-                            num_data=xb.shape[0]), data_scale=scale, step=hist["step"],
-                            kwargs=kw)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
+                    loss = objective.loss(model, guide, xb, info=info._replace(
+                        num_data=xb.shape[0]), data_scale=scale, step=hist["step"], kwargs=kw)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
                     if clip_norm is not None:
                         torch.nn.utils.clip_grad_norm_(list(params.values()), clip_norm)
                     opt.step()
@@ -297,6 +298,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     except NonFiniteError as e:
         stopped, message = "non_finite", str(e)
     finally:
+        pyro.enable_validation(was_validating)
         bar.close()
     if best is not None and hist["best_epoch"] != epoch - 1:
         best.restore(params, opt)
