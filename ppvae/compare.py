@@ -54,11 +54,10 @@ class PosteriorComparison(NamedTuple):
         """ArviZ density overlay of every method, one panel per (datapoint, coordinate) for the
         first ``max_dims`` coordinates, saved to ``path`` (PNG). Returns the figure."""
         az = _arviz()
-        datas = [to_inference_data({"z": s.samples.unsqueeze(0)}, datapoints=self.datapoints)
-                 for s in self.summaries]
-        dims = list(range(min(max_dims, len(self.latent_names))))
+        datas = [to_inference_data({"z": s.samples[..., :max_dims].unsqueeze(0)},
+                                   datapoints=self.datapoints) for s in self.summaries]
         axes = az.plot_density(datas, data_labels=[s.method for s in self.summaries],
-                               var_names=["z"], coords={"latent_dim": dims}, shade=0.1)
+                               var_names=["z"], shade=0.1)
         fig = axes.ravel()[0].figure
         fig.savefig(path, dpi=80)
         return fig
