@@ -30,7 +30,7 @@ from .bounds import _delta_stderr, logmeanexp
 from .hmc import hmc_step
 from .potential import Potential
 
-__all__ = ["AISResult", "Annealed", "ais", "anneal", "pilot_step_sizes", "schedule"]
+__all__ = ["AISResult", "Annealed", "ais", "ais_log_px", "anneal", "pilot_step_sizes", "schedule"]
 
 
 def schedule(num_steps: int, kind: str = "sigmoid", *, delta: float = 4.0,
@@ -163,3 +163,17 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16,
     est, se = _estimate(run.log_w)
     return AISResult(est, se, run.log_w, run.accept_rate, run.step_sizes[-1],
                      {k: v.detach() for k, v in values.items()}, num_steps)
+
+
+def ais_log_px(model, x: torch.Tensor, proposal, model_kwargs: dict, *, init: str = "prior",
+               **options) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """The ``"ais"`` log p(x) estimator of :func:`ppvae.gaps` (registered by ``ppvae``).
+
+    Returns ``(per_datapoint, stderr, description)``. ``init="guide"`` starts AIS from
+    ``proposal`` (the best q* of the report) instead of the prior; ``options`` go to :func:`ais`.
+    """
+    if init not in ("prior", "guide"):
+        raise ValueError(f"init must be 'prior' or 'guide', got {init!r}")
+    res = ais(model, x, guide=proposal if init == "guide" else None, **options, **model_kwargs)
+    label = f"AIS ({res.num_steps} steps, {res.log_weights.shape[0]} chains, from {init})"
+    return res.per_datapoint, res.stderr, label
