@@ -6,13 +6,19 @@ builds bounds (:func:`elbo`, :func:`iwae`) and exact references (:mod:`ppvae.ppc
 """
 
 from . import data
+from .ais import AISResult, ais, ais_log_px
+from .bdmc import BDMCResult, bdmc
 from .bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights, logmeanexp
+from .compare import PosteriorComparison, PosteriorSummary, compare_posteriors
 from .contract import ContractError, PairInfo, check_pair
 from .device import resolve_device
 from .fit import FitResult, fit
 from .globals import fix_globals, global_latent_names, global_values
+from .hmc import Diagnostics, HMCResult, diagnostics, hmc, to_inference_data
 from .local import LocalFit, LocalGuide, fit_local
+from .mcmc import NUTSResult, nuts
 from .objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
+from .potential import Potential
 from .ppca import (
     PPCAParams,
     gaussian_kl,
@@ -29,18 +35,30 @@ __version__ = "0.1.0"
 __all__ = [
     "ELBO",
     "IWAE",
+    "AISResult",
+    "BDMCResult",
     "Bound",
     "ContractError",
+    "Diagnostics",
     "FitResult",
+    "HMCResult",
     "LocalFit",
     "LocalGuide",
+    "NUTSResult",
     "PPCAParams",
     "PairInfo",
+    "PosteriorComparison",
+    "PosteriorSummary",
+    "Potential",
     "PyroObjective",
     "__version__",
+    "ais",
+    "bdmc",
     "beta_vae",
     "check_pair",
+    "compare_posteriors",
     "data",
+    "diagnostics",
     "elbo",
     "elbo_from_log_weights",
     "fit",
@@ -49,6 +67,7 @@ __all__ = [
     "gaussian_kl",
     "global_latent_names",
     "global_values",
+    "hmc",
     "iter_log_weights",
     "iwae",
     "iwae_from_log_weights",
@@ -57,9 +76,11 @@ __all__ = [
     "logmeanexp",
     "mean_field",
     "mean_field_gap",
+    "nuts",
     "ppca_kl_to_posterior",
     "ppca_log_marginal",
     "ppca_mle",
     "ppca_posterior",
     "resolve_device",
+    "to_inference_data",
 ]
