@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 import torch
 from pyro import poutine
 from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import prune_subsample_sites
 
 from .contract import DATA_PLATE, is_latent
 
@@ -74,7 +75,7 @@ def _in_data_plate(site: dict) -> bool:
 def global_latent_names(guide: Callable, x: torch.Tensor, **kwargs) -> tuple[str, ...]:
     """Latent sites of ``guide(x, **kwargs)`` outside the data plate, in guide order."""
     with torch.no_grad():
-        tr = poutine.trace(guide).get_trace(x, **kwargs)
+        tr = prune_subsample_sites(poutine.trace(guide).get_trace(x, **kwargs))
     return tuple(n for n, s in tr.nodes.items()
                  if s["type"] == "sample" and is_latent(s) and not _in_data_plate(s))
 
@@ -91,7 +92,7 @@ def global_values(guide: Callable, x: torch.Tensor, how: str = "mean",
     if how not in ("mean", "sample"):
         raise ValueError(f"how must be 'mean' or 'sample', got {how!r}")
     with torch.no_grad():
-        tr = poutine.trace(guide).get_trace(x, **kwargs)
+        tr = prune_subsample_sites(poutine.trace(guide).get_trace(x, **kwargs))
     out = {}
     for name, site in tr.nodes.items():
         if site["type"] == "sample" and is_latent(site) and not _in_data_plate(site):
