@@ -146,3 +146,13 @@ def test_bdmc_sandwich_narrows_with_longer_schedules(digits_vae):
         gaps.append(res.mean_gap)
     print("BDMC mean gaps (10, 50, 200 steps):", gaps)
     assert gaps[0] > gaps[1] > gaps[2] > -0.1, gaps
+
+
+def test_ais_log_px_is_the_gap_report_estimator(float64):
+    data, model, exact = _ppca(n=4)
+    est, se, label = ppvae.ais_log_px(model, data.x, None, {}, num_steps=100, num_chains=8,
+                                      num_leapfrog=5)
+    assert label.startswith("AIS (100 steps, 8 chains")
+    assert ((est - exact) / se).abs().max() < 4
+    with pytest.raises(ValueError, match="init"):
+        ppvae.ais_log_px(model, data.x, None, {}, init="posterior")
