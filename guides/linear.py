@@ -3,8 +3,8 @@
 The PPCA posterior is exactly of this form with a covariance shared by all datapoints
 (Tipping and Bishop 1999), so the full-covariance guide can represent it: its amortization and
 approximation gaps on PPCA are zero at the optimum, and the diagonal guide's approximation gap
-is the mean-field gap of :func:`ppvae.ppca.mean_field_gap`. :meth:`AmortizedLinearGaussian.from_ppca`
-builds the exact (or best diagonal) posterior directly.
+is the mean-field gap of :func:`ppvae.ppca.mean_field_gap`.
+:meth:`AmortizedLinearGaussian.from_ppca` builds the exact (or best diagonal) posterior directly.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
+from ppvae.naming import unique_name
 from ppvae.ppca import ppca_posterior
 
 __all__ = ["AmortizedLinearGaussian"]
@@ -27,13 +28,12 @@ class AmortizedLinearGaussian(PyroModule):
         data_dim, latent_dim: D and K.
         covariance: "full" (lower-Cholesky L, shared across datapoints) or "diag".
         latent: the latent site name the model uses.
-        name: Pyro parameter-store prefix (default ``linear_<covariance>``); give two guides
-            of the same kind distinct names, or they share parameters.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, data_dim: int, latent_dim: int, covariance: str = "full", *,
                  latent: str = "z", name: str | None = None, init_scale: float = 0.1):
-        super().__init__(name or f"linear_{covariance}")
+        super().__init__(unique_name(f"linear_{covariance}", name))
         if covariance not in ("full", "diag"):
             raise ValueError(f"covariance must be 'full' or 'diag', got {covariance!r}")
         self.data_dim, self.latent_dim = data_dim, latent_dim

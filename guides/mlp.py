@@ -7,6 +7,7 @@ VAE; its amortization gap is what ppvae measures.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import pyro
@@ -15,13 +16,15 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ppvae.naming import unique_name
+
 __all__ = ["MLPEncoder"]
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """Linear layers with ``activation`` between them (none after the last)."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(nn.Linear(a, b))
         if i < len(sizes) - 2:
             layers.append(activation())
@@ -36,14 +39,14 @@ class MLPEncoder(PyroModule):
         latent_dim: K.
         hidden: hidden layer sizes.
         latent: the latent site name the model uses.
-        name: Pyro parameter-store prefix; give two encoders distinct names.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
         min_scale: floor added to the softplus scale.
     """
 
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (200,), *,
                  activation: type[nn.Module] = nn.ReLU, latent: str = "z",
-                 name: str = "encoder", min_scale: float = 1e-4):
-        super().__init__(name)
+                 name: str | None = None, min_scale: float = 1e-4):
+        super().__init__(unique_name("encoder", name))
         self.data_dim, self.latent_dim, self.latent = data_dim, latent_dim, latent
         self.min_scale = min_scale
         self.net = mlp([data_dim, *hidden, 2 * latent_dim], activation)

@@ -15,6 +15,7 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
+from ppvae.naming import unique_name
 from ppvae.ppca import PPCAParams
 
 __all__ = ["PPCA"]
@@ -28,12 +29,12 @@ class PPCA(PyroModule):
         W, b, sigma: initial (or, with ``fixed=True``, fixed) values; defaults are a small
             random W (seeded by torch's global generator), b = 0, sigma = 1.
         fixed: keep W, b, sigma as buffers (not trained).
-        name: the Pyro parameter-store prefix; give two PPCA instances distinct names.
+        name: the Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, data_dim: int, latent_dim: int, *, W=None, b=None, sigma=None,
-                 fixed: bool = False, name: str = "ppca"):
-        super().__init__(name)
+                 fixed: bool = False, name: str | None = None):
+        super().__init__(unique_name("ppca", name))
         self.data_dim, self.latent_dim = data_dim, latent_dim
         W = torch.as_tensor(W) if W is not None else 0.1 * torch.randn(data_dim, latent_dim)
         b = torch.as_tensor(b) if b is not None else torch.zeros(data_dim)

@@ -12,7 +12,11 @@ chunks of samples with a running log-sum-exp (memory bounded by the chunk). Stan
 * IWAE_k from several independent estimates: their spread over sqrt(#estimates).
 * IWAE_k from one estimate of k samples: the delta method,
   se(log mean w) ~= sqrt(Var(w) / k) / mean(w) = sqrt((mean(w^2)/mean(w)^2 - 1) / k),
-  computed from the running log-sum-exps of log w and 2 log w.
+  computed from the running log-sum-exps of log w and 2 log w. It is calibrated when the
+  weights are light-tailed (a proposal wider than the posterior) and underestimates the error
+  when they are heavy-tailed (an under-dispersed q: the sample variance of w misses the rare
+  large weights). The Kish effective sample size ``ess = (sum w)^2 / sum w^2`` is returned
+  alongside as the diagnostic; when it is small, ask for ``num_estimates > 1``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class Bound(NamedTuple):
     per_datapoint: torch.Tensor  # [N]
     stderr: torch.Tensor  # [N] Monte Carlo standard error of each entry
     num_samples: int  # samples drawn per datapoint in total
+    ess: torch.Tensor | None = None  # [N] Kish effective sample size (single IWAE estimate)
 
     @property
     def mean(self) -> float:
@@ -98,7 +103,10 @@ def iwae_from_log_weights(lw: torch.Tensor, k: int) -> Bound:
         se = est.std(0) / math.sqrt(groups)
     else:
         se = _delta_stderr(torch.logsumexp(lw[:k], 0), torch.logsumexp(2 * lw[:k], 0), k)
-    return Bound("iwae", k, est.mean(0), se, groups * k)
+    ess = None
+    if groups == 1:
+        ess = torch.exp(2 * torch.logsumexp(lw[:k], 0) - torch.logsumexp(2 * lw[:k], 0))
+    return Bound("iwae", k, est.mean(0), se, groups * k, ess)
 
 
 def elbo(
@@ -174,10 +182,12 @@ def iwae(
                 lse2 = c2 if lse2 is None else torch.logaddexp(lse2, c2)
             ests.append((lse1 - math.log(k)).unsqueeze(0))
         est = torch.cat(ests, 0)
+    ess = None
     if num_estimates > 1:
         se = est.std(0) / math.sqrt(num_estimates)
     elif k == 1:
         se = torch.full_like(est[0], float("nan"))
     else:
         se = _delta_stderr(lse1, lse2, k)
-    return Bound("iwae" if k > 1 else "elbo", k, est.mean(0), se, k * num_estimates)
+        ess = torch.exp(2 * lse1 - lse2)  # Kish ESS of the k weights: (sum w)^2 / sum w^2
+    return Bound("iwae" if k > 1 else "elbo", k, est.mean(0), se, k * num_estimates, ess)

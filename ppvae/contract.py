@@ -199,7 +199,7 @@ def _check_finite(role: str, name: str, site: dict) -> None:
 
 
 def check_pair(model, guide, x: torch.Tensor, **kwargs) -> PairInfo:
-    """Trace ``guide(x, **kwargs)`` and ``model(x, **kwargs)`` replayed on it once; check the contract.
+    """Trace the guide and the model replayed on it once; check the contract.
 
     Raises :class:`ContractError` naming the site for: a guide latent the model lacks, a model
     latent the guide lacks, a per-datapoint site outside the "data" plate, a data plate whose

@@ -114,7 +114,7 @@ def log_weights(
     info: PairInfo | None = None,
     **kwargs,
 ) -> torch.Tensor:
-    """Per-datapoint log weights ``log p(x_n, z) - log q(z | x_n)``, z ~ q, shape ``[num_samples, N]``.
+    """Per-datapoint log weights ``log p(x_n, z) - log q(z | x_n)``, z ~ q: ``[num_samples, N]``.
 
     Args:
         model, guide: a pair keeping the ppvae contract (checked once, see :func:`check_pair`).

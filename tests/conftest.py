@@ -1,15 +1,15 @@
 """Test set-up in the style of Pyro/NumPyro: validation on, a fresh param store and a fixed seed
 per test, float64 on request for exact checks, and a ``slow`` marker (see pyproject.toml)."""
 
-import os
-
 import matplotlib
 import pyro
 import pytest
 import torch
 
 matplotlib.use("Agg")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# one intra-op thread: the tests use small tensors, where OpenMP threads cost more than
+# they give (and spin badly when the machine is busy)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)
