@@ -15,6 +15,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ppvae.naming import unique_name
+
 from .mlp import mlp
 
 __all__ = ["ConditionalEncoder"]
@@ -29,13 +31,13 @@ class ConditionalEncoder(PyroModule):
         latent_dim: K.
         hidden: hidden layer sizes.
         latent: latent site name.
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, data_dim: int, num_classes: int, latent_dim: int,
                  hidden: Sequence[int] = (200,), *, latent: str = "z",
-                 name: str = "conditional_encoder", min_scale: float = 1e-4):
-        super().__init__(name)
+                 name: str | None = None, min_scale: float = 1e-4):
+        super().__init__(unique_name("conditional_encoder", name))
         self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
         self.latent, self.min_scale = latent, min_scale
         self.net = mlp([data_dim + num_classes, *hidden, 2 * latent_dim])

@@ -14,6 +14,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ppvae.naming import unique_name
+
 __all__ = ["ConvEncoder", "conv_trunk"]
 
 
@@ -43,13 +45,13 @@ class ConvEncoder(PyroModule):
         latent_dim: K.
         channels: channels of the first convolution (the second has twice as many).
         latent: the latent site name the model uses.
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
         min_scale: floor added to the softplus scale.
     """
 
     def __init__(self, side: int, latent_dim: int, channels: int = 16, *, latent: str = "z",
-                 name: str = "conv_encoder", min_scale: float = 1e-4):
-        super().__init__(name)
+                 name: str | None = None, min_scale: float = 1e-4):
+        super().__init__(unique_name("conv_encoder", name))
         if side % 4:
             raise ValueError(f"ConvEncoder needs an image side divisible by 4, got {side}")
         self.side, self.latent_dim, self.latent = side, latent_dim, latent

@@ -20,6 +20,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ppvae.naming import unique_name
+
 from .mlp import mlp
 
 __all__ = ["DeltaEncoder"]
@@ -33,13 +35,13 @@ class DeltaEncoder(PyroModule):
         latent_dim: K.
         hidden: hidden layer sizes of the MLP f.
         latent: the latent site name the model uses.
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (200,), *,
                  activation: type[nn.Module] = nn.ReLU, latent: str = "z",
-                 name: str = "delta_encoder"):
-        super().__init__(name)
+                 name: str | None = None):
+        super().__init__(unique_name("delta_encoder", name))
         self.data_dim, self.latent_dim, self.latent = data_dim, latent_dim, latent
         self.net = mlp([data_dim, *hidden, latent_dim], activation)
 

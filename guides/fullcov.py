@@ -17,6 +17,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ppvae.naming import unique_name
+
 from .mlp import mlp
 
 __all__ = ["FullCovEncoder"]
@@ -30,14 +32,14 @@ class FullCovEncoder(PyroModule):
         latent_dim: K.
         hidden: hidden layer sizes of the MLP.
         latent: the latent site name the model uses.
-        name: Pyro parameter-store prefix; give two encoders distinct names.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
         min_scale: floor added to the softplus diagonal of L.
     """
 
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (200,), *,
                  activation: type[nn.Module] = nn.ReLU, latent: str = "z",
-                 name: str = "fullcov_encoder", min_scale: float = 1e-4):
-        super().__init__(name)
+                 name: str | None = None, min_scale: float = 1e-4):
+        super().__init__(unique_name("fullcov_encoder", name))
         self.data_dim, self.latent_dim, self.latent = data_dim, latent_dim, latent
         self.min_scale = min_scale
         num_tril = latent_dim * (latent_dim + 1) // 2

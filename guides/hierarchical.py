@@ -23,6 +23,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ppvae.naming import unique_name
+
 from .mlp import mlp
 
 __all__ = ["BottomUpGuide", "LadderGuide"]
@@ -46,8 +48,8 @@ class BottomUpGuide(PyroModule):
 
     def __init__(self, data_dim: int, latent_dims: tuple[int, int] = (8, 2),
                  hidden: Sequence[int] = (200,), top_hidden: Sequence[int] = (64,), *,
-                 name: str = "bottom_up_guide", min_scale: float = 1e-4):
-        super().__init__(name)
+                 name: str | None = None, min_scale: float = 1e-4):
+        super().__init__(unique_name("bottom_up_guide", name))
         self.data_dim, (k1, k2), self.min_scale = data_dim, latent_dims, min_scale
         self.net1 = mlp([data_dim, *hidden, 2 * k1])
         self.net2 = mlp([k1, *top_hidden, 2 * k2], nn.Tanh)
@@ -68,12 +70,12 @@ class LadderGuide(PyroModule):
         model: the :class:`models.HierarchicalVAE` whose ``z1_prior`` gives the top-down term
             (any object with ``data_dim``, ``k1``, ``k2`` and ``z1_prior(z2) -> (loc, scale)``).
         hidden: sizes of the deterministic bottom-up layers d1 (x -> d1) and d2 (d1 -> d2).
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, model, hidden: tuple[int, int] = (200, 64), *,
-                 name: str = "ladder_guide", min_scale: float = 1e-4):
-        super().__init__(name)
+                 name: str | None = None, min_scale: float = 1e-4):
+        super().__init__(unique_name("ladder_guide", name))
         # A plain reference, not a submodule: the model owns (and registers) its parameters.
         object.__setattr__(self, "_model", model)
         self.data_dim, self.min_scale = model.data_dim, min_scale

@@ -24,6 +24,8 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
+from ppvae.naming import unique_name
+
 from .mlp import mlp
 
 __all__ = ["VQEncoder"]
@@ -36,12 +38,12 @@ class VQEncoder(PyroModule):
         model: the VQ-VAE whose codebook the guide quantizes to (a reference, not a submodule).
         hidden: encoder hidden sizes.
         beta: commitment-loss weight (0.25 in the paper).
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, model, hidden: Sequence[int] = (200,), *, beta: float = 0.25,
-                 name: str = "vq_encoder"):
-        super().__init__(name)
+                 name: str | None = None):
+        super().__init__(unique_name("vq_encoder", name))
         object.__setattr__(self, "_model", model)  # the model owns the codebook
         self.data_dim, self.beta = model.data_dim, beta
         self.shape = (model.num_positions, model.code_dim)

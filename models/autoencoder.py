@@ -28,6 +28,7 @@ from pyro.nn import PyroModule
 from torch.distributions import constraints
 
 from guides.mlp import mlp
+from ppvae.naming import unique_name
 
 __all__ = ["PRIORS", "Autoencoder"]
 
@@ -43,12 +44,12 @@ class Autoencoder(PyroModule):
         hidden: decoder hidden sizes.
         prior: ``"flat"`` (improper uniform: the maximum-likelihood autoencoder) or
             ``"normal"`` (N(0, I): the MAP / regularized autoencoder).
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (200,), *,
-                 prior: str = "flat", name: str = "autoencoder"):
-        super().__init__(name)
+                 prior: str = "flat", name: str | None = None):
+        super().__init__(unique_name("autoencoder", name))
         if prior not in PRIORS:
             raise ValueError(f"prior must be one of {PRIORS}, got {prior!r}")
         self.data_dim, self.latent_dim, self.prior_kind = data_dim, latent_dim, prior

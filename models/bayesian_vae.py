@@ -31,6 +31,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ppvae.globals import fix_globals, global_values
+from ppvae.naming import unique_name
 
 __all__ = ["BayesianVAE", "WeightGuide"]
 
@@ -57,12 +58,12 @@ class BayesianVAE(PyroModule):
         hidden: decoder hidden sizes.
         prior_scale: s, the prior standard deviation of every weight.
         num_data: training-set size for minibatch scaling (None: the batch is the data set).
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (200,), *,
-                 prior_scale: float = 1.0, num_data: int | None = None, name: str = "bvae"):
-        super().__init__(name)
+                 prior_scale: float = 1.0, num_data: int | None = None, name: str | None = None):
+        super().__init__(unique_name("bvae", name))
         self.data_dim, self.latent_dim, self.num_data = data_dim, latent_dim, num_data
         sizes = [latent_dim, *hidden, data_dim]
         self.layers = PyroModule[nn.ModuleList](
@@ -134,8 +135,8 @@ class WeightGuide(PyroModule):
     """
 
     def __init__(self, model: BayesianVAE, *, init_scale: float = 1e-3,
-                 name: str = "bvae_weights"):
-        super().__init__(name)
+                 name: str | None = None):
+        super().__init__(unique_name("bvae_weights", name))
         self.sites = [(site, event_dim) for site, _, event_dim in model.weight_sites()]
         for i, (_, init, _) in enumerate(model.weight_sites()):
             setattr(self, f"loc_{i}", PyroParam(init.clone()))

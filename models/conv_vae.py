@@ -18,6 +18,8 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
+from ppvae.naming import unique_name
+
 __all__ = ["ConvVAE"]
 
 
@@ -28,12 +30,12 @@ class ConvVAE(PyroModule):
         side: image side length, divisible by 4.
         latent_dim: K.
         channels: channels of the last hidden feature map (the first has twice as many).
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, side: int, latent_dim: int, channels: int = 16, *,
-                 name: str = "conv_vae"):
-        super().__init__(name)
+                 name: str | None = None):
+        super().__init__(unique_name("conv_vae", name))
         if side % 4:
             raise ValueError(f"ConvVAE needs an image side divisible by 4, got {side}")
         self.side, self.latent_dim, self.channels = side, latent_dim, channels

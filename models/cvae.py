@@ -21,6 +21,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from guides.mlp import mlp
+from ppvae.naming import unique_name
 
 __all__ = ["CVAE", "one_hot"]
 
@@ -44,13 +45,13 @@ class CVAE(PyroModule):
         latent_dim: K.
         hidden: decoder hidden sizes.
         learned_prior: p(z | c) from a linear layer of the one-hot label instead of N(0, I).
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, data_dim: int, num_classes: int, latent_dim: int,
                  hidden: Sequence[int] = (200,), *, learned_prior: bool = False,
-                 name: str = "cvae"):
-        super().__init__(name)
+                 name: str | None = None):
+        super().__init__(unique_name("cvae", name))
         self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
         self.learned_prior = learned_prior
         self.decoder = mlp([latent_dim + num_classes, *hidden, data_dim])

@@ -23,6 +23,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from guides.mlp import mlp
+from ppvae.naming import unique_name
 
 __all__ = ["HierarchicalVAE"]
 
@@ -35,13 +36,13 @@ class HierarchicalVAE(PyroModule):
         latent_dims: (K1, K2), the sizes of the lower and upper stochastic layers.
         hidden: hidden sizes of the decoder g (z1 -> x).
         top_hidden: hidden sizes of the top-down network (z2 -> mu, sigma of z1).
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, data_dim: int, latent_dims: tuple[int, int] = (8, 2),
                  hidden: Sequence[int] = (200,), top_hidden: Sequence[int] = (64,), *,
-                 name: str = "hvae", min_scale: float = 1e-3):
-        super().__init__(name)
+                 name: str | None = None, min_scale: float = 1e-3):
+        super().__init__(unique_name("hvae", name))
         self.data_dim = data_dim
         self.k1, self.k2 = latent_dims
         self.min_scale = min_scale

@@ -24,6 +24,7 @@ from pyro.nn import PyroModule
 from torch import nn
 
 from guides.mlp import mlp
+from ppvae.naming import unique_name
 
 __all__ = ["SupervisedVAE"]
 
@@ -37,13 +38,13 @@ class SupervisedVAE(PyroModule):
         latent_dim: K.
         hidden: decoder hidden sizes.
         classifier_hidden: hidden sizes of the classifier head h (none: a linear head).
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, data_dim: int, num_classes: int, latent_dim: int,
                  hidden: Sequence[int] = (200,), classifier_hidden: Sequence[int] = (), *,
-                 name: str = "supervised_vae"):
-        super().__init__(name)
+                 name: str | None = None):
+        super().__init__(unique_name("supervised_vae", name))
         self.data_dim, self.num_classes, self.latent_dim = data_dim, num_classes, latent_dim
         self.decoder = mlp([latent_dim, *hidden, data_dim])
         self.classifier = mlp([latent_dim, *classifier_hidden, num_classes])

@@ -43,6 +43,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from guides.mlp import mlp
+from ppvae.naming import unique_name
 
 __all__ = ["VQVAE", "UniformCodebook"]
 
@@ -110,13 +111,13 @@ class VQVAE(PyroModule):
         ema: update the codebook by exponential moving averages (a buffer) instead of by
             gradients of the codebook loss.
         decay: EMA decay.
-        name: Pyro parameter-store prefix.
+        name: Pyro parameter-store prefix (default: a fresh one, see ppvae.naming).
     """
 
     def __init__(self, data_dim: int, num_codes: int = 16, code_dim: int = 4,
                  num_positions: int = 4, hidden: Sequence[int] = (200,), *, ema: bool = False,
-                 decay: float = 0.99, name: str = "vqvae"):
-        super().__init__(name)
+                 decay: float = 0.99, name: str | None = None):
+        super().__init__(unique_name("vqvae", name))
         self.data_dim, self.num_codes, self.code_dim = data_dim, num_codes, code_dim
         self.num_positions, self.ema, self.decay = num_positions, ema, decay
         init = torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)

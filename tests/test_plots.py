@@ -14,15 +14,6 @@ from ppvae import plots
 from ppvae.collapse import posterior_collapse
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread avoids thread contention on small shared machines."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _check_png(fig, path):
     fig.savefig(path, dpi=60)
     plt.close(fig)

@@ -19,15 +19,6 @@ from registry import REGISTRY
 import ppvae
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread avoids thread contention on small shared machines."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(params=sorted(REGISTRY), ids=sorted(REGISTRY))
 def entry(request):
     return REGISTRY[request.param]()

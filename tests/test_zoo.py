@@ -20,14 +20,6 @@ import ppvae
 IMAGE_ENTRIES = sorted(name for name in REGISTRY if not name.startswith("ppca"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: one intra-op thread avoids thread contention on small shared machines."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 @pytest.fixture(scope="module")
 def digits():
