@@ -3,6 +3,7 @@
 from .conditional import ConditionalEncoder
 from .conv import ConvEncoder
 from .delta import DeltaEncoder
+from .flow import FlowEncoder
 from .fullcov import FullCovEncoder
 from .hierarchical import BottomUpGuide, LadderGuide
 from .linear import AmortizedLinearGaussian
@@ -15,6 +16,7 @@ __all__ = [
     "ConditionalEncoder",
     "ConvEncoder",
     "DeltaEncoder",
+    "FlowEncoder",
     "FullCovEncoder",
     "LadderGuide",
     "MLPEncoder",

@@ -13,6 +13,8 @@ from .compare import PosteriorComparison, PosteriorSummary, compare_posteriors
 from .contract import ContractError, PairInfo, check_pair
 from .device import resolve_device
 from .fit import FitResult, fit
+from .gap_report import GapReport, GapRow, LogPx
+from .gaps import gaps, register_log_px
 from .globals import fix_globals, global_latent_names, global_values
 from .hmc import Diagnostics, HMCResult, diagnostics, hmc, to_inference_data
 from .local import LocalFit, LocalGuide, fit_local
@@ -41,9 +43,12 @@ __all__ = [
     "ContractError",
     "Diagnostics",
     "FitResult",
+    "GapReport",
+    "GapRow",
     "HMCResult",
     "LocalFit",
     "LocalGuide",
+    "LogPx",
     "NUTSResult",
     "PPCAParams",
     "PairInfo",
@@ -64,6 +69,7 @@ __all__ = [
     "fit",
     "fit_local",
     "fix_globals",
+    "gaps",
     "gaussian_kl",
     "global_latent_names",
     "global_values",
@@ -81,6 +87,9 @@ __all__ = [
     "ppca_log_marginal",
     "ppca_mle",
     "ppca_posterior",
+    "register_log_px",
     "resolve_device",
     "to_inference_data",
 ]
+
+register_log_px("ais", ais_log_px)

@@ -1,0 +1,187 @@
+"""Typed records of the inference-gap decomposition (Cremer, Li and Duvenaud 2018) and their
+renderings: a markdown table, a JSON document that round-trips, and a PNG figure (stacked bars of
+approximation and amortization gaps per guide; per-datapoint amortized vs optimal ELBO).
+
+Per-datapoint values are kept as float64 CPU tensors (a report is a summary, not a computation).
+Means carry two standard errors: ``mc_se``, the Monte Carlo error of the mean for these
+datapoints (from the per-datapoint standard errors, independent across datapoints and across
+the estimators subtracted), and ``data_se``, the spread across datapoints over sqrt(N) (the
+uncertainty of the mean as an estimate for the data distribution).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["Estimators", "GapReport", "GapRow", "LogPx", "Summary"]
+
+
+class LogPx(NamedTuple):
+    """A per-datapoint log p(x) estimate, as :func:`ppvae.gaps` consumes it."""
+
+    per_datapoint: torch.Tensor  # [N]
+    stderr: torch.Tensor  # [N] (zeros for exact values)
+    estimator: str  # e.g. "exact", "IWAE_5000 from local diag q*", "AIS ..."
+
+
+class Estimators(NamedTuple):
+    """Which estimator produced each column."""
+
+    log_px: str
+    elbo_local: str
+    elbo_amortized: str
+
+
+class Summary(NamedTuple):
+    mean: float
+    mc_se: float  # Monte Carlo standard error for these datapoints
+    data_se: float  # standard deviation across datapoints / sqrt(N)
+
+
+def _f64(t) -> torch.Tensor:
+    return torch.as_tensor(t).detach().to(device="cpu", dtype=torch.float64)
+
+
+def _summary(values: torch.Tensor, se: torch.Tensor) -> Summary:
+    n = values.numel()
+    data_se = float(values.std() / math.sqrt(n)) if n > 1 else math.nan
+    return Summary(float(values.mean()), float(se.pow(2).sum().sqrt() / n), data_se)
+
+
+_TENSORS = ("log_px", "log_px_se", "elbo_local", "elbo_local_se", "elbo_amortized",
+            "elbo_amortized_se")
+
+
+class GapRow(NamedTuple):
+    """One guide's decomposition; every tensor is ``[N]``."""
+
+    guide: str
+    family: str  # the family of q*
+    log_px: torch.Tensor
+    log_px_se: torch.Tensor
+    elbo_local: torch.Tensor  # ELBO[q*]
+    elbo_local_se: torch.Tensor
+    elbo_amortized: torch.Tensor  # ELBO[q]
+    elbo_amortized_se: torch.Tensor
+    estimators: Estimators
+
+    @classmethod
+    def build(cls, guide: str, family: str, log_px, optimal, amortized, estimators) -> GapRow:
+        """From a :class:`LogPx` and two :class:`ppvae.Bound` records."""
+        return cls(guide, family, _f64(log_px.per_datapoint), _f64(log_px.stderr),
+                   _f64(optimal.per_datapoint), _f64(optimal.stderr),
+                   _f64(amortized.per_datapoint), _f64(amortized.stderr), estimators)
+
+    @property
+    def approximation(self) -> torch.Tensor:
+        return self.log_px - self.elbo_local  # [N]
+
+    @property
+    def amortization(self) -> torch.Tensor:
+        return self.elbo_local - self.elbo_amortized  # [N]
+
+    @property
+    def inference(self) -> torch.Tensor:
+        return self.log_px - self.elbo_amortized  # [N]
+
+    def summary(self, quantity: str) -> Summary:
+        """Mean with standard errors of a column or gap ("approximation", "log_px", ...)."""
+        se = {"log_px": self.log_px_se, "elbo_local": self.elbo_local_se,
+              "elbo_amortized": self.elbo_amortized_se}
+        pairs = {"approximation": ("log_px", "elbo_local"),
+                 "amortization": ("elbo_local", "elbo_amortized"),
+                 "inference": ("log_px", "elbo_amortized")}
+        if quantity in se:
+            return _summary(getattr(self, quantity), se[quantity])
+        if quantity in pairs:
+            a, b = pairs[quantity]
+            return _summary(getattr(self, quantity), (se[a] ** 2 + se[b] ** 2).sqrt())
+        raise KeyError(f"unknown quantity {quantity!r}; use one of {[*se, *pairs]}")
+
+
+class GapReport(NamedTuple):
+    """The decomposition for every guide, from :func:`ppvae.gaps`."""
+
+    rows: tuple[GapRow, ...]
+    num_data: int
+    timings: tuple[tuple[str, float], ...]  # (stage, seconds)
+
+    def row(self, guide: str) -> GapRow:
+        for r in self.rows:
+            if r.guide == guide:
+                return r
+        raise KeyError(f"no guide {guide!r} in this report; guides: {[r.guide for r in self.rows]}")
+
+    def to_markdown(self) -> str:
+        cols = ("log_px", "elbo_local", "elbo_amortized", "approximation", "amortization",
+                "inference")
+        out = [f"Inference gaps over N = {self.num_data} datapoints (nats; mean ± Monte Carlo "
+               "s.e.; [s.e. across datapoints]).", "",
+               "| guide | q* family | log p̂(x) | ELBO[q*] | ELBO[q] | approximation gap "
+               "| amortization gap | inference gap | amortization share |",
+               "|---|---|---|---|---|---|---|---|---|"]
+        for r in self.rows:
+            s = {c: r.summary(c) for c in cols}
+            cells = [f"{s[c].mean:.3f} ± {s[c].mc_se:.3f}" for c in cols[:3]]
+            cells += [f"{s[c].mean:.3f} ± {s[c].mc_se:.3f} [{s[c].data_se:.3f}]" for c in cols[3:]]
+            inf = s["inference"].mean
+            share = s["amortization"].mean / inf if inf else math.nan
+            out.append(f"| {r.guide} | {r.family} | " + " | ".join(cells) + f" | {share:.0%} |")
+        out += ["", "Estimators:"]
+        for r in self.rows:
+            e = r.estimators
+            out.append(f"- {r.guide}: log p̂(x): {e.log_px}; ELBO[q*]: {e.elbo_local}; "
+                       f"ELBO[q]: {e.elbo_amortized}")
+        if self.timings:
+            out += ["", "Time per stage: " + "; ".join(f"{k} {v:.1f} s" for k, v in self.timings)]
+        return "\n".join(out) + "\n"
+
+    def to_json(self) -> str:
+        rows = [{"guide": r.guide, "family": r.family, "estimators": r.estimators._asdict(),
+                 **{k: getattr(r, k).tolist() for k in _TENSORS}} for r in self.rows]
+        return json.dumps({"format": "ppvae.GapReport/1", "num_data": self.num_data,
+                           "timings": [list(t) for t in self.timings], "rows": rows})
+
+    @classmethod
+    def from_json(cls, text: str) -> GapReport:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("format") != "ppvae.GapReport/1":
+            raise ValueError("not a ppvae GapReport JSON document (missing format "
+                             "'ppvae.GapReport/1')")
+        rows = tuple(GapRow(r["guide"], r["family"], *(_f64(r[k]) for k in _TENSORS),
+                            Estimators(**r["estimators"])) for r in doc["rows"])
+        return cls(rows, int(doc["num_data"]), tuple((k, float(v)) for k, v in doc["timings"]))
+
+    def plot(self, path=None):
+        """Stacked gap bars per guide and amortized-vs-optimal ELBO scatter; saved if ``path``."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(10, 4), layout="constrained")
+        bars, scatter = fig.subplots(1, 2)
+        names = [r.guide for r in self.rows]
+        approx = [r.summary("approximation") for r in self.rows]
+        amort = [r.summary("amortization") for r in self.rows]
+        a_mean, m_mean = [s.mean for s in approx], [s.mean for s in amort]
+        bars.bar(names, a_mean, yerr=[s.data_se for s in approx], label="approximation gap",
+                 capsize=3)
+        bars.bar(names, m_mean, bottom=a_mean, yerr=[s.data_se for s in amort],
+                 label="amortization gap", capsize=3)
+        bars.set_ylabel("nats (mean over datapoints)")
+        bars.set_title("inference gap = approximation + amortization")
+        bars.legend()
+        for r in self.rows:
+            scatter.scatter(r.elbo_amortized, r.elbo_local, s=6, alpha=0.6, label=r.guide)
+        lo = min(float(r.elbo_amortized.min()) for r in self.rows)
+        hi = max(float(r.elbo_local.max()) for r in self.rows)
+        scatter.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, label="ELBO[q*] = ELBO[q]")
+        scatter.set_xlabel("ELBO[q] (amortized)")
+        scatter.set_ylabel("ELBO[q*] (per-datapoint optimum)")
+        scatter.set_title("per datapoint")
+        scatter.legend()
+        if path is not None:
+            fig.savefig(path, dpi=120)
+        return fig
