@@ -127,6 +127,7 @@ REGISTRY: dict[str, Callable[[], Entry]] = {
     "ppca/linear_full": _ppca,
     "vae/mlp": _vae(guides.MLPEncoder),
     "vae/fullcov": _vae(guides.FullCovEncoder),
+    "vae/flow": _vae(guides.FlowEncoder),
     "conv_vae/conv": _conv,
     "cvae/conditional": _cvae(False),
     "cvae_learned_prior/conditional": _cvae(True),
