@@ -27,6 +27,7 @@ import torch
 
 import ppvae
 from models import VAE
+from ppvae.bdmc import simulate
 from ppvae.data.binarized_mnist import read_npz
 
 
@@ -50,9 +51,10 @@ def _bdmc(args, vae, template: torch.Tensor) -> int:
           f"{args.leapfrog} leapfrog steps per transition")
     print("| steps | lower | upper | mean gap | seconds |\n|---|---|---|---|---|")
     chosen = args.schedules[-1]
+    x_sim, z_sim = simulate(vae, template)  # one simulated data set for every schedule
     for steps in args.schedules:
         t = time.perf_counter()
-        r = ppvae.bdmc(vae, template, num_steps=steps, num_chains=args.chains,
+        r = ppvae.bdmc(vae, x_sim, z=z_sim, num_steps=steps, num_chains=args.chains,
                        num_leapfrog=args.leapfrog)
         print(f"| {steps} | {r.lower.mean:.3f} ± {r.lower.mean_stderr:.3f} | {r.upper.mean:.3f} "
               f"± {r.upper.mean_stderr:.3f} | {r.mean_gap:.3f} | {time.perf_counter() - t:.1f} |",
