@@ -1,14 +1,13 @@
 """VQ-VAE on the digits (van den Oord et al. 2017): nearest-code quantization with the
 straight-through estimator, codebook and commitment losses, and optional EMA codebook updates.
 
-Trains ``models.VQVAE`` with ``guides.VQEncoder`` through ``ppvae.fit`` with Pyro's
-``Trace_ELBO`` objective (it includes the guide's VQ-loss factor; ppvae's own ``ELBO`` objective
-counts latent sites only). Prints the honest bound ELBO = log p(x | z_q) - P log K (IWAE equals
-it: the guide is deterministic) and shows that continuous-latent analyses refuse this model.
+Trains ``models.VQVAE`` with ``guides.VQEncoder`` through ``ppvae.fit`` (its ELBO objective
+counts the guide's VQ-loss factor, as Pyro's ``Trace_ELBO`` does). Prints the honest bound
+ELBO = log p(x | z_q) - P log K (IWAE equals it: the guide is deterministic) and shows that
+continuous-latent analyses refuse this model.
 Saves reconstructions and samples with codes drawn uniformly (no learned code prior).
 """
 
-import pyro
 from _common import bounds, digits, parse, save
 
 import guides
@@ -23,7 +22,7 @@ for ema in (False, True):
                          name=f"vq{'_ema' if ema else ''}")
     guide = guides.VQEncoder(model, (128,), name=f"vq{'_ema' if ema else ''}_q")
     ppvae.fit(model, guide, data, epochs=args.epochs, batch_size=64, lr=3e-3, quiet=True,
-              objective=ppvae.PyroObjective(pyro.infer.Trace_ELBO()), seed=args.seed)
+              seed=args.seed)
     model.eval()  # freeze the EMA codebook for evaluation
     bounds(model, guide, data.test, f"VQ-VAE ({'EMA' if ema else 'gradient'} codebook)", k=10)
 try:

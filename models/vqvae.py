@@ -11,10 +11,9 @@ q(z | x) = delta(quantize(f(x))), a point mass on a *discrete* set (log q = 0, e
 straight-through estimator z_e + sg(e - z_e) carrying gradients to the encoder. It adds the
 codebook loss ||sg(z_e) - e||^2 (absent with ``ema=True``: exponential-moving-average codebook
 updates, paper appendix A.1) and the commitment loss beta ||z_e - sg(e)||^2 to Pyro's training
-objective as a guide factor, which ppvae's per-datapoint log weights do not include. Train with
-Pyro's ``Trace_ELBO`` (which counts guide factors): with ``ppvae.fit`` pass
-``objective=ppvae.PyroObjective(pyro.infer.Trace_ELBO())``; ppvae's own ``ELBO`` objective counts
-latent sites only and would drop these losses.
+objective as a guide factor, which ppvae's per-datapoint log weights do not include. Training
+objectives count guide factors as Pyro's ``Trace_ELBO`` does (``ppvae.fit``'s default ``ELBO``
+and ``ppvae.PyroObjective(pyro.infer.Trace_ELBO())`` alike).
 
 Which ppvae analyses apply:
 * ELBO = log p(x | z_q) - P log K is a true lower bound on log p(x) under the uniform code

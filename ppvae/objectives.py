@@ -107,7 +107,9 @@ class ELBO(Objective):
                     is_observed(site) or is_latent(site)):
                 elbo = elbo + _log_prob_sum(site)
         for name, site in guide_tr.nodes.items():
-            if site["type"] == "sample" and not site_is_subsample(site) and is_latent(site):
+            if site["type"] == "sample" and not site_is_subsample(site) and is_observed(site):
+                elbo = elbo - _log_prob_sum(site)  # guide factors (as in Pyro's Trace_ELBO)
+            elif site["type"] == "sample" and not site_is_subsample(site) and is_latent(site):
                 if not site["fn"].has_rsample:
                     raise ValueError(
                         f"guide site '{name}' ({type(site['fn']).__name__}) has no "

@@ -38,6 +38,24 @@ def test_elbo_equals_pyro_trace_elbo(pair):
     assert torch.allclose(ours, theirs)
 
 
+def test_guide_factors_count_as_in_pyro_trace_elbo(pair):
+    """A pyro.factor in the guide (e.g. VQ-VAE's commitment loss) enters the training loss."""
+    model, guide, data, info = pair
+
+    def guide_with_factor(x):
+        q = guide.distribution(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", q)
+            pyro.factor("penalty", -0.5 * x.pow(2).sum(-1), has_rsample=True)
+
+    plain = _loss(ppvae.ELBO(), model, guide, data.x, info)
+    ours = _loss(ppvae.ELBO(), model, guide_with_factor, data.x, info)
+    pyro.set_rng_seed(0)
+    theirs = pyro.infer.Trace_ELBO().differentiable_loss(model, guide_with_factor, data.x)
+    assert torch.allclose(ours, theirs)
+    assert torch.allclose(ours - plain, -0.5 * data.x.pow(2).sum())
+
+
 def test_beta_one_is_the_elbo_and_beta_scales_only_the_kl_terms(pair):
     model, guide, data, info = pair
     base = _loss(ppvae.ELBO(), model, guide, data.x, info)
