@@ -105,7 +105,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         checkpoint: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
         transform: Callable | None = None, batch_kw: dict | None = None,
         valid_batch_kw: dict | None = None, fixed_kw: dict | None = None,
-        quiet: bool = False) -> FitResult:
+        quiet: bool = False, on_epoch: Callable[..., None] | None = None) -> FitResult:
     """Train ``model`` and ``guide`` on ``data`` by SVI; returns a :class:`FitResult`.
 
     Args:
@@ -132,6 +132,9 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         batch_kw / valid_batch_kw: per-datapoint tensors passed to model and guide, minibatched
             with the data (labels of a conditional model); fixed_kw: passed unchanged.
         quiet: no progress bar.
+        on_epoch: called after each epoch (and its checkpoint) as ``on_epoch(epoch=e,
+            train=..., valid=... or None, lr=..., step=..., seconds=...)``, ``e`` counting
+            completed epochs (a run log such as the CLI's metrics.jsonl).
     """
     if nan_policy not in ("stop", "rollback"):
         raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan_policy!r}")
@@ -287,6 +290,10 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
                 save_checkpoint(checkpoint, params=params, model=model, guide=guide,
                                 optimizer=opt, scheduler=sched, epoch=epoch,
                                 step=hist["step"], config=config, state=hist)
+            if on_epoch is not None:
+                on_epoch(epoch=epoch, train=train_val, valid=hist["valid"][-1] if hist["valid"]
+                         else None, lr=hist["lr"][-1], step=hist["step"],
+                         seconds=time.perf_counter() - t0)
             bar.update(1)
             bar.set_postfix(train=f"{train_val:.2f}", **(
                 {"valid": f"{hist['valid'][-1]:.2f}"} if hist["valid"] else {}))
