@@ -91,20 +91,20 @@ def test_flow_family_improves_on_its_initialization(ppca):
 def test_amortized_full_guide_trained_has_zero_amortization_gap(ppca):
     d, model, log_px = ppca
     guide = AmortizedLinearGaussian(10, 3, "full").to(torch.float64)
-    svi = SVI(model, guide, ClippedAdam({"lr": 0.05, "lrd": 0.01 ** (1 / 2000)}),
+    svi = SVI(model, guide, ClippedAdam({"lr": 0.1, "lrd": 1e-3 ** (1 / 1000)}),
               Trace_ELBO(num_particles=8, vectorize_particles=True))
-    for _ in range(2000):
+    for _ in range(1000):
         svi.step(d.x)
-    report = ppvae.gaps(model, {"full": guide}, d.x, log_px=log_px, num_samples=1000)
-    row = report.row("full")
     q_star = ppvae.fit_local(model, d.x, "full", guide, num_steps=500)
+    report = ppvae.gaps(model, {"full": guide}, d.x, log_px=log_px, local={"full": q_star},
+                        num_samples=1000)
     with torch.no_grad():
         qa = guide.distribution(d.x)
         kl_amortized = ppvae.ppca_kl_to_posterior(d.W, d.b, d.sigma, d.x, qa.loc, qa.scale_tril)
     closed = float((kl_amortized - _kl(d, q_star)).mean())  # amortization gap, closed form
     assert abs(closed) < OPT_TOL
-    s = row.summary("amortization")
-    assert abs(s.mean - closed) < 4 * s.mc_se + OPT_TOL
+    s = report.row("full").summary("amortization")
+    assert abs(s.mean - closed) < 4 * s.mc_se + 1e-9  # the report's estimate is unbiased
     assert abs(s.mean) < 4 * s.mc_se + OPT_TOL
 
 
