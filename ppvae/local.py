@@ -37,7 +37,7 @@ from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import ReshapeTransform
 
 from .contract import DATA_PLATE, ContractError, check_pair, is_latent
-from .local_families import FAMILIES, LocalFamily, PathDerivative
+from .local_families import FAMILIES, LocalFamily, PathDerivative, gaussian_moments
 from .weights import PARTICLE_PLATE, log_weights
 
 __all__ = ["LatentSite", "LocalFit", "LocalGuide", "fit_local", "latent_sites"]
@@ -199,15 +199,8 @@ def _guide_moments(guide, x, sites):
     if not hasattr(guide, "distribution") or len(sites) != 1 or sites[0].to_support is not None:
         return None
     with torch.no_grad():
-        q = guide.distribution(x)
-    n, k = int(x.shape[0]), sites[0].dim
-    if isinstance(q, torch.distributions.MultivariateNormal):
-        return [(q.loc.expand(n, k), q.scale_tril.expand(n, k, k))]
-    if (isinstance(q, torch.distributions.Independent) and q.reinterpreted_batch_ndims == 1
-            and isinstance(q.base_dist, torch.distributions.Normal)):
-        base = q.base_dist
-        return [(base.loc.expand(n, k), torch.diag_embed(base.scale.expand(n, k)))]
-    return None
+        m = gaussian_moments(guide.distribution(x), int(x.shape[0]), sites[0].dim)
+    return None if m is None else [m]
 
 
 def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,

@@ -30,7 +30,9 @@ from torch import nn
 from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 
-__all__ = ["FAMILIES", "LocalAutoregressive", "LocalFamily", "PathDerivative"]
+__all__ = [
+    "FAMILIES", "LocalAutoregressive", "LocalFamily", "PathDerivative", "gaussian_moments",
+]
 
 FAMILIES = ("diag", "full", "flow")
 
@@ -180,3 +182,15 @@ class PathDerivative(dist.TorchDistribution):
 
     def log_prob(self, value):
         return self.q_detached.log_prob(value)
+
+
+def gaussian_moments(q, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Mean [N, K] and Cholesky factor [N, K, K] of a Gaussian q with batch [N], event [K]
+    (a full-covariance or an independent-Normal one); None for any other distribution."""
+    if isinstance(q, torch.distributions.MultivariateNormal):
+        return q.loc.expand(n, k), q.scale_tril.expand(n, k, k)
+    if (isinstance(q, torch.distributions.Independent) and q.reinterpreted_batch_ndims == 1
+            and isinstance(q.base_dist, torch.distributions.Normal)):
+        base = q.base_dist
+        return base.loc.expand(n, k), torch.diag_embed(base.scale.expand(n, k))
+    return None
