@@ -170,7 +170,7 @@ class GapReport(NamedTuple):
                  capsize=3)
         bars.bar(names, m_mean, bottom=a_mean, yerr=[s.data_se for s in amort],
                  label="amortization gap", capsize=3)
-        bars.set_ylabel("nats (mean over datapoints)")
+        bars.set_ylabel("nats (mean, bars: s.e. across datapoints)")
         bars.set_title("inference gap = approximation + amortization")
         bars.legend()
         for r in self.rows:
