@@ -15,6 +15,16 @@ parameters, the epoch's ELBO), not per step. A non-finite step either stops trai
 (``"rollback"``); both restore the last finite parameters and report the step and the first
 site with a non-finite log density. Checkpoints (:mod:`ppvae.checkpoint`) are written only from
 finite states.
+
+Under ``torchrun`` the same call trains data parallel (:mod:`ppvae.distributed`): every rank
+holds the data, draws the same per-epoch permutation, and evaluates its contiguous share of
+each minibatch of ``batch_size * world_size`` rows (the effective batch; ``batch_size`` is per
+rank); gradients are summed across ranks weighted by shard size, so each step is the one a single
+process takes on the whole minibatch (with different Monte Carlo draws). Parameters and module
+buffers start from rank 0's; the validation ELBO is sharded over ranks and summed; rank 0 alone
+writes checkpoints and shows progress; every rank resumes from the checkpoint (which must be
+readable by all ranks). Each rank's RNG is reseeded per epoch from (seed, epoch, rank), so a
+distributed run is reproducible and resumes exactly.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import torch
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
+from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .contract import check_pair
 from .device import resolve_device
@@ -96,6 +107,30 @@ def _unpack(data, valid, transform):
     return data, valid, transform
 
 
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """A seed for one rank's draws in one epoch (distinct across ranks and epochs)."""
+    return (seed * 1_000_003 + epoch * 8191 + rank * 131_071 + 1) % 2**63
+
+
+def _buffers(*modules) -> list[torch.Tensor]:
+    return [b for m in modules if isinstance(m, torch.nn.Module) for b in m.buffers()]
+
+
+def _valid_elbo(model, guide, valid, info, samples, batch_kw, fixed_kw, world) -> float:
+    """Mean validation ELBO; with several ranks each scores its share of the rows."""
+    if world == 1:
+        return float(heldout_elbo(model, guide, valid, info, num_samples=samples,
+                                  batch_kw=batch_kw, fixed_kw=fixed_kw))
+    rows = slice(*ddp.shard_bounds(valid.shape[0]))
+    total = valid.new_zeros((), dtype=torch.float64)
+    if rows.stop > rows.start:
+        part = heldout_elbo(model, guide, valid[rows], info, num_samples=samples,
+                            batch_kw={k: v[rows] for k, v in batch_kw.items()},
+                            fixed_kw=fixed_kw)
+        total = part * (rows.stop - rows.start)
+    return float(ddp.all_sum(total)) / valid.shape[0]
+
+
 def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 10,
         batch_size: int = 128, lr: float = 1e-3, objective: Objective | None = None,
         optimizer: Callable | None = None, schedule=None, clip_norm: float | None = None,
@@ -120,7 +155,8 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         patience: stop after this many epochs without improvement.
         restore_best: at the end, load the parameters of the best validation epoch.
         seed: seeds Pyro's RNG and the minibatch order (None: not reseeded).
-        device: where data, model and guide (``nn.Module`` s) live; default CUDA if available.
+        device: where data, model and guide (``nn.Module`` s) live; default CUDA if available
+            (under torchrun with NCCL: GPU ``LOCAL_RANK``).
         nan_policy: ``"stop"`` or ``"rollback"`` (up to ``max_rollbacks`` times, multiplying the
             learning rate by ``rollback_lr_factor``).
         check_every: steps between finiteness checks (one host sync each).
@@ -140,7 +176,8 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan_policy!r}")
     t_start = time.perf_counter()
     x, valid, transform = _unpack(data, valid, transform)
-    dev = resolve_device(device)
+    world = ddp.world_size() if ddp.init_from_env() else 1
+    dev = resolve_device(device) if device is not None else ddp.default_device()
     x = x.to(dev)
     valid = valid.to(dev) if valid is not None else None
     batch_kw = {k: v.to(dev) for k, v in (batch_kw or {}).items()}
@@ -154,6 +191,8 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     if seed is not None:
         pyro.set_rng_seed(seed)
     base_seed = seed if seed is not None else int(torch.randint(2**31, ()))
+    if world > 1:
+        base_seed = ddp.broadcast_int(base_seed, device=dev)  # the same permutations everywhere
 
     def epoch_data(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator(device=dev).manual_seed(base_seed * 100003 + epoch)
@@ -175,14 +214,24 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "objective": objective.name,
               "seed": base_seed, "num_data": n, "nan_policy": nan_policy,
               "clip_norm": clip_norm, "patience": patience, "device": str(dev)}
+    if world > 1:
+        config["world_size"] = world
     hist = {"train": [], "valid": [], "lr": [], "best_epoch": -1, "best": -math.inf,
             "bad_epochs": 0, "rollbacks": 0, "step": 0}
     start_epoch = 0
-    if resume is not None and os.path.exists(resume):
+    found = resume is not None and os.path.exists(resume)
+    if world > 1:
+        everywhere = int(ddp.all_sum(torch.tensor([int(found)], device=dev)))
+        if everywhere not in (0, world):
+            raise RuntimeError(f"resume checkpoint {resume} exists on {everywhere} of {world} "
+                               "ranks: put it on a file system every rank can read")
+    if found:
         meta = load_checkpoint(resume, params=params, model=model, guide=guide, optimizer=opt,
                                scheduler=sched)
         hist.update(meta.state)
         start_epoch = meta.epoch
+    if world > 1:  # every rank starts from rank 0's parameters and buffers
+        ddp.broadcast_tensors([*params.values(), *_buffers(model, guide)])
     good, best = Snapshot.take(params, opt), None
     stopped, message = "completed", f"trained {epochs} epochs"
     steps0, train_time = hist["step"], 0.0
@@ -201,8 +250,10 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
             msg += f"; parameter '{bad_param}' had become non-finite"
         return msg + "; parameters restored to the last finite state"
 
-    bar = tqdm(total=epochs, initial=start_epoch, disable=quiet, desc="fit", unit="epoch",
-               leave=False)
+    bar = tqdm(total=epochs, initial=start_epoch, disable=quiet or not ddp.is_main(), desc="fit",
+               unit="epoch", leave=False)
+    gbs = batch_size * world  # the effective minibatch, split over the ranks
+    zero = next(iter(params.values())).new_zeros(())  # an empty shard's loss
     epoch = start_epoch
     was_validating = is_validation_enabled()
     pyro.enable_validation(validate)  # once for the loop, not per step
@@ -210,31 +261,49 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         while epoch < epochs:
             t0 = time.perf_counter()
             xe, perm = epoch_data(epoch)
-            nb = math.ceil(n / batch_size)
+            if world > 1:
+                pyro.set_rng_seed(_rank_seed(base_seed, epoch, ddp.rank()))
+            nb = math.ceil(n / gbs)
             window, kept, rows, wrows = [], [], 0, 0  # window: -objective per batch since a check
             failure = None
             for b in range(nb):
-                idx = perm[b * batch_size:(b + 1) * batch_size]
+                gidx = perm[b * gbs:(b + 1) * gbs]
+                idx = gidx if world == 1 else gidx[slice(*ddp.shard_bounds(len(gidx)))]
                 xb = xe[idx]
                 kw = {**fixed_kw, **{k: v[idx] for k, v in batch_kw.items()}}
-                scale = n / xb.shape[0]
-                try:
-                    loss = objective.loss(model, guide, xb, info=info._replace(
-                        num_data=xb.shape[0]), data_scale=scale, step=hist["step"], kwargs=kw)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                scale = n / max(xb.shape[0], 1)
+                err, loss = None, None
+                opt.zero_grad(set_to_none=True)
+                if xb.shape[0]:  # a rank's share of a short last minibatch may be empty
+                    try:
+                        loss = objective.loss(model, guide, xb, info=info._replace(
+                            num_data=xb.shape[0]), data_scale=scale, step=hist["step"],
+                            kwargs=kw)
+                        loss.backward()
+                    except ValueError as e:  # distribution validation met non-finite values
+                        if bool(torch.isfinite(xb).all()) and bool(params_finite(params)):
+                            raise
+                        err = e
+                failed = err is not None
+                if world > 1:  # the step a single process takes on the whole minibatch
+                    failed = ddp.allreduce_gradients(list(params.values()), len(idx) / len(
+                        gidx), failed if validate else None)
+                if failed:
+                    failure = diagnose(hist["step"], "values", xe[gidx], {**fixed_kw, **{
+                        k: v[gidx] for k, v in batch_kw.items()}}, err)
+                else:
                     if clip_norm is not None:
                         torch.nn.utils.clip_grad_norm_(list(params.values()), clip_norm)
                     opt.step()
-                    window.append(loss.detach() / scale)
+                    window.append(loss.detach() / scale if loss is not None else zero)
                     wrows += xb.shape[0]
-                except ValueError as e:  # distribution validation met non-finite values
-                    if bool(torch.isfinite(xb).all()) and bool(params_finite(params)):
-                        raise
-                    failure = diagnose(hist["step"], "values", xb, kw, e)
                 hist["step"] += 1
                 if failure is None and (len(window) >= check_every or b == nb - 1):
                     losses = torch.stack(window)  # [W]
+                    if world > 1:  # the minibatches' totals over all ranks
+                        summed = ddp.all_sum(torch.cat([losses.double(), losses.new_tensor(
+                            [wrows], dtype=torch.float64)]))  # [W + 1]
+                        losses, wrows = summed[:-1], int(summed[-1])
                     finite = torch.isfinite(losses)  # [W]
                     if bool(finite.all() & params_finite(params)):
                         kept.append(losses.sum())
@@ -244,7 +313,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
                         bad = int((~finite).nonzero()[0, 0]) if not bool(finite.all()) else (
                             len(window) - 1)
                         b0 = b - len(window) + 1 + bad  # the first bad batch
-                        bidx = perm[b0 * batch_size:(b0 + 1) * batch_size]
+                        bidx = perm[b0 * gbs:(b0 + 1) * gbs]
                         bkw = {**fixed_kw, **{k: v[bidx] for k, v in batch_kw.items()}}
                         failure = diagnose(hist["step"] - len(window) + bad,
                                            "loss or parameters", xe[bidx], bkw)
@@ -266,8 +335,8 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
             hist["lr"].append(opt.param_groups[0]["lr"])
             value = train_val
             if valid is not None:
-                v = float(heldout_elbo(model, guide, valid, info, num_samples=valid_samples,
-                                       batch_kw=valid_batch_kw, fixed_kw=fixed_kw))
+                v = _valid_elbo(model, guide, valid, info, valid_samples, valid_batch_kw,
+                                fixed_kw, world)
                 if not math.isfinite(v):
                     good = Snapshot.take(params, opt)  # finite: checked at the epoch's end
                     raise NonFiniteError(diagnose(hist["step"], "validation ELBO", valid[
@@ -286,10 +355,12 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
             elif sched is not None:
                 sched.step()
             epoch += 1
-            if checkpoint is not None:
+            if checkpoint is not None and ddp.is_main():
                 save_checkpoint(checkpoint, params=params, model=model, guide=guide,
                                 optimizer=opt, scheduler=sched, epoch=epoch,
                                 step=hist["step"], config=config, state=hist)
+            if checkpoint is not None and world > 1:
+                ddp.barrier()  # the file is complete before any rank goes on
             if on_epoch is not None:
                 on_epoch(epoch=epoch, train=train_val, valid=hist["valid"][-1] if hist["valid"]
                          else None, lr=hist["lr"][-1], step=hist["step"],
