@@ -220,8 +220,8 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
             otherwise), or a fitted :class:`LocalGuide`.
         num_steps: maximum optimizer steps (0 returns the initialization).
         num_particles: reparameterized particles per datapoint and step (vectorized).
-        lr, lr_decay: ClippedAdam learning rate, decayed geometrically to ``lr * lr_decay``
-            over ``num_steps``.
+        lr, lr_decay: ClippedAdam learning rate (divided by K for the Cholesky and flow
+            matrices), decayed geometrically to ``lr * lr_decay`` over ``num_steps``.
         tol, window, patience: the per-datapoint convergence rule (module docstring).
         freeze_converged: stop updating a datapoint once it has converged (default: keep
             refining it until every datapoint has converged or ``num_steps`` is reached).
@@ -257,7 +257,12 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
                                for m, L in moments])
     info = check_pair(model, guide, x, **kwargs)
     params = list(guide.parameters())
-    optim = ClippedAdam(params, lr=lr, lrd=lr_decay ** (1.0 / max(num_steps, 1)))
+    # matrix parameters ([N, ..., K, K]) move K entries that add up in each output: lr / K
+    groups = [{"params": [p for p in params if p.dim() == 2]},
+              {"params": [p for p in params if p.dim() > 2],
+               "lr": lr / max(f.dim for f in guide.families)}]
+    optim = ClippedAdam([g for g in groups if g["params"]], lr=lr,
+                        lrd=lr_decay ** (1.0 / max(num_steps, 1)))
 
     n = int(x.shape[0])
     active = torch.ones(n, dtype=torch.bool, device=x.device)

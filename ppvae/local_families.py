@@ -5,7 +5,8 @@ dimension N) and returning a distribution over a flat latent vector with batch s
 event shape [K]:
 
 * ``"diag"``: N(m_n, diag s_n^2), the mean-field Gaussian (Kingma and Welling 2014);
-* ``"full"``: N(m_n, L_n L_n^T) with a lower-Cholesky L_n (positive diagonal via exp);
+* ``"full"``: N(m_n, L_n L_n^T) with a lower-Cholesky L_n (positive diagonal via exp, kept
+  apart from the strictly lower part so that the optimizer can give the two their own rates);
 * ``"flow"``: a diagonal Gaussian pushed through per-datapoint affine autoregressive layers
   (inverse autoregressive flow, Kingma et al. 2016, with a linear conditioner per datapoint):
 
@@ -119,10 +120,10 @@ class LocalFamily(nn.Module):
         n, k = loc.shape
         self.family, self.num_data, self.dim = family, n, k
         diag = torch.diagonal(scale_tril, dim1=-2, dim2=-1)  # [N, K]
-        if family == "full":
+        if family == "full":  # L = strictly lower part + diag(exp(log_scale))
             self.loc = nn.Parameter(loc.detach().clone())
-            raw = torch.tril(scale_tril, -1) + torch.diag_embed(diag.log())  # [N, K, K]
-            self.tril_raw = nn.Parameter(raw.detach().clone())
+            self.log_scale = nn.Parameter(diag.log().detach().clone())  # [N, K]
+            self.tril_off = nn.Parameter(torch.tril(scale_tril, -1).detach().clone())  # [N, K, K]
         elif family == "diag":
             self.loc = nn.Parameter(loc.detach().clone())
             self.log_scale = nn.Parameter(diag.log().detach().clone())
@@ -144,8 +145,7 @@ class LocalFamily(nn.Module):
         """
         p = {name: (v.detach() if detach else v) for name, v in self.named_parameters()}
         if self.family == "full":
-            raw = p["tril_raw"]
-            tril = torch.tril(raw, -1) + torch.diag_embed(torch.diagonal(raw, 0, -2, -1).exp())
+            tril = torch.tril(p["tril_off"], -1) + torch.diag_embed(p["log_scale"].exp())
             return dist.MultivariateNormal(p["loc"], scale_tril=tril)
         base = dist.Normal(p["loc"], p["log_scale"].exp()).to_event(1)
         if self.family == "diag":
