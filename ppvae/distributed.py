@@ -35,6 +35,7 @@ __all__ = [
     "broadcast_int",
     "broadcast_tensors",
     "default_device",
+    "gather_objects",
     "gather_rows",
     "init_from_env",
     "is_distributed",
@@ -199,21 +200,39 @@ def broadcast_int(value: int, src: int = 0, device=None) -> int:
     return int(t)
 
 
-def gather_rows(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """Concatenate every rank's ``t`` along ``dim`` in rank order (the sizes along ``dim``
-    may differ between ranks; all other dimensions must agree)."""
+def gather_objects(obj) -> list:
+    """Every rank's picklable ``obj``, in rank order (``[obj]`` in a single process)."""
     if not is_distributed():
+        return [obj]
+    out: list = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_rows(t: torch.Tensor | None, dim: int = 0) -> torch.Tensor:
+    """Concatenate every rank's ``t`` along ``dim`` in rank order. Sizes along ``dim`` may
+    differ between ranks (all other dimensions must agree); a rank with nothing to give passes
+    None and still receives the result."""
+    if not is_distributed():
+        if t is None:
+            raise ValueError("gather_rows: no tensor to gather")
         return t
-    if t.dtype == torch.bool:  # not every backend reduces bools: gather as bytes
-        return gather_rows(t.to(torch.uint8), dim).bool()
-    dim = dim % t.dim()
-    t = t.contiguous()
-    sizes = [torch.zeros(1, dtype=torch.int64, device=t.device) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([t.shape[dim]], dtype=torch.int64, device=t.device))
-    counts = [int(s) for s in sizes]
+    metas = gather_objects(None if t is None else (tuple(t.shape), t.dtype))
+    known = [m for m in metas if m is not None]
+    if not known:
+        raise ValueError("gather_rows: no rank has a tensor to gather")
+    shape, dtype = known[0]
+    dim = dim % len(shape)
+    if t is None:
+        t = torch.empty((*shape[:dim], 0, *shape[dim + 1:]), dtype=dtype,
+                        device=default_device())
+    if t.dtype == torch.bool:  # not every backend gathers bools: send bytes
+        t = t.to(torch.uint8)
+    counts = [m[0][dim] if m is not None else 0 for m in metas]
     pad_shape = list(t.shape)
     pad_shape[dim] = max(counts) - t.shape[dim]
-    padded = torch.cat([t, t.new_zeros(pad_shape)], dim)  # [..., max count, ...]
+    padded = torch.cat([t, t.new_zeros(pad_shape)], dim).contiguous()  # [..., max, ...]
     out = [torch.empty_like(padded) for _ in counts]
     dist.all_gather(out, padded)
-    return torch.cat([o.narrow(dim, 0, c) for o, c in zip(out, counts, strict=True)], dim)
+    rows = torch.cat([o.narrow(dim, 0, c) for o, c in zip(out, counts, strict=True)], dim)
+    return rows.bool() if dtype == torch.bool else rows
