@@ -5,7 +5,7 @@ Models are Pyro model functions, guides are Pyro guides; the engine checks their
 builds bounds (:func:`elbo`, :func:`iwae`) and exact references (:mod:`ppvae.ppca`) on them.
 """
 
-from . import data
+from . import data, distributed
 from .ais import AISResult, ais, ais_log_px
 from .bdmc import BDMCResult, bdmc
 from .bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights, logmeanexp
@@ -30,6 +30,14 @@ from .ppca import (
     ppca_mle,
     ppca_posterior,
 )
+from .sharded import (
+    sharded_ais,
+    sharded_elbo,
+    sharded_fit_local,
+    sharded_iwae,
+    sharded_log_weights,
+)
+from .sharded_gaps import sharded_gaps
 from .weights import iter_log_weights, log_weights
 
 __version__ = "0.1.0"
@@ -64,6 +72,7 @@ __all__ = [
     "compare_posteriors",
     "data",
     "diagnostics",
+    "distributed",
     "elbo",
     "elbo_from_log_weights",
     "fit",
@@ -89,6 +98,12 @@ __all__ = [
     "ppca_posterior",
     "register_log_px",
     "resolve_device",
+    "sharded_ais",
+    "sharded_elbo",
+    "sharded_fit_local",
+    "sharded_gaps",
+    "sharded_iwae",
+    "sharded_log_weights",
     "to_inference_data",
 ]
 
