@@ -1,21 +1,38 @@
 """The ``ppvae`` command line.
 
 Subcommands:
-    demo   the main job on bundled data (today: the PPCA exact-reference study)
-    ppca   the PPCA study on synthetic data or on a user's .npy/.csv file
-    info   versions and the device ppvae would use
+    train     train a model and guide into a run directory (config.toml, metrics.jsonl,
+              checkpoint, report); --resume continues an interrupted run
+    evaluate  log p-hat(x) by IWAE or AIS on a split, and a reconstructions figure
+    gaps      the inference-gap report for a run and more guide families, optional MCMC
+    sample    images from the prior (one row per label for a conditional model)
+    demo      the main job: VAE on the bundled digits, gaps for diagonal and flow guides,
+              MCMC comparison, report with figures
+    ppca      the PPCA study on synthetic data or on a user's .npy/.csv file
+    info      versions, the device ppvae would use, where data is looked for
 
-Errors a user can cause print one line naming the problem and exit with code 2
-(``--debug`` shows the traceback).
+Configuration comes from flags or a TOML file (``--config``; flags override it). Errors a user
+can cause print one line naming the problem and exit with code 2 (``--debug`` shows the
+traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 __all__ = ["main"]
+
+# config keys: top level, [sizes] and [train] (the run directory's config.toml has this shape)
+_TOP = ("model", "guide", "data", "data_path", "binarize", "seed", "device")
+_SIZES = ("latent_dim", "hidden", "top_latent_dim", "num_flows", "channels")
+_TRAIN = ("objective", "epochs", "batch_size", "lr", "particles", "iwae_k", "beta",
+          "warmup_steps", "patience")
+_DEFAULTS = {"model": "vae", "data": "digits", "seed": 0, "device": "auto",
+             "sizes": {"latent_dim": 4, "hidden": [128]},
+             "train": {"objective": "elbo", "epochs": 30, "batch_size": 64, "lr": 3e-3}}
 
 
 class UsageError(Exception):
@@ -47,6 +64,136 @@ def _load_matrix(path: str):
     return torch.as_tensor(arr, dtype=torch.float64)
 
 
+def _check_device(device: str | None) -> None:
+    from .device import resolve_device
+
+    try:
+        resolve_device(device)
+    except RuntimeError as e:
+        raise UsageError(str(e)) from e
+
+
+def _merge(base: dict, over: dict, where: str) -> dict:
+    out = {**base, "sizes": dict(base.get("sizes", {})), "train": dict(base.get("train", {}))}
+    for k, v in over.items():
+        if k in ("sizes", "train"):
+            if not isinstance(v, dict):
+                raise UsageError(f"{where}: '{k}' must be a table")
+            allowed = _SIZES if k == "sizes" else _TRAIN
+            bad = sorted(set(v) - set(allowed))
+            if bad:
+                raise UsageError(f"{where}: unknown key(s) {bad} in [{k}]; valid: "
+                                 f"{', '.join(allowed)}")
+            out[k].update(v)
+        elif k in _TOP:
+            out[k] = v
+        else:
+            raise UsageError(f"{where}: unknown key '{k}'; valid: {', '.join(_TOP)}, "
+                             "[sizes], [train]")
+    return out
+
+
+def _train_config(args) -> tuple[dict, Path]:
+    from .builders import DEFAULT_GUIDE
+    from .runs import read_toml
+
+    cfg = _merge(_DEFAULTS, {}, "defaults")
+    out = Path(args.out) if args.out else None
+    if args.resume:
+        if out is None:
+            raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
+        if not (out / "config.toml").is_file():
+            raise UsageError(f"cannot resume: {out / 'config.toml'} not found")
+        cfg = _merge(cfg, read_toml(out / "config.toml"), str(out / "config.toml"))
+    if args.config:
+        cfg = _merge(cfg, read_toml(args.config), args.config)
+    flags = {k: getattr(args, k) for k in _TOP if getattr(args, k, None) is not None}
+    flags["sizes"] = {k: getattr(args, k) for k in _SIZES if getattr(args, k, None) is not None}
+    flags["train"] = {k: getattr(args, k) for k in _TRAIN if getattr(args, k, None) is not None}
+    cfg = _merge(cfg, flags, "command line")
+    cfg.setdefault("guide", DEFAULT_GUIDE.get(cfg["model"], "diag"))
+    if "binarize" not in cfg and cfg["data"] in ("digits", "mnist", "fashion-mnist"):
+        cfg["binarize"] = "static"
+    if out is None:
+        out = Path("runs") / f"{cfg['model']}-{cfg['guide']}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return cfg, out
+
+
+def _cmd_train(args) -> int:
+    from .runs import RunDir
+    from .workflow import train_run
+
+    cfg, out = _train_config(args)
+    _check_device(cfg.get("device"))
+    run = RunDir.create(out)
+    try:
+        res = train_run(cfg, run, resume=args.resume, quiet=args.quiet, load_matrix=_load_matrix)
+    except KeyboardInterrupt:
+        print(f"ppvae: interrupted; the last finished epoch is saved. Continue with: "
+              f"ppvae train --out {run.path} --resume", file=sys.stderr)
+        return 130
+    valid = f", validation ELBO {res.valid_elbo[-1]:.3f}" if res.valid_elbo else ""
+    print(f"trained {res.epochs} epochs ({res.stopped}){valid}")
+    print(f"run directory: {run.path}\nreport: {run.file('report.md')}")
+    return 0
+
+
+def _open(args):
+    from .workflow import open_run
+
+    return open_run(args.run, load_matrix=_load_matrix)
+
+
+def _cmd_evaluate(args) -> int:
+    from .workflow import evaluate_run
+
+    tr = _open(args)
+    out = evaluate_run(tr, split=args.split, estimator=args.estimator, k=args.k,
+                       num_data=args.num_data, ais_steps=args.ais_steps)
+    print(f"{out['split']} (N = {out['num_data']}): ELBO {out['elbo']:.3f} ± "
+          f"{out['elbo_se']:.3f}, log p(x) {out['log_px']:.3f} ± {out['log_px_se']:.3f} "
+          f"({out['estimator']})")
+    print(f"report: {tr.run.file('report.md')}")
+    return 0
+
+
+def _cmd_gaps(args) -> int:
+    from .study import gaps_run
+
+    tr = _open(args)
+    report = gaps_run(tr, args.guides, num_data=args.num_data, local_steps=args.local_steps,
+                      num_samples=args.samples, log_px=args.log_px, k=args.k,
+                      ais_steps=args.ais_steps, guide_epochs=args.guide_epochs,
+                      mcmc_points=args.mcmc, mcmc_warmup=args.mcmc_warmup,
+                      mcmc_samples=args.mcmc_samples, quiet=args.quiet)
+    print(report.to_markdown())
+    print(f"report: {tr.run.file('report.md')}")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from .workflow import sample_run
+
+    tr = _open(args)
+    print(f"wrote {tr.run.file(sample_run(tr, num=args.num))}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .study import demo
+
+    _check_device(args.device)
+    out = Path(args.out) if args.out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    res = demo(out, seed=args.seed, quiet=args.quiet, epochs=args.epochs,
+               flow_epochs=args.flow_epochs, num_data=args.num_data,
+               local_steps=args.local_steps, k=args.k, mcmc_points=args.mcmc,
+               device=args.device)
+    print("\n" + res.table)
+    print(f"finished in {res.seconds:.0f} s; report: {res.run / 'report.md'} "
+          f"(figures and ArviZ netCDF files in {res.run})")
+    return 0
+
+
 def _cmd_ppca(args) -> int:
     from .ppca_study import run_ppca_study
 
@@ -63,62 +210,63 @@ def _cmd_ppca(args) -> int:
     return 0
 
 
-def _cmd_demo(args) -> int:
-    from .ppca_study import run_ppca_study
-
-    print("ppvae demo: PPCA exact-reference study (estimated vs closed-form bounds and gaps)\n")
-    print(run_ppca_study(seed=args.seed).to_markdown())
-    return 0
-
-
 def _cmd_info(args) -> int:
     import arviz
     import pyro
     import torch
 
     from . import __version__
+    from .data import DATASETS, default_root
     from .device import resolve_device
 
     print(f"ppvae {__version__}")
     print(f"python {sys.version.split()[0]}")
     print(f"torch {torch.__version__}, pyro {pyro.__version__}, arviz {arviz.__version__}")
     print(f"device: {resolve_device()} (CUDA available: {torch.cuda.is_available()})")
+    print(f"data sets: {', '.join(DATASETS)} (digits is bundled); downloads go to "
+          f"{default_root()} (set PPVAE_DATA to change)")
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .cli_args import add_commands
+
     p = argparse.ArgumentParser(prog="ppvae", description=__doc__.split("\n\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     sub = p.add_subparsers(dest="command", required=True)
-
-    demo = sub.add_parser("demo", help="run the main job on bundled data")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_cmd_demo)
-
-    ppca = sub.add_parser("ppca", help="PPCA study: estimated vs exact bounds and gaps")
-    ppca.add_argument("--data", help=".npy or .csv matrix [N, D]; synthetic PPCA data if absent")
-    ppca.add_argument("--latent-dim", type=int, default=4)
-    ppca.add_argument("--num-data", type=int, default=500, help="synthetic data only")
-    ppca.add_argument("--data-dim", type=int, default=20, help="synthetic data only")
-    ppca.add_argument("--steps", type=int, default=3000, help="SVI steps per guide")
-    ppca.add_argument("--num-samples", type=int, default=1000)
-    ppca.add_argument("--iwae-k", type=int, default=100)
-    ppca.add_argument("--seed", type=int, default=0)
-    ppca.set_defaults(func=_cmd_ppca)
-
-    info = sub.add_parser("info", help="versions and device")
-    info.set_defaults(func=_cmd_info)
+    add_commands(sub, {"train": _cmd_train, "evaluate": _cmd_evaluate, "gaps": _cmd_gaps,
+                       "sample": _cmd_sample, "demo": _cmd_demo, "ppca": _cmd_ppca,
+                       "info": _cmd_info})
     return p
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .builders import BuildError
+    from .checkpoint import CheckpointError
+    from .contract import ContractError
+    from .runs import RunError
+
+    return (UsageError, BuildError, RunError, CheckpointError, ContractError, ValueError,
+            FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        import matplotlib
+
+        matplotlib.use("Agg")  # figures go to files; no display needed
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
         return args.func(args)
-    except UsageError as e:
+    except _user_errors() as e:
         if args.debug:
             raise
-        print(f"ppvae: error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).split())  # one line
+        print(f"ppvae: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ppvae: interrupted", file=sys.stderr)
