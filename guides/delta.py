@@ -22,7 +22,7 @@ from torch import nn
 
 from ppvae.naming import unique_name
 
-from .mlp import mlp
+from .mlp import flatten_rows, mlp
 
 __all__ = ["DeltaEncoder"]
 
@@ -47,12 +47,7 @@ class DeltaEncoder(PyroModule):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """The point estimate f(x), ``[N, K]``."""
-        flat = x.reshape(x.shape[0], -1)
-        if flat.shape[1] != self.data_dim:
-            raise ValueError(
-                f"DeltaEncoder expects {self.data_dim} features per datapoint, got x of shape "
-                f"{tuple(x.shape)}"
-            )
+        flat = flatten_rows(x, self.data_dim, type(self).__name__)
         return self.net(flat)
 
     def distribution(self, x: torch.Tensor) -> dist.Delta:

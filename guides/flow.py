@@ -25,7 +25,7 @@ from torch import nn
 
 from ppvae.naming import unique_name
 
-from .mlp import mlp
+from .mlp import flatten_rows, mlp
 
 __all__ = ["FlowEncoder"]
 
@@ -66,12 +66,7 @@ class FlowEncoder(PyroModule):
 
     def distribution(self, x: torch.Tensor) -> dist.TorchDistribution:
         """q(z | x_n) with batch shape [N] and event shape [K]."""
-        flat = x.reshape(x.shape[0], -1)
-        if flat.shape[1] != self.data_dim:
-            raise ValueError(
-                f"FlowEncoder expects {self.data_dim} features per datapoint, got x of shape "
-                f"{tuple(x.shape)}"
-            )
+        flat = flatten_rows(x, self.data_dim, type(self).__name__)
         k = self.latent_dim
         out = self.net(flat)  # [N, 2K + C]
         loc, raw, context = out[:, :k], out[:, k:2 * k], out[:, 2 * k:]

@@ -19,7 +19,7 @@ from torch import nn
 
 from ppvae.naming import unique_name
 
-from .mlp import mlp
+from .mlp import flatten_rows, mlp
 
 __all__ = ["FullCovEncoder"]
 
@@ -50,12 +50,7 @@ class FullCovEncoder(PyroModule):
 
     def distribution(self, x: torch.Tensor) -> dist.MultivariateNormal:
         """q(z | x_n) with batch shape [N] and event shape [K]."""
-        flat = x.reshape(x.shape[0], -1)
-        if flat.shape[1] != self.data_dim:
-            raise ValueError(
-                f"FullCovEncoder expects {self.data_dim} features per datapoint, got x of shape "
-                f"{tuple(x.shape)}"
-            )
+        flat = flatten_rows(x, self.data_dim, type(self).__name__)
         k = self.latent_dim
         out = self.net(flat)  # [N, K + K(K+1)/2]
         loc, entries = out[:, :k], out[:, k:]

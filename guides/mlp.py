@@ -18,7 +18,16 @@ from torch import nn
 
 from ppvae.naming import unique_name
 
-__all__ = ["MLPEncoder"]
+__all__ = ["MLPEncoder", "flatten_rows", "mlp"]
+
+
+def flatten_rows(x: torch.Tensor, data_dim: int, owner: str) -> torch.Tensor:
+    """``x`` as rows ``[N, data_dim]``; a clear error naming ``owner`` when the size is wrong."""
+    flat = x.reshape(x.shape[0], -1)
+    if flat.shape[1] != data_dim:
+        raise ValueError(f"{owner} expects {data_dim} features per datapoint, got x of shape "
+                         f"{tuple(x.shape)}")
+    return flat
 
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
@@ -53,12 +62,7 @@ class MLPEncoder(PyroModule):
 
     def distribution(self, x: torch.Tensor) -> dist.TorchDistribution:
         """q(z | x_n) with batch shape [N] and event shape [K]."""
-        flat = x.reshape(x.shape[0], -1)
-        if flat.shape[1] != self.data_dim:
-            raise ValueError(
-                f"MLPEncoder expects {self.data_dim} features per datapoint, got x of shape "
-                f"{tuple(x.shape)}"
-            )
+        flat = flatten_rows(x, self.data_dim, type(self).__name__)
         loc, raw = self.net(flat).chunk(2, dim=-1)  # [N, K] each
         scale = nn.functional.softplus(raw) + self.min_scale
         return dist.Normal(loc, scale).to_event(1)
