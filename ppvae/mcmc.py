@@ -12,6 +12,7 @@ use the same layout and ArviZ conversion as :func:`ppvae.hmc`.
 
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 import torch
@@ -46,8 +47,6 @@ def nuts(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
             (diagonal mass matrix by default).
         **kwargs: passed to the model.
     """
-    import time
-
     if num_chains < 1 or num_samples < 1:
         raise ValueError(f"num_chains and num_samples must be >= 1, got {num_chains}, "
                          f"{num_samples}")

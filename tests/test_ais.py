@@ -16,6 +16,7 @@ from guides.linear import AmortizedLinearGaussian
 from models.ppca import PPCA
 from ppvae.ais import AISResult, ais, schedule
 from ppvae.bdmc import bdmc
+from ppvae.gaps import log_px_estimators
 
 
 @pytest.fixture(autouse=True)
@@ -153,6 +154,7 @@ def test_ais_log_px_is_the_gap_report_estimator(float64):
     est, se, label = ppvae.ais_log_px(model, data.x, None, {}, num_steps=100, num_chains=8,
                                       num_leapfrog=5)
     assert label.startswith("AIS (100 steps, 8 chains")
+    assert "ais" in log_px_estimators()  # registered by ppvae for ppvae.gaps(log_px="ais")
     assert ((est - exact) / se).abs().max() < 4
     with pytest.raises(ValueError, match="init"):
         ppvae.ais_log_px(model, data.x, None, {}, init="posterior")
