@@ -92,10 +92,10 @@ def scenarios(out: Path, rank: int) -> dict:
     res["ais"] = sharded_ais(model, xp, block_size=BLOCK, num_steps=10, num_chains=4)
     q = sharded_fit_local(model, xp, "full", guide, block_size=BLOCK, num_steps=60)
     res["local"] = ([p.detach() for p in q.parameters()], q.fit)
-    res["gaps_exact"] = sharded_gaps(model, guide, xp, exact, block_size=BLOCK, local_steps=100,
-                                     num_samples=100).to_json()
-    res["gaps_iwae"] = sharded_gaps(model, guide, xp, "iwae", block_size=BLOCK, local_steps=100,
-                                    num_samples=100, log_px_options={"k": 50}).to_json()
+    res["gaps_exact"] = sharded_gaps(model, guide, xp, exact, block_size=BLOCK, local_steps=300,
+                                     num_samples=400).to_json()
+    res["gaps_iwae"] = sharded_gaps(model, guide, xp, "iwae", block_size=BLOCK, local_steps=300,
+                                    num_samples=400, log_px_options={"k": 50}).to_json()
     return res
 
 

@@ -116,7 +116,7 @@ def test_sharded_evaluation_does_not_depend_on_the_number_of_ranks(ranks, f64):
     fit = res[0]["local"][1]
     assert fit.num_steps == q.fit.num_steps and fit.history == pytest.approx(q.fit.history)
     assert torch.equal(fit.converged, q.fit.converged) and q.num_data == 24
-    one = sharded_gaps(model, guide, x, exact, block_size=b, local_steps=100, num_samples=100)
+    one = sharded_gaps(model, guide, x, exact, block_size=b, local_steps=300, num_samples=400)
     for got, want in zip(_rows(res[1]["gaps_exact"]), _rows(one.to_json()), strict=True):
         assert got.keys() == want.keys()
         for k in got:
@@ -130,8 +130,8 @@ def test_sharded_gap_report_equals_the_unsharded_one_within_monte_carlo_error(ra
     _, res = ranks
     model, guide, x, exact = worker.ppca_problem()
     torch.manual_seed(0)
-    full = ppvae.gaps(model, guide, x, exact, local_steps=100, num_samples=100)
-    iwae_full = ppvae.gaps(model, guide, x, "iwae", local_steps=100, num_samples=100,
+    full = ppvae.gaps(model, guide, x, exact, local_steps=300, num_samples=400)
+    iwae_full = ppvae.gaps(model, guide, x, "iwae", local_steps=300, num_samples=400,
                            log_px_options={"k": 50})
     for text, ref in ((res[0]["gaps_exact"], full), (res[1]["gaps_iwae"], iwae_full)):
         sharded = ppvae.GapReport.from_json(text)
