@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 
 __all__ = ["DEFAULT_GUIDE", "GUIDES", "MODELS", "BuildError", "ModelSpec", "build_data",
-           "build_guide", "build_model"]
+           "build_guide", "build_model", "check_names"]
 
 MODELS = ("vae", "conv-vae", "cvae", "hierarchical", "autoencoder")
 GUIDES = ("diag", "full", "flow", "conv", "conditional", "bottom-up", "ladder", "delta")
@@ -49,6 +49,20 @@ class ModelSpec(NamedTuple):
     top_latent_dim: int = 2  # the hierarchical model's upper layer
     num_flows: int = 2  # flow guide layers
     channels: int = 16  # conv model / guide
+
+
+def check_names(model: str, guide: str) -> None:
+    """Raise :class:`BuildError` for an unknown model or guide name, or a guide that needs
+    another model (before any data are loaded)."""
+    if model not in MODELS:
+        raise BuildError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+    if guide not in GUIDES:
+        raise BuildError(f"unknown guide '{guide}'; choose one of: {', '.join(GUIDES)}")
+    needs = _GUIDE_NEEDS.get(guide)
+    if needs is not None and model not in needs:
+        raise BuildError(f"guide '{guide}' does not fit model '{model}' (it needs model "
+                         f"{' or '.join(needs)}); guides for '{model}': "
+                         f"{', '.join(g for g in GUIDES if g not in _GUIDE_NEEDS)}")
 
 
 def _side(data_dim: int, image_shape, who: str) -> int:
@@ -87,11 +101,7 @@ def build_guide(name: str, model, model_name: str, spec: ModelSpec, data_dim: in
     """The guide ``name`` for ``model`` (built as ``model_name``)."""
     import guides
 
-    needs = _GUIDE_NEEDS.get(name)
-    if needs is not None and model_name not in needs:
-        raise BuildError(f"guide '{name}' does not fit model '{model_name}' (it needs model "
-                         f"{' or '.join(needs)}); guides for '{model_name}': "
-                         f"{', '.join(g for g in GUIDES if g not in _GUIDE_NEEDS)}")
+    check_names(model_name, name)
     h, k = tuple(reversed(spec.hidden)), spec.latent_dim
     if name == "diag":
         return guides.MLPEncoder(data_dim, k, h, name=label)

@@ -120,10 +120,12 @@ def _train_config(args) -> tuple[dict, Path]:
 
 
 def _cmd_train(args) -> int:
+    from .builders import check_names
     from .runs import RunDir
     from .workflow import train_run
 
     cfg, out = _train_config(args)
+    check_names(cfg["model"], cfg["guide"])
     _check_device(cfg.get("device"))
     run = RunDir.create(out)
     try:
@@ -151,8 +153,9 @@ def _cmd_evaluate(args) -> int:
     out = evaluate_run(tr, split=args.split, estimator=args.estimator, k=args.k,
                        num_data=args.num_data, ais_steps=args.ais_steps)
     print(f"{out['split']} (N = {out['num_data']}): ELBO {out['elbo']:.3f} ± "
-          f"{out['elbo_se']:.3f}, log p(x) {out['log_px']:.3f} ± {out['log_px_se']:.3f} "
-          f"({out['estimator']})")
+          f"{out['elbo_se']:.3f}" + "".join(f", log p(x) {r['log_px']:.3f} ± "
+                                            f"{r['log_px_se']:.3f} ({r['estimator']})"
+                                            for r in out["estimates"]))
     print(f"report: {tr.run.file('report.md')}")
     return 0
 
@@ -187,6 +190,7 @@ def _cmd_demo(args) -> int:
     res = demo(out, seed=args.seed, quiet=args.quiet, epochs=args.epochs,
                flow_epochs=args.flow_epochs, num_data=args.num_data,
                local_steps=args.local_steps, k=args.k, mcmc_points=args.mcmc,
+               latent_dim=args.latent_dim, hidden=args.hidden, ais_steps=args.ais_steps,
                device=args.device)
     print("\n" + res.table)
     print(f"finished in {res.seconds:.0f} s; report: {res.run / 'report.md'} "
@@ -233,7 +237,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="ppvae", description=__doc__.split("\n\n")[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: 1 for demo, torch's choice otherwise)")
     sub = p.add_subparsers(dest="command", required=True)
     add_commands(sub, {"train": _cmd_train, "evaluate": _cmd_evaluate, "gaps": _cmd_gaps,
                        "sample": _cmd_sample, "demo": _cmd_demo, "ppca": _cmd_ppca,
@@ -257,10 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         import matplotlib
 
         matplotlib.use("Agg")  # figures go to files; no display needed
-        if args.threads:
+        threads = args.threads or (1 if args.command == "demo" else None)
+        if threads:  # the demo's networks are tiny: one thread beats OpenMP spinning
             import torch
 
-            torch.set_num_threads(args.threads)
+            torch.set_num_threads(threads)
         return args.func(args)
     except _user_errors() as e:
         if args.debug:

@@ -87,6 +87,15 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise RunError(f"{p}: not a valid TOML file ({e})") from e
 
 
+def _finite(obj: Any) -> Any:
+    """JSON-safe: non-finite floats become None (JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
 class RunDir(NamedTuple):
     """Paths and writers of one run directory."""
 
@@ -178,7 +187,7 @@ class RunDir(NamedTuple):
             return
         doc = self.read_report()
         doc["config"] = self.read_config() if self.config_path.is_file() else {}
-        doc["sections"][name] = {"title": title, "markdown": markdown, "data": data}
+        doc["sections"][name] = {"title": title, "markdown": markdown, "data": _finite(data)}
         (self.path / "report.json").write_text(json.dumps(doc, indent=1, allow_nan=False))
         parts = [f"# ppvae run: {self.path.name}", "",
                  f"Model `{doc['config'].get('model', '?')}`, guide "

@@ -142,8 +142,9 @@ def _mcmc_section(tr: Trained, guides: dict, x, kw, *, local_steps, warmup, samp
         "mean_kl_to_mcmc": mean_kl, "files": files, "seconds": seconds})
 
 
-def demo(out, *, seed: int = 0, quiet: bool = False, epochs: int = 40, flow_epochs: int = 20,
-         num_data: int = 300, local_steps: int = 300, k: int = 1000, mcmc_points: int = 4,
+def demo(out, *, seed: int = 0, quiet: bool = False, epochs: int = 100, flow_epochs: int = 50,
+         num_data: int = 300, local_steps: int = 1000, k: int = 5000, mcmc_points: int = 8,
+         latent_dim: int = 8, hidden: int = 256, ais_steps: int = 100,
          device=None) -> DemoResult:
     """The main job on the bundled digits; returns the run directory and the gap table."""
     from .workflow import evaluate_run, open_run, sample_run, train_run
@@ -152,7 +153,7 @@ def demo(out, *, seed: int = 0, quiet: bool = False, epochs: int = 40, flow_epoc
     run = RunDir.create(out)
     cfg = {"model": "vae", "guide": "diag", "data": "digits", "binarize": "static",
            "seed": seed, "device": device or "auto",
-           "sizes": {"latent_dim": 4, "hidden": [128], "num_flows": 2},
+           "sizes": {"latent_dim": latent_dim, "hidden": [hidden], "num_flows": 2},
            "train": {"objective": "elbo", "epochs": epochs, "batch_size": 64, "lr": 3e-3}}
     say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
     say(f"[1/4] training a VAE (diagonal encoder) on digits, {epochs} epochs -> {run.path}")
@@ -162,9 +163,10 @@ def demo(out, *, seed: int = 0, quiet: bool = False, epochs: int = 40, flow_epoc
         f"on {num_data} test digits ({local_steps} local steps, IWAE_{k}); batched HMC on "
         f"{mcmc_points} digits")
     report = gaps_run(tr, ["flow"], num_data=num_data, local_steps=local_steps, k=k,
-                      guide_epochs=flow_epochs, mcmc_points=mcmc_points)
-    say(f"[3/4] evaluation (IWAE_{k}) and reconstructions")
-    evaluate_run(tr, num_data=num_data, k=k)
+                      num_samples=1000, guide_epochs=flow_epochs, mcmc_points=mcmc_points,
+                      mcmc_warmup=500, mcmc_samples=1000)
+    say(f"[3/4] evaluation (IWAE_{k} and AIS from the encoder) and reconstructions")
+    evaluate_run(tr, num_data=num_data, k=k, estimator="both", ais_steps=ais_steps)
     say("[4/4] samples")
     sample_run(tr)
     table = report.to_markdown()
