@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import pyro
 import torch
 
 from .builders import ModelSpec, build_data, build_guide, build_model
@@ -212,6 +213,7 @@ def evaluate_run(tr: Trained, *, split: str = "test", estimator: str = "iwae", k
 
     if estimator not in ("iwae", "ais", "both"):
         raise ValueError(f"unknown estimator '{estimator}'; choose iwae, ais or both")
+    pyro.set_rng_seed(tr.config.get("seed", 0))
     x = getattr(tr.data, split)[:num_data]
     kw = label_kw(tr.config, tr.data, split, slice(0, num_data))
     n, rows = x.shape[0], []
