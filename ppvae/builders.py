@@ -74,13 +74,22 @@ def _side(data_dim: int, image_shape, who: str) -> int:
 
 
 def build_model(name: str, spec: ModelSpec, data_dim: int, *, image_shape=None,
-                num_classes: int | None = None, label: str = "model"):
-    """The model ``name`` for data rows of ``data_dim`` features."""
+                num_classes: int | None = None, binary: bool = True, label: str = "model"):
+    """The model ``name`` for data rows of ``data_dim`` features. ``binary``: the data are 0/1
+    (Bernoulli likelihood); otherwise the VAE gets a Gaussian likelihood with learned scale
+    and the other models, Bernoulli only, are refused."""
     import models
 
     h = tuple(spec.hidden)
     if name == "vae":
+        if not binary:
+            return models.VAE(data_dim, spec.latent_dim, h, likelihood="gaussian",
+                              learn_sigma=True, name=label)
         return models.VAE(data_dim, spec.latent_dim, h, name=label)
+    if not binary and name in MODELS:
+        raise BuildError(f"model '{name}' has a Bernoulli likelihood and needs 0/1 data; "
+                         "binarize the data (--binarize static) or use model 'vae' (Gaussian "
+                         "likelihood for real-valued data)")
     if name == "conv-vae":
         return models.ConvVAE(_side(data_dim, image_shape, name), spec.latent_dim,
                               spec.channels, name=label)

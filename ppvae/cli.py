@@ -191,6 +191,7 @@ def _cmd_demo(args) -> int:
                flow_epochs=args.flow_epochs, num_data=args.num_data,
                local_steps=args.local_steps, k=args.k, mcmc_points=args.mcmc,
                latent_dim=args.latent_dim, hidden=args.hidden, ais_steps=args.ais_steps,
+               mcmc_warmup=args.mcmc_warmup, mcmc_samples=args.mcmc_samples,
                device=args.device)
     print("\n" + res.table)
     print(f"finished in {res.seconds:.0f} s; report: {res.run / 'report.md'} "
@@ -272,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         msg = " ".join(str(e).split())  # one line
+        if len(msg) > 500:
+            msg = msg[:500] + " ... (--debug shows all)"
         print(f"ppvae: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -96,6 +96,8 @@ def _demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--latent-dim", type=int, default=8)
     p.add_argument("--hidden", type=int, default=256, help="hidden units (one layer)")
     p.add_argument("--ais-steps", type=int, default=100, help="AIS steps in the evaluation")
+    p.add_argument("--mcmc-warmup", type=int, default=500)
+    p.add_argument("--mcmc-samples", type=int, default=1000)
     p.add_argument("--quiet", action="store_true")
 
 

@@ -56,6 +56,21 @@ def train_extra_guide(tr: Trained, name: str, *, epochs: int, quiet: bool = True
     return guide
 
 
+def _plain(guide):
+    """A guide whose ``.distribution`` takes labels is hidden behind a plain function, so that
+    local VI starts from moment-matched samples of its trace (which passes the labels)."""
+    import inspect
+
+    dist_fn = getattr(guide, "distribution", None)
+    if dist_fn is None or len(inspect.signature(dist_fn).parameters) <= 1:
+        return guide
+
+    def plain_guide(x, **kwargs):
+        return guide(x, **kwargs)
+
+    return plain_guide
+
+
 def _summary_data(report) -> dict:
     return {r.guide: {"family": r.family, **{q: r.summary(q)._asdict() for q in (
         "log_px", "elbo_local", "elbo_amortized", "approximation", "amortization",
@@ -78,12 +93,12 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300, local_steps: i
         if n not in FAMILY_OF:
             raise ValueError(f"the gap report needs an amortized guide of one latent site "
                              f"(one of {', '.join(FAMILY_OF)}); got '{n}'")
-    guides = {cfg["guide"]: tr.guide}
+    guides = {cfg["guide"]: _plain(tr.guide)}
     for n in names[1:]:
         if not quiet:
             print(f"training the {n} guide on the frozen model ({guide_epochs} epochs)",
                   flush=True)
-        guides[n] = train_extra_guide(tr, n, epochs=guide_epochs, quiet=quiet)
+        guides[n] = _plain(train_extra_guide(tr, n, epochs=guide_epochs, quiet=quiet))
     x = tr.data.test[:num_data]
     kw = label_kw(cfg, tr.data, "test", slice(0, num_data))
     options = {"k": k} if log_px == "iwae" else {"num_steps": ais_steps, "init": "guide"}
@@ -152,7 +167,7 @@ def _mcmc_section(tr: Trained, guides: dict, x, kw, *, local_steps, warmup, samp
 def demo(out, *, seed: int = 0, quiet: bool = False, epochs: int = 100, flow_epochs: int = 50,
          num_data: int = 300, local_steps: int = 1000, k: int = 5000, mcmc_points: int = 8,
          latent_dim: int = 8, hidden: int = 256, ais_steps: int = 100,
-         device=None) -> DemoResult:
+         mcmc_warmup: int = 500, mcmc_samples: int = 1000, device=None) -> DemoResult:
     """The main job on the bundled digits; returns the run directory and the gap table."""
     from .workflow import evaluate_run, open_run, sample_run, train_run
 
@@ -171,7 +186,7 @@ def demo(out, *, seed: int = 0, quiet: bool = False, epochs: int = 100, flow_epo
         f"{mcmc_points} digits (posterior.png shows the first 3)")
     report = gaps_run(tr, ["flow"], num_data=num_data, local_steps=local_steps, k=k,
                       num_samples=1000, guide_epochs=flow_epochs, mcmc_points=mcmc_points,
-                      mcmc_warmup=500, mcmc_samples=1000)
+                      mcmc_warmup=mcmc_warmup, mcmc_samples=mcmc_samples)
     say(f"[3/4] evaluation (IWAE_{k} and AIS from the encoder) and reconstructions")
     evaluate_run(tr, num_data=num_data, k=k, estimator="both", ais_steps=ais_steps)
     say("[4/4] samples")

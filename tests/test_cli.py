@@ -200,3 +200,30 @@ def test_errors_in_a_real_process_have_no_traceback(tmp_path):
     r = ppvae("--debug", "train", "--model", "nope", "--out", tmp_path / "r", check=False)
     assert "Traceback" in r.stderr and "BuildError" in r.stderr
     assert os.path.isdir(tmp_path)
+
+
+def test_demo_at_tiny_sizes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--epochs", "2", "--flow-epochs", "1",
+                 "--num-data", "12", "--local-steps", "20", "--k", "20", "--mcmc", "1",
+                 "--ais-steps", "5", "--latent-dim", "2", "--hidden", "32", "--mcmc-warmup",
+                 "30", "--mcmc-samples", "20", "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "| diag | diag |" in printed and "| flow | flow |" in printed
+    assert f"report: {out / 'report.md'}" in printed
+    doc = json.loads((out / "report.json").read_text())
+    assert set(doc["sections"]) == {"train", "evaluate", "gaps", "posterior", "samples"}
+    assert [e["estimator"][:4] for e in doc["sections"]["evaluate"]["data"]["estimates"]] == [
+        "IWAE", "AIS,"]
+    valid_png(out / "posterior.png")
+
+
+def test_conditional_model_samples_one_row_per_label(tmp_path, capsys):
+    out = tmp_path / "cvae"
+    assert main(["train", "--model", "cvae", "--epochs", "1", "--hidden", "32", "--out",
+                 str(out), "--quiet"]) == 0
+    assert main(["sample", str(out)]) == 0
+    valid_png(out / "samples.png")
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["config"]["guide"] == "conditional"
+    assert doc["sections"]["samples"]["data"]["what"] == "10 draws for each of 10 labels"
