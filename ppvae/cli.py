@@ -125,6 +125,9 @@ def _cmd_train(args) -> int:
     from .workflow import train_run
 
     cfg, out = _train_config(args)
+    if not args.resume and (out / "config.toml").exists():
+        raise UsageError(f"{out} already holds a run (config.toml); continue it with --resume "
+                         "or choose another --out")
     check_names(cfg["model"], cfg["guide"])
     _check_device(cfg.get("device"))
     run = RunDir.create(out)
@@ -236,7 +239,10 @@ def _cmd_info(args) -> int:
 def _parser() -> argparse.ArgumentParser:
     from .cli_args import add_commands
 
-    p = argparse.ArgumentParser(prog="ppvae", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="ppvae", description="Honest inference for deep latent-variable models: train, "
+        "evaluate, inference-gap reports with MCMC references, samples. Each command works "
+        "on a run directory; 'ppvae demo' runs the main job on the bundled digits.")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.add_argument("--threads", type=int,
                    help="torch CPU threads (default: 1 for demo, torch's choice otherwise)")

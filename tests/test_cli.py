@@ -227,3 +227,9 @@ def test_conditional_model_samples_one_row_per_label(tmp_path, capsys):
     doc = json.loads((out / "report.json").read_text())
     assert doc["config"]["guide"] == "conditional"
     assert doc["sections"]["samples"]["data"]["what"] == "10 draws for each of 10 labels"
+
+
+def test_train_refuses_to_overwrite_a_run(run, capsys):
+    err = error_of(["train", "--out", str(run), "--epochs", "1"], capsys)
+    assert "already holds a run" in err and "--resume" in err
+    assert [m["epoch"] for m in metrics(run)][:2] == [1, 2]  # untouched
