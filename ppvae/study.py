@@ -36,12 +36,14 @@ class DemoResult(NamedTuple):
 
 def train_extra_guide(tr: Trained, name: str, *, epochs: int, quiet: bool = True):
     """Train guide ``name`` on the frozen model of ``tr`` (resumable, reused when done)."""
+    import pyro
     from pyro import poutine
 
     from .builders import build_guide
     from .fit import fit
 
     cfg, data = tr.config, tr.data
+    pyro.set_rng_seed(cfg.get("seed", 0))  # the new guide's initialization
     nc = None if data.train_labels is None else int(data.train_labels.max()) + 1
     guide = build_guide(name, tr.model, cfg["model"], _spec(cfg), data.data_dim,
                         image_shape=data.image_shape, num_classes=nc, label=f"guide_{name}")

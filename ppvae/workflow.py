@@ -97,6 +97,7 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
     from .checkpoint import read_meta
     from .fit import fit
 
+    pyro.set_rng_seed(cfg.get("seed", 0))  # network initialization is part of the run
     data, model, guide = build(cfg, load_matrix)
     t = cfg["train"]
     run.write_config(cfg)
