@@ -32,7 +32,7 @@ def ppca_dataset(
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
 ) -> PPCAData:
-    """Draw ``num_data`` rows from a PPCA with random W (entries N(0, 1)), b (N(0, 1)) and ``sigma``.
+    """Draw ``num_data`` rows from a PPCA with random W (entries N(0, 1)), b (N(0, 1)), ``sigma``.
 
     The same seed gives the same parameters and data on every machine (CPU generator).
     """
