@@ -27,7 +27,7 @@ import torch
 from pyro.nn import PyroModule
 from torch.distributions import constraints
 
-from guides.mlp import mlp
+from guides.mlp import flatten_rows, mlp
 from ppvae.naming import unique_name
 
 __all__ = ["PRIORS", "Autoencoder"]
@@ -63,10 +63,7 @@ class Autoencoder(PyroModule):
         return dist.Normal(like.new_zeros(n, self.latent_dim), 1.0).to_event(1)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
-        flat = x.reshape(x.shape[0], -1)  # [N, D]
-        if flat.shape[1] != self.data_dim:
-            raise ValueError(f"Autoencoder expects {self.data_dim} features per datapoint, got "
-                             f"x of shape {tuple(x.shape)}")
+        flat = flatten_rows(x, self.data_dim, type(self).__name__)  # [N, D]
         with pyro.plate("data", x.shape[0], dim=-1):
             z = pyro.sample("z", self.prior(flat))  # [..., N, K]
             pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=flat)

@@ -22,7 +22,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from guides.mlp import mlp
+from guides.mlp import flatten_rows, mlp
 from ppvae.naming import unique_name
 
 __all__ = ["HierarchicalVAE"]
@@ -55,10 +55,7 @@ class HierarchicalVAE(PyroModule):
         return loc, nn.functional.softplus(raw) + self.min_scale
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
-        flat = x.reshape(x.shape[0], -1)  # [N, D]
-        if flat.shape[1] != self.data_dim:
-            raise ValueError(f"HierarchicalVAE expects {self.data_dim} features per datapoint, "
-                             f"got x of shape {tuple(x.shape)}")
+        flat = flatten_rows(x, self.data_dim, type(self).__name__)  # [N, D]
         with pyro.plate("data", x.shape[0], dim=-1):
             z2 = pyro.sample("z2", dist.Normal(flat.new_zeros(self.k2), 1.0).to_event(1))
             loc, scale = self.z1_prior(z2)  # [..., N, K1] each

@@ -25,7 +25,7 @@ from pyro.nn import PyroModule, PyroParam
 from torch import nn
 from torch.distributions import constraints
 
-from guides.mlp import MLPEncoder, mlp
+from guides.mlp import MLPEncoder, flatten_rows, mlp
 from ppvae.naming import unique_name
 
 __all__ = ["LIKELIHOODS", "VAE"]
@@ -95,10 +95,7 @@ class VAE(PyroModule):
         return dist.Normal(out, self.sigma).to_event(1)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
-        flat = x.reshape(x.shape[0], -1)  # [N, D]
-        if flat.shape[1] != self.data_dim:
-            raise ValueError(f"VAE expects {self.data_dim} features per datapoint, got x of "
-                             f"shape {tuple(x.shape)}")
+        flat = flatten_rows(x, self.data_dim, type(self).__name__)  # [N, D]
         with pyro.plate("data", x.shape[0], dim=-1):
             prior = dist.Normal(flat.new_zeros(self.latent_dim), 1.0).to_event(1)
             z = pyro.sample("z", prior)  # [..., N, K]

@@ -1,6 +1,6 @@
 """Figures for any contract-keeping (model, guide) pair, drawn with matplotlib.
 
-Decoding is generic: :func:`decode` traces the model on a placeholder batch with the latent
+Decoding is generic: :func:`decode` traces the model on a batch of zeros with the latent
 sites conditioned on given values and reads the *mean* of the observed site's distribution
 (pixel probabilities for a Bernoulli likelihood), and :func:`encode` reads the guide's mean of a
 latent site. So every figure works for any model keeping the contract, not only ppvae's.
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 
-def _placeholder(template: torch.Tensor, m: int) -> torch.Tensor:
+def _zero_batch(template: torch.Tensor, m: int) -> torch.Tensor:
     return template.new_zeros(m, *template.shape[1:])  # zeros lie in every image support
 
 
@@ -68,7 +68,7 @@ def decode(model, latents: dict[str, torch.Tensor], template: torch.Tensor, *,
     """
     m = next(iter(latents.values())).shape[0]
     tr = poutine.trace(poutine.condition(model, data=latents)).get_trace(
-        _placeholder(template, m), **kwargs)
+        _zero_batch(template, m), **kwargs)
     return _observed_mean(tr, observed, m)
 
 
@@ -88,7 +88,7 @@ def encode(guide, x: torch.Tensor, *, latent: str = "z", **kwargs) -> torch.Tens
 def _prior_site(model, template: torch.Tensor, latent: str, m: int = 1, **kwargs) -> dict:
     try:
         with torch.no_grad():
-            tr = poutine.trace(model).get_trace(_placeholder(template, m), **kwargs)
+            tr = poutine.trace(model).get_trace(_zero_batch(template, m), **kwargs)
     except NotImplementedError as e:
         raise ContractError(f"the model's prior cannot be sampled (an improper prior?): {e}") from e
     if latent not in tr.nodes or not is_latent(tr.nodes[latent]):
@@ -134,7 +134,7 @@ def sample_grid(model, template: torch.Tensor, num: int = 64, *, observed: str =
     """Decoded means of ``num`` draws from the model's prior, as a square-ish grid."""
     with torch.no_grad():
         try:
-            tr = poutine.trace(model).get_trace(_placeholder(template, num), **kwargs)
+            tr = poutine.trace(model).get_trace(_zero_batch(template, num), **kwargs)
         except NotImplementedError as e:
             raise ContractError(
                 f"the model's prior cannot be sampled (an improper prior?): {e}") from e

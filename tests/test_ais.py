@@ -19,15 +19,6 @@ from ppvae.bdmc import bdmc
 from ppvae.gaps import log_px_estimators
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Thousands of tiny sequential evaluations: intra-op threads only add synchronization."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _ppca(n=10, d=10, k=3):
     data = ppvae.data.ppca_dataset(n, d, k, 0.5, seed=2)
     model = PPCA(d, k, W=data.W, b=data.b, sigma=data.sigma, fixed=True)
@@ -114,15 +105,12 @@ def _vae_guide(x, decoder, encoder):
 def digits_vae():
     from sklearn.datasets import load_digits
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
     pyro.set_rng_seed(0)
     x = torch.tensor(load_digits().data >= 8, dtype=torch.float32)  # [1797, 64]
     dec, enc = _Decoder(), _Encoder()
     svi = SVI(_vae_model, _vae_guide, Adam({"lr": 1e-2}), Trace_ELBO())
     for _ in range(400):
         svi.step(x, dec, enc)
-    torch.set_num_threads(old)
     return x, dec, enc
 
 

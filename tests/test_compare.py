@@ -1,7 +1,6 @@
 """Posterior comparison on PPCA, where KL(q || posterior) has a closed form: the exact guide is
 at KL ~ 0 from the Gaussian fit of MCMC and the best diagonal guide at the mean-field gap."""
 
-import pytest
 import torch
 
 import ppvae
@@ -9,14 +8,6 @@ from guides.linear import AmortizedLinearGaussian
 from models.ppca import PPCA
 from ppvae.compare import PosteriorComparison, compare_posteriors
 from ppvae.hmc import hmc
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_compare_guides_with_hmc_on_ppca(float64, tmp_path):

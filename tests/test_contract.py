@@ -13,11 +13,16 @@ from ppvae import ContractError
 N, D, K = 6, 4, 2
 
 
+def _z_then_x(x):
+    """The good model's sites, to be called inside the data plate."""
+    z = pyro.sample("z", dist.Normal(x.new_zeros(K), 1.0).to_event(1))
+    pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True).expand((*z.shape[:-1], D)), 1.0)
+                .to_event(1), obs=x)
+
+
 def good_model(x):
     with pyro.plate("data", x.shape[0]):
-        z = pyro.sample("z", dist.Normal(x.new_zeros(K), 1.0).to_event(1))
-        pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True).expand((*z.shape[:-1], D)), 1.0)
-                    .to_event(1), obs=x)
+        _z_then_x(x)
 
 
 def good_guide(x):
@@ -50,9 +55,7 @@ def test_model_latent_guide_lacks(x):
     def model(x):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("w", dist.Normal(x.new_zeros(K), 1.0).to_event(1))
-            z = pyro.sample("z", dist.Normal(x.new_zeros(K), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).expand(
-                (*z.shape[:-1], D)).to_event(1), obs=x)
+            _z_then_x(x)
 
     with pytest.raises(ContractError, match="model's latent site 'w' is not sampled"):
         ppvae.check_pair(model, good_guide, x)
@@ -148,9 +151,7 @@ def test_event_shape_mismatch(x):
     def model(x):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("extra", dist.Normal(x.new_zeros(3), 1.0).to_event(1))
-            z = pyro.sample("z", dist.Normal(x.new_zeros(K), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).expand(
-                (*z.shape[:-1], D)).to_event(1), obs=x)
+            _z_then_x(x)
 
     with pytest.raises(ContractError, match="'extra' has event shape"):
         ppvae.check_pair(model, guide, x)
@@ -177,9 +178,7 @@ def test_x_must_be_a_tensor():
 def test_subsampled_data_plate_is_allowed(x):
     def model(x):
         with pyro.plate("data", 1000, subsample=torch.arange(x.shape[0])):
-            z = pyro.sample("z", dist.Normal(x.new_zeros(K), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True), 1.0).expand(
-                (*z.shape[:-1], D)).to_event(1), obs=x)
+            _z_then_x(x)
 
     info = ppvae.check_pair(model, good_guide, x)
     assert info.num_data == N
