@@ -87,7 +87,10 @@ class VAE(PyroModule):
 
     def observation(self, z: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z) for latents ``[..., N, K]``: batch shape ``[..., N]``, event shape ``[D]``."""
-        out = self.decoder(z)  # [..., N, D]
+        return self._likelihood(self.decoder(z))
+
+    def _likelihood(self, out: torch.Tensor) -> dist.TorchDistribution:
+        """p(x | z) from the decoder output ``[..., N, D]``."""
         if self.likelihood == "bernoulli":
             return dist.Bernoulli(logits=out).to_event(1)
         if self.likelihood == "continuous_bernoulli":
@@ -96,10 +99,11 @@ class VAE(PyroModule):
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
         flat = flatten_rows(x, self.data_dim, type(self).__name__)  # [N, D]
+        decoder = self.decoder  # registered with Pyro here, outside the plate: fewer messages
+        prior = dist.Normal(flat.new_zeros(self.latent_dim), 1.0).to_event(1)
         with pyro.plate("data", x.shape[0], dim=-1):
-            prior = dist.Normal(flat.new_zeros(self.latent_dim), 1.0).to_event(1)
             z = pyro.sample("z", prior)  # [..., N, K]
-            pyro.sample("x", self.observation(z), obs=flat)
+            pyro.sample("x", self._likelihood(decoder(z)), obs=flat)
 
     def sample(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Decoder means of ``num`` prior draws, ``[num, D]`` (probabilities for Bernoulli)."""

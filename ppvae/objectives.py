@@ -29,11 +29,14 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO as PyroELBO
 from pyro.infer import TraceMeanField_ELBO
+from pyro.poutine.runtime import _PYRO_STACK
 from pyro.poutine.scale_messenger import ScaleMessenger
 from pyro.poutine.util import site_is_subsample
+from torch.distributions import Independent
 
 from .bounds import logmeanexp
 from .contract import DATA_PLATE, PairInfo, is_latent, is_observed
+from .recorder import StepRecorder
 from .weights import log_weights
 
 __all__ = [
@@ -61,6 +64,11 @@ class SiteScale(ScaleMessenger):
     def _process_message(self, msg) -> None:
         if msg["type"] == "sample" and self.which(msg):
             super()._process_message(msg)
+
+
+def _only_own_handlers() -> bool:
+    """Is every active Pyro handler one of this module's site scalings (sample-only)?"""
+    return all(type(frame) is SiteScale for frame in _PYRO_STACK)
 
 
 def _in_data_plate(msg) -> bool:
@@ -98,18 +106,30 @@ class ELBO(Objective):
         if p > 1:
             guide = pyro.plate(_PARTICLES, p, dim=info.particle_dim)(guide)
             model = pyro.plate(_PARTICLES, p, dim=info.particle_dim)(model)
-        with SiteScale(data_scale, _in_data_plate):
-            guide_tr = poutine.trace(guide).get_trace(x, **kwargs)
-            model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x, **kwargs)
+        if not _only_own_handlers():  # outer handlers must see every message: Pyro's handlers
+            with SiteScale(data_scale, _in_data_plate):
+                guide_tr = poutine.trace(guide).get_trace(x, **kwargs)
+                model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(
+                    x, **kwargs)
+            guide_sites = {n: s for n, s in guide_tr.nodes.items() if s["type"] == "sample"}
+            model_sites = {n: s for n, s in model_tr.nodes.items() if s["type"] == "sample"}
+        else:  # the same semantics in one frame (ppvae.recorder)
+            with StepRecorder(data_scale) as rec:
+                guide(x, **kwargs)
+            guide_sites = rec.sites
+            with StepRecorder(data_scale, replay=guide_sites) as rec:
+                model(x, **kwargs)
+            model_sites = rec.sites
         elbo = 0.0
-        for site in model_tr.nodes.values():
-            if site["type"] == "sample" and not site_is_subsample(site) and (
-                    is_observed(site) or is_latent(site)):
+        for site in model_sites.values():
+            if not site_is_subsample(site) and (is_observed(site) or is_latent(site)):
                 elbo = elbo + _log_prob_sum(site)
-        for name, site in guide_tr.nodes.items():
-            if site["type"] == "sample" and not site_is_subsample(site) and is_observed(site):
+        for name, site in guide_sites.items():
+            if site_is_subsample(site):
+                continue
+            if is_observed(site):
                 elbo = elbo - _log_prob_sum(site)  # guide factors (as in Pyro's Trace_ELBO)
-            elif site["type"] == "sample" and not site_is_subsample(site) and is_latent(site):
+            elif is_latent(site):
                 if not site["fn"].has_rsample:
                     raise ValueError(
                         f"guide site '{name}' ({type(site['fn']).__name__}) has no "
@@ -121,8 +141,16 @@ class ELBO(Objective):
 
 
 def _log_prob_sum(site) -> torch.Tensor:
-    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
-    return scale_and_mask(lp, site["scale"], site["mask"]).sum()
+    """The site's scaled, masked log density summed over every dimension."""
+    fn, scale = site["fn"], site["scale"]
+    if site["mask"] is None and isinstance(scale, (int, float)) and not site["args"] \
+            and not site["kwargs"]:
+        while isinstance(fn, Independent):  # the sum covers its event dims anyway
+            fn = fn.base_dist
+        lp = fn.log_prob(site["value"]).sum()
+        return lp if scale == 1.0 else lp * scale
+    lp = fn.log_prob(site["value"], *site["args"], **site["kwargs"])
+    return scale_and_mask(lp, scale, site["mask"]).sum()
 
 
 @dataclass(frozen=True)

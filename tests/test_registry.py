@@ -80,3 +80,39 @@ def test_bounds_are_ordered(entry):
         assert lo.mean <= hi.mean + 4 * se + slack, (lo, hi)
     if entry.deterministic_guide:  # a point mass: every particle is the same
         assert abs(e.mean - i50.mean) <= 1e-4 * (1 + abs(e.mean))
+
+
+class _Outer(poutine.messenger.Messenger):
+    """A do-nothing handler around the objective: forces Pyro's own trace/replay handlers."""
+
+
+def test_one_frame_training_step_equals_pyro_handlers(entry):
+    """ELBO.loss's one-frame recorder (ppvae.recorder) gives the loss and the gradients that
+    poutine.trace + replay + scale give, for every pair (masks, blocks, factors included)."""
+    model = entry.train_model or entry.model
+    guide = entry.train_guide or entry.guide
+    x, kw = entry.x, entry.kwargs
+    info = ppvae.check_pair(entry.model, entry.guide, x, **kw)  # the analysed pair's plates
+    obj = ppvae.ELBO(num_particles=1 if entry.train_model else 2)  # global weights: 1 draw
+    modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
+    states = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
+    results = []
+    for outer in (False, True):
+        for m, state in zip(modules, states, strict=True):  # EMA codebooks update in forward
+            m.load_state_dict(state)
+        pyro.set_rng_seed(3)
+        if outer:
+            with _Outer():
+                loss = obj.loss(model, guide, x, info=info, data_scale=7.0, kwargs=kw)
+        else:
+            loss = obj.loss(model, guide, x, info=info, data_scale=7.0, kwargs=kw)
+        params = [p for p in pyro.get_param_store().values() if p.requires_grad]
+        results.append((loss.detach(), torch.autograd.grad(loss, [
+            p.unconstrained() if hasattr(p, "unconstrained") else p for p in params],
+            allow_unused=True)))
+    (l1, g1), (l2, g2) = results
+    assert torch.allclose(l1, l2, rtol=1e-5), (float(l1), float(l2))
+    for a, b in zip(g1, g2, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
