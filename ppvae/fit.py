@@ -113,7 +113,13 @@ def _rank_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def _buffers(*modules) -> list[torch.Tensor]:
-    return [b for m in modules if isinstance(m, torch.nn.Module) for b in m.buffers()]
+    """The modules' buffers, each once (a guide is often a submodule of its model)."""
+    seen: dict[int, torch.Tensor] = {}
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            for b in m.buffers():
+                seen.setdefault(id(b), b)
+    return list(seen.values())
 
 
 def _valid_elbo(model, guide, valid, info, samples, batch_kw, fixed_kw, world) -> float:
@@ -230,16 +236,17 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
                                scheduler=sched)
         hist.update(meta.state)
         start_epoch = meta.epoch
+    buffers = _buffers(model, guide)  # rolled back with the parameters
     if world > 1:  # every rank starts from rank 0's parameters and buffers
-        ddp.broadcast_tensors([*params.values(), *_buffers(model, guide)])
-    good, best = Snapshot.take(params, opt), None
+        ddp.broadcast_tensors([*params.values(), *buffers])
+    good, best = Snapshot.take(params, opt, buffers), None
     stopped, message = "completed", f"trained {epochs} epochs"
     steps0, train_time = hist["step"], 0.0
 
     def diagnose(step, where, xb, kw, err=None):
         """Describe a failure; restores the last finite state, then re-runs the batch on it."""
         bad_param = nonfinite_param(params)
-        good.restore(params, opt)
+        good.restore(params, opt, buffers)
         site = first_nonfinite_site(model, guide, xb, kw)
         msg = f"non-finite {where} at step {step}"
         msg += f" ({type(err).__name__}: {err})" if err is not None else ""
@@ -308,7 +315,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
                     if bool(finite.all() & params_finite(params)):
                         kept.append(losses.sum())
                         rows += wrows
-                        good = Snapshot.take(params, opt)
+                        good = Snapshot.take(params, opt, buffers)
                     else:
                         bad = int((~finite).nonzero()[0, 0]) if not bool(finite.all()) else (
                             len(window) - 1)
@@ -338,7 +345,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
                 v = _valid_elbo(model, guide, valid, info, valid_samples, valid_batch_kw,
                                 fixed_kw, world)
                 if not math.isfinite(v):
-                    good = Snapshot.take(params, opt)  # finite: checked at the epoch's end
+                    good = Snapshot.take(params, opt, buffers)  # finite: checked at epoch end
                     raise NonFiniteError(diagnose(hist["step"], "validation ELBO", valid[
                         :batch_size], {**fixed_kw, **{k: t[:batch_size] for k, t in
                                                       valid_batch_kw.items()}}))
@@ -347,7 +354,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
             if value > hist["best"]:
                 hist["best"], hist["best_epoch"], hist["bad_epochs"] = value, epoch, 0
                 if valid is not None and restore_best:
-                    best = Snapshot.take(params, opt)
+                    best = Snapshot.take(params, opt, buffers)
             else:
                 hist["bad_epochs"] += 1
             if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -379,7 +386,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         pyro.enable_validation(was_validating)
         bar.close()
     if best is not None and hist["best_epoch"] != epoch - 1:
-        best.restore(params, opt)
+        best.restore(params, opt, buffers)
     steps = hist["step"] - steps0
     return FitResult(list(hist["train"]), list(hist["valid"]), list(hist["lr"]),
                      hist["best_epoch"], epoch, hist["step"], time.perf_counter() - t_start,

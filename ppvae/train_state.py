@@ -5,7 +5,8 @@ step, and the held-out ELBO.
 * :func:`collect_params` traces one objective evaluation with ``poutine.trace(param_only=True)``
   (as Pyro's ``SVI.step`` does, but once, not every step) and returns the live unconstrained
   parameter tensors by parameter-store name.
-* :class:`Snapshot` copies parameters and optimizer state, and restores them in place.
+* :class:`Snapshot` copies parameters, module buffers and optimizer state, and restores them
+  in place.
 * :func:`nonfinite_param` names the first non-finite parameter; :func:`first_nonfinite_site`
   the first guide / model site (in execution order) whose log density is non-finite, using the
   per-site log densities of :mod:`ppvae.contract`.
@@ -16,6 +17,7 @@ step, and the held-out ELBO.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import pyro
@@ -56,21 +58,28 @@ def collect_params(loss_fn) -> dict[str, torch.Tensor]:
 
 
 class Snapshot(NamedTuple):
-    """A copy of parameter values and optimizer state, restorable in place."""
+    """A copy of parameter values, module buffers (running statistics, EMA codebooks) and
+    optimizer state, restorable in place."""
 
     values: list[torch.Tensor]
     optimizer: dict
+    buffers: tuple[torch.Tensor, ...] = ()
 
     @classmethod
-    def take(cls, params: dict[str, torch.Tensor], optimizer) -> Snapshot:
+    def take(cls, params: dict[str, torch.Tensor], optimizer,
+             buffers: Sequence[torch.Tensor] = ()) -> Snapshot:
         with torch.no_grad():
             values = [p.detach().clone() for p in params.values()]
-        return cls(values, copy.deepcopy(optimizer.state_dict()))
+            saved = [b.detach().clone() for b in buffers]
+        return cls(values, copy.deepcopy(optimizer.state_dict()), tuple(saved))
 
-    def restore(self, params: dict[str, torch.Tensor], optimizer) -> None:
+    def restore(self, params: dict[str, torch.Tensor], optimizer,
+                buffers: Sequence[torch.Tensor] = ()) -> None:
         with torch.no_grad():
             for p, v in zip(params.values(), self.values, strict=True):
                 p.copy_(v)
+            for b, v in zip(buffers, self.buffers, strict=True):
+                b.copy_(v)
         lrs = [g["lr"] for g in optimizer.param_groups]  # keep the current learning rates
         optimizer.load_state_dict(copy.deepcopy(self.optimizer))
         for g, lr in zip(optimizer.param_groups, lrs, strict=True):

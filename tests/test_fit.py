@@ -129,6 +129,33 @@ def test_rollback_recovers_after_a_transient_failure(digits):
     assert all(math.isfinite(v) for v in r.train_objective)
 
 
+class _RunningVAE(VAE):
+    """A VAE with a running statistic of its decoder output in a buffer (as BatchNorm keeps)."""
+
+    def __init__(self):
+        super().__init__(64, 2, (16,))
+        self.register_buffer("running", torch.zeros(()))
+
+    def _likelihood(self, out):
+        with torch.no_grad():
+            self.running.mul_(0.9).add_(0.1 * out.mean())
+        return super()._likelihood(out)
+
+
+def test_a_non_finite_step_also_restores_module_buffers(digits):
+    """The poisoned parameter makes the running statistic NaN at the next forward pass; the
+    stop restores it with the parameters, to its value at the last finite check."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    vae = _RunningVAE()
+    r = ppvae.fit(vae, vae.guide, digits.train[:256], epochs=2, batch_size=32, lr=1e-3,
+                  quiet=True, device="cpu", check_every=2,
+                  optimizer=lambda ps: _PoisonOnce(ps, at=3))
+    assert r.stopped == "non_finite"
+    assert torch.isfinite(vae.running) and float(vae.running) != 0.0
+    assert all(torch.isfinite(p).all() for p in vae.parameters())
+
+
 class _PoisonOnce(torch.optim.Adam):
     """Adam that writes a NaN into the first parameter at one step."""
 
