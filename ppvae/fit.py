@@ -2,29 +2,22 @@
 for any (model, guide) pair keeping the ppvae contract.
 
 The loop is Pyro's SVI made lean: the pair is checked once (:func:`ppvae.check_pair`), its
-parameters are collected once (as ``SVI.step`` does every step), and each step evaluates the
-objective from Pyro traces (:mod:`ppvae.objectives`), back-propagates and calls one
-``torch.optim`` optimizer over all parameters. Data stay resident on the device and are
-minibatched by index with a seeded generator (a fresh permutation per epoch, derived from the
-seed and the epoch, so a fixed seed reproduces a CPU run exactly and resuming needs no data
-state). The minibatch objective is scaled by N / B so its gradient is that of the full data set.
+parameters are collected once (``SVI.step`` does it every step), and each step evaluates the
+objective (:mod:`ppvae.objectives`, one Pyro handler frame: :mod:`ppvae.recorder`), back-propagates
+and steps one ``torch.optim`` optimizer. Data stay on the device, minibatched by index with a
+permutation seeded per (seed, epoch): a fixed seed reproduces a CPU run exactly and resuming needs
+no data state. The minibatch objective is scaled by N / B (the full data set's gradient).
 
 Host syncs happen once per ``check_every`` steps and per epoch (finiteness of the loss and the
 parameters, the epoch's ELBO), not per step. A non-finite step either stops training
 (``nan_policy="stop"``) or rolls back to the last finite state with a smaller learning rate
 (``"rollback"``); both restore the last finite parameters and report the step and the first
-site with a non-finite log density. Checkpoints (:mod:`ppvae.checkpoint`) are written only from
-finite states.
+site with a non-finite log density. Checkpoints (:mod:`ppvae.checkpoint`) hold finite states only.
 
-Under ``torchrun`` the same call trains data parallel (:mod:`ppvae.distributed`): every rank
-holds the data, draws the same per-epoch permutation, and evaluates its contiguous share of
-each minibatch of ``batch_size * world_size`` rows (the effective batch; ``batch_size`` is per
-rank); gradients are summed across ranks weighted by shard size, so each step is the one a single
-process takes on the whole minibatch (with different Monte Carlo draws). Parameters and module
-buffers start from rank 0's; the validation ELBO is sharded over ranks and summed; rank 0 alone
-writes checkpoints and shows progress; every rank resumes from the checkpoint (which must be
-readable by all ranks). Each rank's RNG is reseeded per epoch from (seed, epoch, rank), so a
-distributed run is reproducible and resumes exactly.
+Under ``torchrun`` the same call trains data parallel (:mod:`ppvae.distributed`): each rank
+evaluates its share of every minibatch of ``batch_size * world_size`` rows and the gradients are
+summed across ranks weighted by shard size, so each step is the one a single process takes on
+the whole minibatch; rank 0 writes checkpoints; runs are reproducible and resume exactly.
 """
 
 from __future__ import annotations
@@ -33,7 +26,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import NamedTuple
 
 import pyro
 import torch
@@ -46,95 +38,20 @@ from .contract import check_pair
 from .device import resolve_device
 from .objectives import ELBO, Objective
 from .train_state import (
+    FitResult,
+    NonFiniteError,
     Snapshot,
     collect_params,
-    first_nonfinite_site,
-    heldout_elbo,
-    nonfinite_param,
+    describe_failure,
+    make_schedule,
+    module_buffers,
     params_finite,
+    rank_seed,
+    sharded_valid_elbo,
+    unpack_data,
 )
 
 __all__ = ["FitResult", "NonFiniteError", "fit"]
-
-
-class NonFiniteError(RuntimeError):
-    """Raised internally when a step produced a non-finite loss or parameters."""
-
-
-class FitResult(NamedTuple):
-    """What :func:`fit` did. Lists run over all epochs, including those before a resume."""
-
-    train_objective: list[float]  # per epoch: mean per-datapoint objective (ELBO by default)
-    valid_elbo: list[float]  # per epoch: mean per-datapoint validation ELBO (empty: no valid)
-    lr: list[float]  # per epoch: learning rate used
-    best_epoch: int  # epoch (0-based) with the best validation (else training) value
-    epochs: int  # epochs completed
-    steps: int  # optimizer steps completed
-    wall_time: float  # seconds in this call
-    steps_per_second: float  # optimizer steps per second of training time in this call
-    stopped: str  # "completed", "early_stopping" or "non_finite"
-    message: str  # why it stopped; for non-finite: the step and the offending site
-    rollbacks: int  # non-finite steps rolled back
-
-    @property
-    def best_value(self) -> float:
-        values = self.valid_elbo or self.train_objective
-        return values[self.best_epoch] if values else float("nan")
-
-
-def _schedule(spec, optimizer, epochs: int):
-    if spec is None:
-        return None
-    if spec == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
-    if spec == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
-    if callable(spec):
-        return spec(optimizer)
-    raise ValueError(f"schedule must be None, 'cosine', 'plateau' or a callable "
-                     f"optimizer -> scheduler, got {spec!r}")
-
-
-def _unpack(data, valid, transform):
-    if hasattr(data, "train") and hasattr(data, "valid"):  # a ppvae.data.Dataset record
-        if transform is None and getattr(data, "binarization", None) == "dynamic":
-            from .data.binarize import dynamic_binarize
-            transform = dynamic_binarize
-        return data.train, data.valid if valid is None else valid, transform
-    if not isinstance(data, torch.Tensor):
-        raise TypeError(f"data must be a tensor [N, ...] or a ppvae.data.Dataset, got "
-                        f"{type(data).__name__}")
-    return data, valid, transform
-
-
-def _rank_seed(seed: int, epoch: int, rank: int) -> int:
-    """A seed for one rank's draws in one epoch (distinct across ranks and epochs)."""
-    return (seed * 1_000_003 + epoch * 8191 + rank * 131_071 + 1) % 2**63
-
-
-def _buffers(*modules) -> list[torch.Tensor]:
-    """The modules' buffers, each once (a guide is often a submodule of its model)."""
-    seen: dict[int, torch.Tensor] = {}
-    for m in modules:
-        if isinstance(m, torch.nn.Module):
-            for b in m.buffers():
-                seen.setdefault(id(b), b)
-    return list(seen.values())
-
-
-def _valid_elbo(model, guide, valid, info, samples, batch_kw, fixed_kw, world) -> float:
-    """Mean validation ELBO; with several ranks each scores its share of the rows."""
-    if world == 1:
-        return float(heldout_elbo(model, guide, valid, info, num_samples=samples,
-                                  batch_kw=batch_kw, fixed_kw=fixed_kw))
-    rows = slice(*ddp.shard_bounds(valid.shape[0]))
-    total = valid.new_zeros((), dtype=torch.float64)
-    if rows.stop > rows.start:
-        part = heldout_elbo(model, guide, valid[rows], info, num_samples=samples,
-                            batch_kw={k: v[rows] for k, v in batch_kw.items()},
-                            fixed_kw=fixed_kw)
-        total = part * (rows.stop - rows.start)
-    return float(ddp.all_sum(total)) / valid.shape[0]
 
 
 def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 10,
@@ -181,7 +98,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     if nan_policy not in ("stop", "rollback"):
         raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan_policy!r}")
     t_start = time.perf_counter()
-    x, valid, transform = _unpack(data, valid, transform)
+    x, valid, transform = unpack_data(data, valid, transform)
     world = ddp.world_size() if ddp.init_from_env() else 1
     dev = resolve_device(device) if device is not None else ddp.default_device()
     x = x.to(dev)
@@ -216,7 +133,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
                                                    kwargs=probe_kw))
     opt = optimizer(list(params.values())) if optimizer else torch.optim.Adam(
         list(params.values()), lr=lr)
-    sched = _schedule(schedule, opt, epochs)
+    sched = make_schedule(schedule, opt, epochs)
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "objective": objective.name,
               "seed": base_seed, "num_data": n, "nan_policy": nan_policy,
               "clip_norm": clip_norm, "patience": patience, "device": str(dev)}
@@ -236,7 +153,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
                                scheduler=sched)
         hist.update(meta.state)
         start_epoch = meta.epoch
-    buffers = _buffers(model, guide)  # rolled back with the parameters
+    buffers = module_buffers(model, guide)  # rolled back with the parameters
     if world > 1:  # every rank starts from rank 0's parameters and buffers
         ddp.broadcast_tensors([*params.values(), *buffers])
     good, best = Snapshot.take(params, opt, buffers), None
@@ -244,18 +161,8 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     steps0, train_time = hist["step"], 0.0
 
     def diagnose(step, where, xb, kw, err=None):
-        """Describe a failure; restores the last finite state, then re-runs the batch on it."""
-        bad_param = nonfinite_param(params)
-        good.restore(params, opt, buffers)
-        site = first_nonfinite_site(model, guide, xb, kw)
-        msg = f"non-finite {where} at step {step}"
-        msg += f" ({type(err).__name__}: {err})" if err is not None else ""
-        msg += ": " + (site or "the batch's log densities are finite at the last finite "
-                       "parameters, so the update diverged (learning rate too large, or a "
-                       "non-finite gradient)")
-        if bad_param is not None:
-            msg += f"; parameter '{bad_param}' had become non-finite"
-        return msg + "; parameters restored to the last finite state"
+        return describe_failure(step, where, model, guide, xb, kw, params,
+                                lambda: good.restore(params, opt, buffers), err)
 
     bar = tqdm(total=epochs, initial=start_epoch, disable=quiet or not ddp.is_main(), desc="fit",
                unit="epoch", leave=False)
@@ -269,7 +176,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
             t0 = time.perf_counter()
             xe, perm = epoch_data(epoch)
             if world > 1:
-                pyro.set_rng_seed(_rank_seed(base_seed, epoch, ddp.rank()))
+                pyro.set_rng_seed(rank_seed(base_seed, epoch, ddp.rank()))
             nb = math.ceil(n / gbs)
             window, kept, rows, wrows = [], [], 0, 0  # window: -objective per batch since a check
             failure = None
@@ -342,7 +249,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
             hist["lr"].append(opt.param_groups[0]["lr"])
             value = train_val
             if valid is not None:
-                v = _valid_elbo(model, guide, valid, info, valid_samples, valid_batch_kw,
+                v = sharded_valid_elbo(model, guide, valid, info, valid_samples, valid_batch_kw,
                                 fixed_kw, world)
                 if not math.isfinite(v):
                     good = Snapshot.take(params, opt, buffers)  # finite: checked at epoch end

@@ -10,8 +10,11 @@ step, and the held-out ELBO.
 * :func:`nonfinite_param` names the first non-finite parameter; :func:`first_nonfinite_site`
   the first guide / model site (in execution order) whose log density is non-finite, using the
   per-site log densities of :mod:`ppvae.contract`.
+  :func:`describe_failure` writes the message fit reports.
 * :func:`heldout_elbo` is the mean per-datapoint ELBO (Kingma and Welling 2014) from
-  :func:`ppvae.log_weights`, streamed over rows.
+  :func:`ppvae.log_weights`, streamed over rows; :func:`sharded_valid_elbo` splits it over ranks.
+* :class:`FitResult` (what fit returns), :func:`make_schedule` (the learning-rate schedules by
+  name), :func:`unpack_data`, :func:`module_buffers`, :func:`rank_seed`.
 """
 
 from __future__ import annotations
@@ -25,16 +28,25 @@ import torch
 from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
+from . import distributed as ddp
 from .contract import PairInfo, is_latent, is_observed, site_log_density
 from .weights import log_weights
 
 __all__ = [
+    "FitResult",
+    "NonFiniteError",
     "Snapshot",
     "collect_params",
+    "describe_failure",
     "first_nonfinite_site",
     "heldout_elbo",
+    "make_schedule",
+    "module_buffers",
     "nonfinite_param",
     "params_finite",
+    "rank_seed",
+    "sharded_valid_elbo",
+    "unpack_data",
 ]
 
 
@@ -122,6 +134,24 @@ def first_nonfinite_site(model, guide, x: torch.Tensor, kwargs: dict) -> str | N
     return None
 
 
+def describe_failure(step: int, where: str, model, guide, x: torch.Tensor, kwargs: dict,
+                     params: dict[str, torch.Tensor], restore, err=None) -> str:
+    """The message for a non-finite step: names the first non-finite parameter, calls
+    ``restore()`` (back to the last finite state), then re-runs the batch there and names the
+    first site with a non-finite log density (or says the update diverged)."""
+    bad_param = nonfinite_param(params)
+    restore()
+    site = first_nonfinite_site(model, guide, x, kwargs)
+    msg = f"non-finite {where} at step {step}"
+    msg += f" ({type(err).__name__}: {err})" if err is not None else ""
+    msg += ": " + (site or "the batch's log densities are finite at the last finite "
+                   "parameters, so the update diverged (learning rate too large, or a "
+                   "non-finite gradient)")
+    if bad_param is not None:
+        msg += f"; parameter '{bad_param}' had become non-finite"
+    return msg + "; parameters restored to the last finite state"
+
+
 def heldout_elbo(model, guide, x: torch.Tensor, info: PairInfo, *, num_samples: int = 1,
                  batch_size: int = 1000, batch_kw: dict | None = None,
                  fixed_kw: dict | None = None) -> torch.Tensor:
@@ -137,3 +167,83 @@ def heldout_elbo(model, guide, x: torch.Tensor, info: PairInfo, *, num_samples: 
                 num_data=xb.shape[0]), **kw)  # [S, B]
             total = total + lw.mean(0).sum().double()
     return total / x.shape[0]
+
+
+class NonFiniteError(RuntimeError):
+    """Raised internally when a step produced a non-finite loss or parameters."""
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` did. Lists run over all epochs, including those before a resume."""
+
+    train_objective: list[float]  # per epoch: mean per-datapoint objective (ELBO by default)
+    valid_elbo: list[float]  # per epoch: mean per-datapoint validation ELBO (empty: no valid)
+    lr: list[float]  # per epoch: learning rate used
+    best_epoch: int  # epoch (0-based) with the best validation (else training) value
+    epochs: int  # epochs completed
+    steps: int  # optimizer steps completed
+    wall_time: float  # seconds in this call
+    steps_per_second: float  # optimizer steps per second of training time in this call
+    stopped: str  # "completed", "early_stopping" or "non_finite"
+    message: str  # why it stopped; for non-finite: the step and the offending site
+    rollbacks: int  # non-finite steps rolled back
+
+    @property
+    def best_value(self) -> float:
+        values = self.valid_elbo or self.train_objective
+        return values[self.best_epoch] if values else float("nan")
+
+
+def make_schedule(spec, optimizer, epochs: int):
+    if spec is None:
+        return None
+    if spec == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    if spec == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
+    if callable(spec):
+        return spec(optimizer)
+    raise ValueError(f"schedule must be None, 'cosine', 'plateau' or a callable "
+                     f"optimizer -> scheduler, got {spec!r}")
+
+
+def unpack_data(data, valid, transform):
+    if hasattr(data, "train") and hasattr(data, "valid"):  # a ppvae.data.Dataset record
+        if transform is None and getattr(data, "binarization", None) == "dynamic":
+            from .data.binarize import dynamic_binarize
+            transform = dynamic_binarize
+        return data.train, data.valid if valid is None else valid, transform
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"data must be a tensor [N, ...] or a ppvae.data.Dataset, got "
+                        f"{type(data).__name__}")
+    return data, valid, transform
+
+
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """A seed for one rank's draws in one epoch (distinct across ranks and epochs)."""
+    return (seed * 1_000_003 + epoch * 8191 + rank * 131_071 + 1) % 2**63
+
+
+def module_buffers(*modules) -> list[torch.Tensor]:
+    """The modules' buffers, each once (a guide is often a submodule of its model)."""
+    seen: dict[int, torch.Tensor] = {}
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            for b in m.buffers():
+                seen.setdefault(id(b), b)
+    return list(seen.values())
+
+
+def sharded_valid_elbo(model, guide, valid, info, samples, batch_kw, fixed_kw, world) -> float:
+    """Mean validation ELBO; with several ranks each scores its share of the rows."""
+    if world == 1:
+        return float(heldout_elbo(model, guide, valid, info, num_samples=samples,
+                                  batch_kw=batch_kw, fixed_kw=fixed_kw))
+    rows = slice(*ddp.shard_bounds(valid.shape[0]))
+    total = valid.new_zeros((), dtype=torch.float64)
+    if rows.stop > rows.start:
+        part = heldout_elbo(model, guide, valid[rows], info, num_samples=samples,
+                            batch_kw={k: v[rows] for k, v in batch_kw.items()},
+                            fixed_kw=fixed_kw)
+        total = part * (rows.stop - rows.start)
+    return float(ddp.all_sum(total)) / valid.shape[0]
