@@ -50,6 +50,10 @@ def parse_args():
     p.add_argument("--loop-subset", type=int, default=20,
                    help="datapoints fitted one by one with Pyro SVI for the speed ratio")
     p.add_argument("--speed-steps", type=int, default=200, help="steps in the speed comparison")
+    p.add_argument("--speed-particles", type=int, nargs="+", default=None,
+                   help="particle counts for the speed comparison (default: --particles)")
+    p.add_argument("--speed-only", action="store_true",
+                   help="train (or load) the networks, then only the speed comparison")
     p.add_argument("--checkpoint", default=None, help="save/load trained networks here")
     p.add_argument("--out", default="gaps_mnist", help="prefix for .md, .json and .png")
     p.add_argument("--threads", type=int, default=None)
@@ -111,12 +115,12 @@ def loop_svi(vae, x, steps: int, particles: int) -> float:
     return time.perf_counter() - start
 
 
-def speed(args, vae, x):
+def speed(args, vae, x, particles: int):
     m = min(args.loop_subset, x.shape[0])
-    common = dict(num_steps=args.speed_steps, num_particles=args.particles, window=10**9,
+    common = dict(num_steps=args.speed_steps, num_particles=particles, window=10**9,
                   gradient="reparam")
     with pyro.validation_enabled(False):
-        t_loop = loop_svi(vae, x[:m], args.speed_steps, args.particles)
+        t_loop = loop_svi(vae, x[:m], args.speed_steps, particles)
     t = time.perf_counter()
     ppvae.fit_local(vae, x[:m], "diag", vae.guide, **common)
     t_sub = time.perf_counter() - t
@@ -124,7 +128,8 @@ def speed(args, vae, x):
     ppvae.fit_local(vae, x, "diag", vae.guide, **common)
     t_all = time.perf_counter() - t
     n = x.shape[0]
-    print(f"\nSpeed, {args.speed_steps} steps, {args.particles} particles, diagonal q*:")
+    print(f"\nSpeed, {args.speed_steps} steps, {particles} particles, diagonal q*, "
+          f"{torch.get_num_threads()} thread(s):")
     print(f"  Pyro SVI, Python loop over {m} datapoints: {t_loop:.1f} s "
           f"({1e3 * t_loop / m:.0f} ms per datapoint)")
     print(f"  fit_local on the same {m}: {t_sub:.2f} s -> {t_loop / t_sub:.1f}x")
@@ -145,6 +150,10 @@ def main():
     x = data.test[torch.randperm(len(data.test), generator=g)[: args.num_test]]  # [N, 784]
     print(f"{data}; {args.num_test} test images; device {device}", flush=True)
     vae, flow, times = train(args, data, device)
+    if args.speed_only:
+        for particles in args.speed_particles or [args.particles]:
+            speed(args, vae, x, particles)
+        return
     report = ppvae.gaps(vae, {"diagonal": vae.guide, "flow": flow}, x, log_px="iwae",
                         local_steps=args.local_steps, num_samples=args.elbo_samples,
                         local_options={"num_particles": args.particles},
@@ -154,7 +163,8 @@ def main():
     Path(f"{args.out}.md").write_text(report.to_markdown())
     Path(f"{args.out}.json").write_text(report.to_json())
     report.plot(f"{args.out}.png")
-    speed(args, vae, x)
+    for particles in args.speed_particles or [args.particles]:
+        speed(args, vae, x, particles)
 
 
 if __name__ == "__main__":
