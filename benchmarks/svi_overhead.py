@@ -4,10 +4,11 @@ The same VAE (784-400-50, Bernoulli likelihood, the MLP encoder of ``models.VAE`
 optimizer (one Adam over all parameters) and device in one process. The hand-written loop
 computes the single-sample reparameterized ELBO from the networks with formulas (no Pyro);
 ppvae.fit runs its trace-based loop with the minibatch scaled to the data set; Pyro's
-``SVI.step`` with ``Trace_ELBO`` is shown for reference. Rounds are interleaved and the median
-ms/step is reported, since this machine's CPU is shared. Prints the ratios to hand-written.
+``SVI.step`` with ``Trace_ELBO`` is shown for reference. Rounds are interleaved (the order
+rotates) and the median ms/step is reported; the ratios are paired within each round (median
+[min-max] over rounds), since the speed of a shared CPU drifts.
 
-    python benchmarks/svi_overhead.py --batches 16 128 1024 --steps 150 --rounds 3
+    python benchmarks/svi_overhead.py --batches 16 128 1024 --steps 150 --rounds 9
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 128, 1024])
     ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--validation", action="store_true",
@@ -85,11 +86,12 @@ def main(argv=None) -> None:
           f"{args.steps} steps x {args.rounds} interleaved rounds, median ms/step")
     print("| batch | hand-written | ppvae.fit | Pyro SVI | fit / hand | SVI / hand |")
     print("|---|---|---|---|---|---|")
+    runs = (("hand", hand_written), ("fit", with_fit), ("svi", with_pyro_svi))
     for batch in args.batches:
         x = torch.bernoulli(torch.full((batch * args.steps, 784), 0.2)).to(dev)
         times = {"hand": [], "fit": [], "svi": []}
         for r in range(args.rounds):
-            for key, fn in (("hand", hand_written), ("fit", with_fit), ("svi", with_pyro_svi)):
+            for key, fn in runs[r % 3:] + runs[: r % 3]:  # rotate the order across rounds
                 pyro.clear_param_store()
                 torch.manual_seed(r)
                 vae = VAE(784, 50, (400,), name="bench_vae").to(dev)
@@ -97,7 +99,12 @@ def main(argv=None) -> None:
                 pyro.clear_param_store()
                 times[key].append(fn(vae, x, batch, args.steps) * 1e3)
         h, f, s = (statistics.median(times[k]) for k in ("hand", "fit", "svi"))
-        print(f"| {batch} | {h:.2f} | {f:.2f} | {s:.2f} | {f / h:.3f} | {s / h:.3f} |")
+        # ratios paired within a round (the machine's speed drifts between rounds)
+        rf = sorted(a / b for a, b in zip(times["fit"], times["hand"], strict=True))
+        rs = sorted(a / b for a, b in zip(times["svi"], times["hand"], strict=True))
+        print(f"| {batch} | {h:.2f} | {f:.2f} | {s:.2f} | {statistics.median(rf):.2f} "
+              f"[{rf[0]:.2f}-{rf[-1]:.2f}] | {statistics.median(rs):.2f} "
+              f"[{rs[0]:.2f}-{rs[-1]:.2f}] |")
 
 
 if __name__ == "__main__":
