@@ -37,8 +37,14 @@ from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import ReshapeTransform
 
 from .contract import DATA_PLATE, ContractError, check_pair, is_latent
-from .local_families import FAMILIES, LocalFamily, PathDerivative, gaussian_moments
-from .weights import PARTICLE_PLATE, log_weights
+from .local_families import (
+    FAMILIES,
+    LocalFamily,
+    PathDerivative,
+    guide_moments,
+    sampled_moments,
+)
+from .weights import log_weights
 
 __all__ = ["LatentSite", "LocalFit", "LocalGuide", "fit_local", "latent_sites"]
 
@@ -171,38 +177,6 @@ class LocalGuide(nn.Module):
                 pyro.sample(name, q)
 
 
-def _sampled_moments(fn, x, sites, num_samples: int, particle_dim: int, kwargs):
-    """Mean [N, K] and Cholesky [N, K, K] of each site's unconstrained samples under ``fn``."""
-    def plated(*args, **kw):
-        with pyro.plate(PARTICLE_PLATE, num_samples, dim=particle_dim, device=x.device):
-            return fn(*args, **kw)
-
-    with torch.no_grad():
-        tr = poutine.trace(plated).get_trace(x, **kwargs)
-    n, out = int(x.shape[0]), []
-    for site in sites:
-        v = tr.nodes[site.name]["value"]
-        if site.to_support is not None:
-            v = site.to_support.inv(v)
-        v = v.reshape(num_samples, n, site.dim)  # [S, N, K]
-        mean = v.mean(0)  # [N, K]
-        c = v - mean
-        cov = torch.einsum("sni,snj->nij", c, c) / (num_samples - 1)  # [N, K, K]
-        jitter = 1e-6 * cov.diagonal(0, -2, -1).mean(-1).clamp(min=1e-12)  # [N]
-        eye = torch.eye(site.dim, dtype=v.dtype, device=v.device)
-        out.append((mean, torch.linalg.cholesky(cov + jitter[:, None, None] * eye)))
-    return out
-
-
-def _guide_moments(guide, x, sites):
-    """Exact moments from ``guide.distribution(x)`` when it is a Gaussian; else None."""
-    if not hasattr(guide, "distribution") or len(sites) != 1 or sites[0].to_support is not None:
-        return None
-    with torch.no_grad():
-        m = gaussian_moments(guide.distribution(x), int(x.shape[0]), sites[0].dim)
-    return None if m is None else [m]
-
-
 def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
               num_steps: int = 1000, num_particles: int = 8, lr: float = 0.1,
               lr_decay: float = 1e-3, tol: float = 1e-3, window: int = 100, patience: int = 3,
@@ -246,11 +220,11 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
         if init != "prior":
             raise ValueError(f"init must be 'prior' or a guide, got {init!r}")
         info = check_pair(model, model, x, **kwargs)  # the prior as a guide keeps the contract
-        moments = _sampled_moments(model, x, sites, num_init_samples, info.particle_dim, kwargs)
+        moments = sampled_moments(model, x, sites, num_init_samples, info.particle_dim, kwargs)
         label = "prior"
     else:
         info = check_pair(model, init, x, **kwargs)
-        moments = _guide_moments(init, x, sites) or _sampled_moments(
+        moments = guide_moments(init, x, sites) or sampled_moments(
             init, x, sites, num_init_samples, info.particle_dim, kwargs)
         label = type(init).__name__
     guide = LocalGuide(sites, [LocalFamily(family, m.to(x.dtype), L.to(x.dtype), num_flows)

@@ -19,20 +19,29 @@ event shape [K]:
   and particles; the inverse (only needed to score points the flow did not produce) loops over
   the K latent dimensions.
 
+Initialization: :func:`gaussian_moments` / :func:`guide_moments` read the mean and Cholesky
+factor of a Gaussian guide exactly; :func:`sampled_moments` moment-matches any other guide (or
+the prior) from samples.
+
 These are the q* families of Cremer, Li and Duvenaud (2018), "Inference suboptimality in
 variational autoencoders".
 """
 
 from __future__ import annotations
 
+import pyro
 import pyro.distributions as dist
 import torch
+from pyro import poutine
 from torch import nn
 from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 
+from .weights import PARTICLE_PLATE
+
 __all__ = [
     "FAMILIES", "LocalAutoregressive", "LocalFamily", "PathDerivative", "gaussian_moments",
+    "guide_moments", "sampled_moments",
 ]
 
 FAMILIES = ("diag", "full", "flow")
@@ -194,3 +203,36 @@ def gaussian_moments(q, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor] | N
         base = q.base_dist
         return base.loc.expand(n, k), torch.diag_embed(base.scale.expand(n, k))
     return None
+
+
+def sampled_moments(fn, x, sites, num_samples: int, particle_dim: int, kwargs):
+    """Mean [N, K] and Cholesky [N, K, K] of each latent site's unconstrained samples under
+    ``fn`` (the sites are :class:`ppvae.local.LatentSite` records)."""
+    def plated(*args, **kw):
+        with pyro.plate(PARTICLE_PLATE, num_samples, dim=particle_dim, device=x.device):
+            return fn(*args, **kw)
+
+    with torch.no_grad():
+        tr = poutine.trace(plated).get_trace(x, **kwargs)
+    n, out = int(x.shape[0]), []
+    for site in sites:
+        v = tr.nodes[site.name]["value"]
+        if site.to_support is not None:
+            v = site.to_support.inv(v)
+        v = v.reshape(num_samples, n, site.dim)  # [S, N, K]
+        mean = v.mean(0)  # [N, K]
+        c = v - mean
+        cov = torch.einsum("sni,snj->nij", c, c) / (num_samples - 1)  # [N, K, K]
+        jitter = 1e-6 * cov.diagonal(0, -2, -1).mean(-1).clamp(min=1e-12)  # [N]
+        eye = torch.eye(site.dim, dtype=v.dtype, device=v.device)
+        out.append((mean, torch.linalg.cholesky(cov + jitter[:, None, None] * eye)))
+    return out
+
+
+def guide_moments(guide, x, sites):
+    """Exact moments from ``guide.distribution(x)`` when it is a Gaussian; else None."""
+    if not hasattr(guide, "distribution") or len(sites) != 1 or sites[0].to_support is not None:
+        return None
+    with torch.no_grad():
+        m = gaussian_moments(guide.distribution(x), int(x.shape[0]), sites[0].dim)
+    return None if m is None else [m]
