@@ -147,10 +147,8 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 def _normal_log_prob_sum(fn: Normal, value: torch.Tensor) -> torch.Tensor:
     """``fn.log_prob(value).sum()`` for a Normal, in fewer autograd nodes than torch's formula."""
     loc, scale = fn.loc, fn.scale
-    shape = torch.broadcast_shapes(value.shape, loc.shape)
-    lp = -0.5 * ((value - loc) / scale).pow(2) - scale.log()
-    return lp.sum() - _HALF_LOG_2PI * math.prod(shape) if lp.shape == shape else \
-        fn.log_prob(value).sum()
+    lp = -0.5 * ((value - loc) / scale).pow(2) - scale.log()  # the broadcast of all three
+    return lp.sum() - _HALF_LOG_2PI * lp.numel()
 
 
 class _ScaledSum:
@@ -169,10 +167,11 @@ class _ScaledSum:
                 fn = fn.base_dist
             lp = _normal_log_prob_sum(fn, site["value"]) if isinstance(fn, Normal) else \
                 fn.log_prob(site["value"]).sum()
-            key = float(scale)
-            prev = self.groups.get(key)
-            self.groups[key] = (lp if sign > 0 else -lp) if prev is None else (
-                prev + lp if sign > 0 else prev - lp)
+            prev = self.groups.get(float(scale))
+            if prev is None:
+                self.groups[float(scale)] = lp if sign > 0 else -lp
+            else:
+                self.groups[float(scale)] = prev + lp if sign > 0 else prev - lp
             return
         lp = fn.log_prob(site["value"], *site["args"], **site["kwargs"])
         self.other.append(sign * scale_and_mask(lp, scale, site["mask"]).sum())

@@ -21,8 +21,9 @@ At small batches that fixed cost is most of the step (``benchmarks/svi_overhead.
   ``poutine.lift``...) still see the message first, because they sit nearer the site.
   A name the store does not hold yet is passed on unchanged (Pyro creates it).
 
-Handlers installed *around* the whole training call would no longer see parameter messages, so
-:func:`ppvae.fit` uses this recorder only when no Pyro handler is active when it starts.
+Handlers installed *around* the objective would no longer see parameter messages, so
+:class:`ppvae.objectives.ELBO` uses this recorder only when every active Pyro handler is one of
+its own sample-site scalings (beta, warm-up); otherwise it runs Pyro's trace and replay.
 """
 
 from __future__ import annotations
