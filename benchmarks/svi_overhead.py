@@ -3,7 +3,9 @@
 The same VAE (784-400-50, Bernoulli likelihood, the MLP encoder of ``models.VAE``), batch,
 optimizer (one Adam over all parameters) and device in one process. The hand-written loop
 computes the single-sample reparameterized ELBO from the networks with formulas (no Pyro);
-ppvae.fit runs its trace-based loop with the minibatch scaled to the data set; Pyro's
+ppvae.fit runs its trace-based loop with the minibatch scaled to the data set, eagerly and with
+``jit=True`` (the objective captured as a graph of tensor operations, :mod:`ppvae.capture`;
+timed on its second epoch, after the capture); Pyro's
 ``SVI.step`` with ``Trace_ELBO`` is shown for reference. Rounds are interleaved (the order
 rotates) and the median ms/step is reported; the ratios are paired within each round (median
 [min-max] over rounds), since the speed of a shared CPU drifts.
@@ -56,6 +58,15 @@ def with_fit(vae: VAE, x: torch.Tensor, batch: int, steps: int) -> float:
     return 1.0 / r.steps_per_second
 
 
+def with_fit_jit(vae: VAE, x: torch.Tensor, batch: int, steps: int) -> float:
+    """fit(jit=True): the second epoch's time per step (the first captures and verifies)."""
+    seconds = []
+    ppvae.fit(vae, vae.guide, x[: batch * steps], epochs=2, batch_size=batch, lr=1e-3,
+              quiet=True, device=x.device, check_every=100, jit=True,
+              on_epoch=lambda **e: seconds.append(e["seconds"]))
+    return seconds[-1] / steps
+
+
 def with_pyro_svi(vae: VAE, x: torch.Tensor, batch: int, steps: int) -> float:
     n = x.shape[0]
     model_scaled = pyro.poutine.scale(vae, n / batch)
@@ -84,27 +95,30 @@ def main(argv=None) -> None:
     dev = ppvae.resolve_device(args.device)
     print(f"device {dev}, {args.threads} thread(s), Pyro validation {args.validation}, "
           f"{args.steps} steps x {args.rounds} interleaved rounds, median ms/step")
-    print("| batch | hand-written | ppvae.fit | Pyro SVI | fit / hand | SVI / hand |")
-    print("|---|---|---|---|---|---|")
-    runs = (("hand", hand_written), ("fit", with_fit), ("svi", with_pyro_svi))
+    print("| batch | hand-written | ppvae.fit | fit(jit=True) | Pyro SVI | fit / hand "
+          "| jit / hand | SVI / hand |")
+    print("|---|---|---|---|---|---|---|---|")
+    runs = (("hand", hand_written), ("fit", with_fit), ("jit", with_fit_jit),
+            ("svi", with_pyro_svi))
     for batch in args.batches:
         x = torch.bernoulli(torch.full((batch * args.steps, 784), 0.2)).to(dev)
-        times = {"hand": [], "fit": [], "svi": []}
+        times = {key: [] for key, _ in runs}
         for r in range(args.rounds):
-            for key, fn in runs[r % 3:] + runs[: r % 3]:  # rotate the order across rounds
+            k = r % len(runs)
+            for key, fn in runs[k:] + runs[:k]:  # rotate the order across rounds
                 pyro.clear_param_store()
                 torch.manual_seed(r)
                 vae = VAE(784, 50, (400,), name="bench_vae").to(dev)
                 fn(vae, x, batch, min(args.steps, 10))  # warm-up
                 pyro.clear_param_store()
                 times[key].append(fn(vae, x, batch, args.steps) * 1e3)
-        h, f, s = (statistics.median(times[k]) for k in ("hand", "fit", "svi"))
-        # ratios paired within a round (the machine's speed drifts between rounds)
-        rf = sorted(a / b for a, b in zip(times["fit"], times["hand"], strict=True))
-        rs = sorted(a / b for a, b in zip(times["svi"], times["hand"], strict=True))
-        print(f"| {batch} | {h:.2f} | {f:.2f} | {s:.2f} | {statistics.median(rf):.2f} "
-              f"[{rf[0]:.2f}-{rf[-1]:.2f}] | {statistics.median(rs):.2f} "
-              f"[{rs[0]:.2f}-{rs[-1]:.2f}] |")
+        med = {key: f"{statistics.median(v):.2f}" for key, v in times.items()}
+        ratios = []
+        for key in ("fit", "jit", "svi"):  # paired within a round: the machine's speed drifts
+            r = sorted(a / b for a, b in zip(times[key], times["hand"], strict=True))
+            ratios.append(f"{statistics.median(r):.2f} [{r[0]:.2f}-{r[-1]:.2f}]")
+        print(f"| {batch} | {med['hand']} | {med['fit']} | {med['jit']} | {med['svi']} | "
+              + " | ".join(ratios) + " |")
 
 
 if __name__ == "__main__":

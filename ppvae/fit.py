@@ -33,6 +33,7 @@ from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from . import distributed as ddp
+from .capture import CapturedLoss
 from .checkpoint import load_checkpoint, save_checkpoint
 from .contract import check_pair
 from .device import resolve_device
@@ -62,7 +63,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         rollback_lr_factor: float = 0.5, check_every: int = 100, validate: bool = False,
         checkpoint: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
         transform: Callable | None = None, batch_kw: dict | None = None,
-        valid_batch_kw: dict | None = None, fixed_kw: dict | None = None,
+        valid_batch_kw: dict | None = None, fixed_kw: dict | None = None, jit: bool = False,
         quiet: bool = False, on_epoch: Callable[..., None] | None = None) -> FitResult:
     """Train ``model`` and ``guide`` on ``data`` by SVI; returns a :class:`FitResult`.
 
@@ -90,6 +91,11 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         transform: ``(x_train, generator) -> x`` applied once per epoch (e.g. binarization).
         batch_kw / valid_batch_kw: per-datapoint tensors passed to model and guide, minibatched
             with the data (labels of a conditional model); fixed_kw: passed unchanged.
+        jit: capture the objective as a graph of tensor operations once per minibatch shape and
+            replay it (:mod:`ppvae.capture`): no Pyro handler work per step, which is most of
+            a small minibatch's cost. Needs a model and guide that run the same tensor
+            operations for every minibatch (checked on the first replays; a mismatch raises
+            :class:`ppvae.capture.CaptureError`). Not with ``validate``.
         quiet: no progress bar.
         on_epoch: called after each epoch (and its checkpoint) as ``on_epoch(epoch=e,
             train=..., valid=... or None, lr=..., step=..., seconds=...)``, ``e`` counting
@@ -97,6 +103,9 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     """
     if nan_policy not in ("stop", "rollback"):
         raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan_policy!r}")
+    if jit and validate:
+        raise ValueError("jit=True replays a captured graph, which skips the per-step value "
+                         "checks of validate=True; use one or the other")
     t_start = time.perf_counter()
     x, valid, transform = unpack_data(data, valid, transform)
     world = ddp.world_size() if ddp.init_from_env() else 1
@@ -136,7 +145,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     sched = make_schedule(schedule, opt, epochs)
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "objective": objective.name,
               "seed": base_seed, "num_data": n, "nan_policy": nan_policy,
-              "clip_norm": clip_norm, "patience": patience, "device": str(dev)}
+              "clip_norm": clip_norm, "patience": patience, "device": str(dev), "jit": jit}
     if world > 1:
         config["world_size"] = world
     hist = {"train": [], "valid": [], "lr": [], "best_epoch": -1, "best": -math.inf,
@@ -154,6 +163,12 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         hist.update(meta.state)
         start_epoch = meta.epoch
     buffers = module_buffers(model, guide)  # rolled back with the parameters
+    if jit:
+        step_loss = CapturedLoss(objective, model, guide, info, list(params.values()), buffers)
+    else:
+        def step_loss(xb, kw, scale, step):
+            return objective.loss(model, guide, xb, info=info._replace(num_data=xb.shape[0]),
+                                  data_scale=scale, step=step, kwargs=kw)
     if world > 1:  # every rank starts from rank 0's parameters and buffers
         ddp.broadcast_tensors([*params.values(), *buffers])
     good, best = Snapshot.take(params, opt, buffers), None
@@ -190,9 +205,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
                 opt.zero_grad(set_to_none=True)
                 if xb.shape[0]:  # a rank's share of a short last minibatch may be empty
                     try:
-                        loss = objective.loss(model, guide, xb, info=info._replace(
-                            num_data=xb.shape[0]), data_scale=scale, step=hist["step"],
-                            kwargs=kw)
+                        loss = step_loss(xb, kw, scale, hist["step"])
                         loss.backward()
                     except ValueError as e:  # distribution validation met non-finite values
                         if bool(torch.isfinite(xb).all()) and bool(params_finite(params)):

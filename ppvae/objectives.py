@@ -89,6 +89,12 @@ class Objective:
              step: int = 0, kwargs: dict | None = None) -> torch.Tensor:
         raise NotImplementedError
 
+    def scalars(self, step: int) -> tuple[float, ...]:
+        """The objective's quantities that change with ``step`` (default none). ``fit(jit=True)``
+        feeds them to its captured graph as inputs, in this order, through ``loss(...,
+        scalars=...)``; an objective that declares any must accept that argument."""
+        return ()
+
 
 @dataclass(frozen=True)
 class ELBO(Objective):
@@ -244,10 +250,16 @@ class ScaledLatents(Objective):
     def name(self) -> str:
         return f"{self.label}-{self.base.name}"
 
-    def loss(self, model, guide, x, *, info, data_scale=1.0, step=0, kwargs=None):
-        with SiteScale(float(self.beta(step)), _latent):
+    def scalars(self, step: int) -> tuple[float, ...]:
+        return (float(self.beta(step)), *self.base.scalars(step))
+
+    def loss(self, model, guide, x, *, info, data_scale=1.0, step=0, kwargs=None, scalars=None):
+        """``scalars``: beta (and the base's scalars) as tensors, in place of ``beta(step)``."""
+        beta = float(self.beta(step)) if scalars is None else scalars[0]
+        extra = {"scalars": scalars[1:]} if scalars is not None and len(scalars) > 1 else {}
+        with SiteScale(beta, _latent):
             return self.base.loss(model, guide, x, info=info, data_scale=data_scale, step=step,
-                                  kwargs=kwargs)
+                                  kwargs=kwargs, **extra)
 
 
 def beta_vae(beta: float, base: Objective | None = None) -> ScaledLatents:
