@@ -29,7 +29,6 @@ What the capture assumes, and how it checks:
 from __future__ import annotations
 
 import inspect
-
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -167,7 +166,8 @@ class CapturedLoss:
                 "a captured graph cannot replay that (update buffers in place, or use jit=False)")
         if not any(n.op == "output" and isinstance(n.args[0], torch.fx.Node)
                    for n in gm.graph.nodes):
-            raise CaptureError(f"the objective returned no tensor under capture (minibatch {key[0]})")
+            raise CaptureError("the objective returned no tensor under capture (minibatch "
+                               f"{key[0]})")
         return simplify_graph(gm).forward
 
     def _verified(self, graph: _Graph, run, inputs, key) -> torch.Tensor:
@@ -191,8 +191,8 @@ class CapturedLoss:
                       f"{eager.detach().tolist()}"
         else:
             for p, a, b in zip(wrt, eager_grads, _grads(loss, wrt, retain=True), strict=True):
-                if (a is None) != (b is None) or a is not None and \
-                        float((a - b).abs().max()) > self.rtol * 10 * float(a.abs().max()) + 1e-6:
+                if (a is None) != (b is None) or (a is not None and float(
+                        (a - b).abs().max()) > self.rtol * 10 * float(a.abs().max()) + 1e-6):
                     problem = f"a different gradient for a parameter of shape {tuple(p.shape)}"
                     break
         if problem is not None:
