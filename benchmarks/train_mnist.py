@@ -53,6 +53,8 @@ def main(argv=None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--jit", action="store_true",
+                    help="fit(jit=True): replay the training step from a captured graph")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,7 +81,7 @@ def main(argv=None) -> None:
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=dev,
                     objective=objective, patience=args.patience,
                     schedule=None if args.schedule == "none" else args.schedule,
-                    checkpoint=args.checkpoint, resume=args.checkpoint)
+                    checkpoint=args.checkpoint, resume=args.checkpoint, jit=args.jit)
     train_s = time.perf_counter() - t0
     print(f"trained {res.epochs} epochs on {len(train)} rows in {train_s:.0f} s "
           f"({res.steps_per_second:.1f} steps/s); valid ELBO per epoch: "

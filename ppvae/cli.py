@@ -29,7 +29,7 @@ __all__ = ["main"]
 _TOP = ("model", "guide", "data", "data_path", "binarize", "seed", "device")
 _SIZES = ("latent_dim", "hidden", "top_latent_dim", "num_flows", "channels")
 _TRAIN = ("objective", "epochs", "batch_size", "lr", "particles", "iwae_k", "beta",
-          "warmup_steps", "patience")
+          "warmup_steps", "patience", "jit")
 _DEFAULTS = {"model": "vae", "data": "digits", "seed": 0, "device": "auto",
              "sizes": {"latent_dim": 4, "hidden": [128]},
              "train": {"objective": "elbo", "epochs": 30, "batch_size": 64, "lr": 3e-3}}
@@ -255,12 +255,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .builders import BuildError
+    from .capture import CaptureError
     from .checkpoint import CheckpointError
     from .contract import ContractError
     from .runs import RunError
 
-    return (UsageError, BuildError, RunError, CheckpointError, ContractError, ValueError,
-            FileNotFoundError)
+    return (UsageError, BuildError, RunError, CheckpointError, ContractError, CaptureError,
+            ValueError, FileNotFoundError)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,9 @@ def _train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-steps", dest="warmup_steps", type=int,
                    help="objective kl-warmup: steps")
     p.add_argument("--patience", type=int, help="early stopping (epochs without improvement)")
+    p.add_argument("--jit", action="store_true", default=None,
+                   help="replay the training step from a captured graph (faster at small "
+                   "batches; see ppvae.capture)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -119,6 +119,7 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
               batch_size=int(t.get("batch_size", 64)), lr=float(t.get("lr", 3e-3)),
               objective=_objective(cfg), seed=cfg.get("seed", 0), device=cfg.get("device"),
               patience=t.get("patience"), restore_best=False, checkpoint=ckpt,
+              jit=bool(t.get("jit", False)),
               resume=run.checkpoint if resume else None, quiet=quiet, on_epoch=run.append_metrics,
               batch_kw=label_kw(cfg, data, "train"), valid_batch_kw=label_kw(cfg, data, "valid"))
     _train_report(run, res, model, guide, data, cfg)

@@ -178,3 +178,15 @@ def test_a_guide_without_a_module_is_captured(digits):
         runs.append(ppvae.fit(model, guide, digits.train[:128], epochs=2, batch_size=32,
                               quiet=True, device="cpu", jit=jit).train_objective)
     assert runs[0] == pytest.approx(runs[1], rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_jit_on_cuda_follows_the_eager_run(digits):
+    runs = []
+    for jit in (False, True):
+        vae = _vae(4)
+        r = ppvae.fit(vae, vae.guide, digits.train[:256], epochs=2, batch_size=32, quiet=True,
+                      device="cuda", seed=1, jit=jit)
+        assert next(vae.parameters()).device.type == "cuda"
+        runs.append(r.train_objective)
+    assert runs[0] == pytest.approx(runs[1], rel=1e-4)
