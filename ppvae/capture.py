@@ -29,6 +29,7 @@ What the capture assumes, and how it checks:
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -53,25 +54,44 @@ class CaptureError(RuntimeError):
 
 
 def simplify_graph(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """Drop dead nodes and shape-preserving no-ops (``expand``/``view`` to the input's shape).
+    """Drop dead nodes and no-ops: ``expand``/``view``/``alias`` to the input's own shape and
+    strides, ``broadcast_tensors`` of tensors that already share one shape, and ``detach_`` of
+    a fresh constant copy (Pyro's ``broadcast_all`` makes those from Python numbers).
 
     Random and in-place operations are kept even when their result is unused (torch marks them
     impure), so the graph consumes the random stream exactly as the eager step does.
     """
     graph = gm.graph
     for node in list(graph.nodes):
-        if node.op != "call_function" or node.target not in _NO_OP_SHAPES:
+        if node.op != "call_function":
             continue
-        src = node.args[0]
-        before = getattr(src, "meta", {}).get("val")
-        after = node.meta.get("val")
-        if isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor) and \
-                before.shape == after.shape and before.stride() == after.stride():
-            node.replace_all_uses_with(src)
+        if node.target in _NO_OP_SHAPES and _same_layout(node.args[0], node):
+            node.replace_all_uses_with(node.args[0])
             graph.erase_node(node)
+        elif node.target is torch.ops.aten.detach_.default and getattr(
+                node.args[0], "target", None) is torch.ops.aten.lift_fresh_copy.default:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+        elif node.target is torch.ops.aten.broadcast_tensors.default:
+            ins = node.args[0]
+            users = list(node.users)
+            if all(u.target is operator.getitem for u in users) and all(
+                    _same_layout(ins[u.args[1]], u) for u in users):
+                for u in users:
+                    u.replace_all_uses_with(ins[u.args[1]])
+                    graph.erase_node(u)
+                graph.erase_node(node)
     graph.eliminate_dead_code()
     gm.recompile()
     return gm
+
+
+def _same_layout(a, b) -> bool:
+    """Do fx nodes ``a`` and ``b`` hold tensors of one shape and strides (from the capture)?"""
+    va = getattr(a, "meta", {}).get("val")
+    vb = getattr(b, "meta", {}).get("val")
+    return isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor) and \
+        va.shape == vb.shape and va.stride() == vb.stride()
 
 
 def _static(value):
