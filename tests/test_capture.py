@@ -190,3 +190,28 @@ def test_jit_on_cuda_follows_the_eager_run(digits):
         assert next(vae.parameters()).device.type == "cuda"
         runs.append(r.train_objective)
     assert runs[0] == pytest.approx(runs[1], rel=1e-4)
+
+
+def test_graph_simplification_folds_constants_but_never_shares_written_memory():
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from ppvae.capture import simplify_graph
+
+    def pure(x):  # a standard normal's log density the way Pyro spells it
+        loc, scale = torch.zeros(3).expand(2, 3), torch.ones(3).expand(2, 3)
+        return (-0.5 * ((x - loc) / scale).pow(2) - scale.log()).sum()
+
+    def accumulating(x):  # a fresh zeros tensor written in place: must stay fresh per call
+        acc = torch.zeros(3)
+        acc.add_(x.sum(0))
+        return acc.sum() + (x - torch.zeros(3)).sum()
+
+    x = torch.randn(2, 3)
+    gm = simplify_graph(make_fx(pure, pre_dispatch=True)(x), [x])
+    ops = {n.target for n in gm.graph.nodes if n.op == "call_function"}
+    assert torch.ops.aten.sub.Tensor not in ops and torch.ops.aten.div.Tensor not in ops
+    assert torch.ops.aten.log.default not in ops
+    y = torch.randn(2, 3)
+    assert torch.equal(gm(y), pure(y))
+    gm = simplify_graph(make_fx(accumulating, pre_dispatch=True)(x), [x])
+    assert torch.equal(gm(y), accumulating(y)) and torch.equal(gm(y), accumulating(y))

@@ -233,3 +233,22 @@ def test_train_refuses_to_overwrite_a_run(run, capsys):
     err = error_of(["train", "--out", str(run), "--epochs", "1"], capsys)
     assert "already holds a run" in err and "--resume" in err
     assert [m["epoch"] for m in metrics(run)][:2] == [1, 2]  # untouched
+
+
+def test_jit_training_and_stale_extra_guides(tmp_path, capsys):
+    """``--jit`` trains through the captured step (recorded in config.toml); guides trained
+    earlier on the frozen model (guide-<name>.pt) are dropped once the model trains further,
+    and kept when a resume has nothing left to train."""
+    out = tmp_path / "run"
+    assert main(["--threads", "1", "train", "--out", str(out), "--epochs", "1", "--jit",
+                 *TINY]) == 0
+    assert "jit = true" in (out / "config.toml").read_text()
+    stale = out / "guide-flow.pt"
+    stale.write_bytes(b"trained on the 1-epoch model")
+    assert main(["--threads", "1", "train", "--out", str(out), "--resume", "--epochs", "1",
+                 "--quiet"]) == 0
+    assert stale.is_file()
+    assert main(["--threads", "1", "train", "--out", str(out), "--resume", "--epochs", "2",
+                 "--quiet"]) == 0
+    assert not stale.exists() and [m["epoch"] for m in metrics(out)] == [1, 2]
+    capsys.readouterr()
