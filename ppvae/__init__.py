@@ -9,6 +9,7 @@ from . import data, distributed
 from .ais import AISResult, ais, ais_log_px
 from .bdmc import BDMCResult, bdmc
 from .bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights, logmeanexp
+from .capture import CaptureError
 from .compare import PosteriorComparison, PosteriorSummary, compare_posteriors
 from .contract import ContractError, PairInfo, check_pair
 from .device import resolve_device
@@ -48,6 +49,7 @@ __all__ = [
     "AISResult",
     "BDMCResult",
     "Bound",
+    "CaptureError",
     "ContractError",
     "Diagnostics",
     "FitResult",

@@ -90,8 +90,27 @@ def simplify_graph(gm: torch.fx.GraphModule, inputs: Sequence | None = None
         values = _fold_constants(gm, inputs)
         _drop_identities(graph, values)
         graph.eliminate_dead_code()
+    _negate_after_sum(graph)
     gm.recompile()
     return gm
+
+
+def _negate_after_sum(graph: torch.fx.Graph) -> None:
+    """``sum(-x)`` -> ``-sum(x)`` (a Bernoulli log density is ``-bce``): one scalar negation in
+    place of one over every pixel, forward and backward. Exact: negation commutes with every
+    rounded addition."""
+    for node in list(graph.nodes):
+        arg = node.args[0] if node.op == "call_function" and node.args else None
+        if node.target is not _aten.sum.default or len(node.args) != 1 or node.kwargs or \
+                getattr(arg, "target", None) is not _aten.neg.default or len(arg.users) != 1:
+            continue
+        with graph.inserting_before(node):
+            total = graph.call_function(_aten.sum.default, (arg.args[0],))
+            neg = graph.call_function(_aten.neg.default, (total,))
+        neg.meta = dict(node.meta)
+        node.replace_all_uses_with(neg)
+        graph.erase_node(node)
+        graph.erase_node(arg)
 
 
 _aten = torch.ops.aten
