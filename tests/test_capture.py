@@ -195,7 +195,7 @@ def test_jit_on_cuda_follows_the_eager_run(digits):
 def test_graph_simplification_folds_constants_but_never_shares_written_memory():
     from torch.fx.experimental.proxy_tensor import make_fx
 
-    from ppvae.capture import simplify_graph
+    from ppvae.graph_passes import simplify_graph
 
     def pure(x):  # a standard normal's log density the way Pyro spells it
         loc, scale = torch.zeros(3).expand(2, 3), torch.ones(3).expand(2, 3)
