@@ -37,7 +37,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .graph_passes import simplify_graph
 
-__all__ = ["CaptureError", "CapturedLoss"]
+__all__ = ["CaptureError", "CapturedLoss", "training_loss"]
 
 # Values read out of tensors during the capture (label range checks, one_hot's own check) are
 # frozen into the graph rather than refused; the replays checked against the eager objective
@@ -48,6 +48,21 @@ _READ_VALUES = {"_error_on_data_dependent_ops": False} if "_error_on_data_depend
 
 class CaptureError(RuntimeError):
     """The objective cannot be replayed from a captured graph (use ``jit=False``)."""
+
+
+def training_loss(objective, model, guide, info, params: Sequence[torch.Tensor],
+                  buffers: Sequence[torch.Tensor], *, jit: bool, validate: bool) -> Callable:
+    """The training step's loss as ``f(x, kwargs, data_scale, step)``: the objective run
+    eagerly, or (``jit``) a :class:`CapturedLoss`."""
+    if not jit:
+        def eager(x, kwargs, data_scale, step):
+            return objective.loss(model, guide, x, info=info._replace(num_data=x.shape[0]),
+                                  data_scale=data_scale, step=step, kwargs=kwargs)
+        return eager
+    if validate:
+        raise ValueError("jit=True replays a captured graph, which skips the per-step value "
+                         "checks of validate=True; use one or the other")
+    return CapturedLoss(objective, model, guide, info, params, buffers)
 
 
 def _static(value):

@@ -191,6 +191,18 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def file_everywhere(path, device=None) -> bool:
+    """Does ``path`` (None: no file) exist? Every rank must agree: a checkpoint that only some
+    ranks can read is an error naming the file."""
+    found = path is not None and os.path.exists(path)
+    if is_distributed():
+        seen = int(all_sum(torch.tensor([int(found)], device=device or default_device())))
+        if seen not in (0, world_size()):
+            raise RuntimeError(f"resume checkpoint {path} exists on {seen} of {world_size()} "
+                               "ranks: put it on a file system every rank can read")
+    return found
+
+
 def broadcast_int(value: int, src: int = 0, device=None) -> int:
     """Rank ``src``'s integer on every rank."""
     if not is_distributed():

@@ -33,7 +33,7 @@ from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from . import distributed as ddp
-from .capture import CapturedLoss
+from .capture import training_loss
 from .checkpoint import load_checkpoint, save_checkpoint
 from .contract import check_pair
 from .device import resolve_device
@@ -92,10 +92,9 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         batch_kw / valid_batch_kw: per-datapoint tensors passed to model and guide, minibatched
             with the data (labels of a conditional model); fixed_kw: passed unchanged.
         jit: capture the objective as a graph of tensor operations once per minibatch shape and
-            replay it (:mod:`ppvae.capture`): no Pyro handler work per step, which is most of
-            a small minibatch's cost. Needs a model and guide that run the same tensor
-            operations for every minibatch (checked on the first replays; a mismatch raises
-            :class:`ppvae.capture.CaptureError`). Not with ``validate``.
+            replay it (:mod:`ppvae.capture`): no Pyro handler work per step. Needs a model and
+            guide that run the same tensor operations for every minibatch (checked on the first
+            replays; a mismatch raises :class:`ppvae.CaptureError`). Not with ``validate``.
         quiet: no progress bar.
         on_epoch: called after each epoch (and its checkpoint) as ``on_epoch(epoch=e,
             train=..., valid=... or None, lr=..., step=..., seconds=...)``, ``e`` counting
@@ -103,9 +102,6 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     """
     if nan_policy not in ("stop", "rollback"):
         raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan_policy!r}")
-    if jit and validate:
-        raise ValueError("jit=True replays a captured graph, which skips the per-step value "
-                         "checks of validate=True; use one or the other")
     t_start = time.perf_counter()
     x, valid, transform = unpack_data(data, valid, transform)
     world = ddp.world_size() if ddp.init_from_env() else 1
@@ -151,24 +147,14 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     hist = {"train": [], "valid": [], "lr": [], "best_epoch": -1, "best": -math.inf,
             "bad_epochs": 0, "rollbacks": 0, "step": 0}
     start_epoch = 0
-    found = resume is not None and os.path.exists(resume)
-    if world > 1:
-        everywhere = int(ddp.all_sum(torch.tensor([int(found)], device=dev)))
-        if everywhere not in (0, world):
-            raise RuntimeError(f"resume checkpoint {resume} exists on {everywhere} of {world} "
-                               "ranks: put it on a file system every rank can read")
-    if found:
+    if ddp.file_everywhere(resume, device=dev):
         meta = load_checkpoint(resume, params=params, model=model, guide=guide, optimizer=opt,
                                scheduler=sched)
         hist.update(meta.state)
         start_epoch = meta.epoch
     buffers = module_buffers(model, guide)  # rolled back with the parameters
-    if jit:
-        step_loss = CapturedLoss(objective, model, guide, info, list(params.values()), buffers)
-    else:
-        def step_loss(xb, kw, scale, step):
-            return objective.loss(model, guide, xb, info=info._replace(num_data=xb.shape[0]),
-                                  data_scale=scale, step=step, kwargs=kw)
+    step_loss = training_loss(objective, model, guide, info, list(params.values()), buffers,
+                              jit=jit, validate=validate)
     if world > 1:  # every rank starts from rank 0's parameters and buffers
         ddp.broadcast_tensors([*params.values(), *buffers])
     good, best = Snapshot.take(params, opt, buffers), None
