@@ -92,8 +92,10 @@ class CapturedLoss:
         buffers: module buffers (running statistics, EMA codebooks), graph inputs too, so that
             in-place updates in ``forward`` are replayed on them.
         verify_calls: replays of each graph checked against the eager objective.
-        rtol: relative tolerance of that check (float32 rounding of the same operations in
-            another order is ~1e-6 relative; a different control path is far off).
+        rtol: relative tolerance of that check on the loss; a gradient may differ from the
+            eager one by ``10 * rtol`` of its largest entry (float32 rounding of the same
+            operations in another order is ~1e-6 relative; a different control path or a lost
+            custom backward is far off).
     """
 
     objective: object

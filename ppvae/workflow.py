@@ -101,12 +101,11 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
     data, model, guide = build(cfg, load_matrix)
     t = cfg["train"]
     run.write_config(cfg)
-    resuming = resume and run.checkpoint.is_file()
-    if not resuming or read_meta(run.checkpoint).epoch < int(t.get("epochs", 30)):
+    meta = read_meta(run.checkpoint) if resume and run.checkpoint.is_file() else None
+    if meta is None or meta.epoch < int(t.get("epochs", 30)):
         for stale in run.path.glob("guide-*.pt"):  # trained on the frozen model being replaced
             stale.unlink()
-    if resuming:
-        meta = read_meta(run.checkpoint)
+    if meta is not None:
         run.truncate_metrics(meta.epoch)
         have = {r.get("epoch") for r in run.read_metrics()}
         h = meta.state  # fill epochs the checkpoint has but the log missed (interrupted)

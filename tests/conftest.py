@@ -27,6 +27,14 @@ def _pyro_test_setup(request):
     pyro.clear_param_store()
 
 
+@pytest.fixture(scope="session")
+def digits():
+    """The bundled 8x8 digits, statically binarized (train 1297 / valid 200 / test 300)."""
+    from ppvae.data import load_dataset
+
+    return load_dataset("digits", binarize="static")
+
+
 @pytest.fixture
 def float64():
     """Run the test with float64 as the default dtype (exact PPCA checks)."""

@@ -13,12 +13,6 @@ import models
 import ppvae
 from ppvae.capture import CaptureError
 from ppvae.checkpoint import read_meta
-from ppvae.data import load_dataset
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", binarize="static")
 
 
 def _vae(seed=0):

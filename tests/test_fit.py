@@ -9,12 +9,6 @@ import torch
 import ppvae
 from models import VAE
 from ppvae.checkpoint import load_checkpoint, read_meta
-from ppvae.data import load_dataset
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", binarize="static")
 
 
 def _vae(seed=0):
