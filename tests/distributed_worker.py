@@ -7,6 +7,8 @@ broadcast from rank 0), runs the scenarios of :func:`scenarios` on CPU with gloo
 what it got to OUT_DIR/rank{r}.pt for the test to compare with single-process runs.
 """
 
+import faulthandler
+import os
 import sys
 from pathlib import Path
 
@@ -101,6 +103,11 @@ def scenarios(out: Path, rank: int) -> dict:
 
 def main() -> None:
     out = Path(sys.argv[1])
+    # this rank's stderr (Python tracebacks, native aborts, and with faulthandler the Python
+    # stack of a native crash) goes to OUT_DIR/rank{r}.log for the test to report
+    log = open(out / f"rank{os.environ.get('RANK', 0)}.log", "w")
+    os.dup2(log.fileno(), 2)
+    faulthandler.enable()
     torch.set_num_threads(1)
     torch.set_default_dtype(torch.float64)
     if not ddp.init_from_env():
