@@ -138,15 +138,20 @@ def _is_discrete(fn) -> bool:
         return False
 
 
-def _trace(fn, role: str, x, kwargs):
+def _trace(fn, role: str, x, kwargs, owner=None):
     try:
         return prune_subsample_sites(poutine.trace(fn).get_trace(x, **kwargs))
     except ContractError:
         raise
     except Exception as e:  # re-raised with the role it came from, the original chained
-        raise ContractError(
-            f"running the {role} on x of shape {tuple(x.shape)} failed: {type(e).__name__}: {e}"
-        ) from e
+        owner = fn if owner is None else owner  # the module whose parameters x meets
+        params = owner.parameters() if isinstance(owner, torch.nn.Module) else ()
+        dtype = next((p.dtype for p in params if p.is_floating_point()), None)
+        hint = (f" (x is {x.dtype} but the {role}'s parameters are {dtype}: convert one, e.g. "
+                f"x.to({dtype}))" if dtype is not None and x.is_floating_point()
+                and x.dtype != dtype else "")
+        raise ContractError(f"running the {role} on x of shape {tuple(x.shape)} failed{hint}: "
+                            f"{type(e).__name__}: {e}") from e
 
 
 def _check_site(role: str, name: str, site: dict, n: int, nesting: int) -> None:
@@ -213,9 +218,11 @@ def check_pair(model, guide, x: torch.Tensor, **kwargs) -> PairInfo:
             + (f" of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else "")
         )
     n = int(x.shape[0])
+    if n == 0:
+        raise ContractError(f"x has no rows (shape {tuple(x.shape)}): it must be [N, ...], N >= 1")
     with torch.no_grad():
         guide_tr = _trace(guide, "guide", x, kwargs)
-        model_tr = _trace(poutine.replay(model, trace=guide_tr), "model", x, kwargs)
+        model_tr = _trace(poutine.replay(model, trace=guide_tr), "model", x, kwargs, model)
 
     guide_latent = [
         name for name, s in guide_tr.nodes.items() if s["type"] == "sample" and is_latent(s)

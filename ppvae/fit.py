@@ -68,8 +68,8 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     """Train ``model`` and ``guide`` on ``data`` by SVI; returns a :class:`FitResult`.
 
     Args:
-        data: training data ``[N, ...]``, or a :class:`ppvae.data.Dataset` (its train and valid
-            splits; dynamic binarization applied when the record asks for it).
+        data: training data ``[N, ...]`` (tensor or numpy array), or a :class:`ppvae.data.Dataset`
+            (its train and valid splits; dynamic binarization applied when the record asks).
         valid: held-out data for the per-epoch ELBO, early stopping and ``restore_best``.
         objective: a :mod:`ppvae.objectives` objective (default ``ELBO()``).
         optimizer: ``params -> torch.optim.Optimizer`` (default Adam with ``lr``).
@@ -103,7 +103,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     if nan_policy not in ("stop", "rollback"):
         raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan_policy!r}")
     t_start = time.perf_counter()
-    x, valid, transform = unpack_data(data, valid, transform)
+    x, valid, transform = unpack_data(data, valid, transform, epochs, batch_size, check_every)
     world = ddp.world_size() if ddp.init_from_env() else 1
     dev = resolve_device(device) if device is not None else ddp.default_device()
     x = x.to(dev)

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 import torch
 
 from .bounds import elbo, iwae
+from .contract import check_pair
 from .gap_report import Estimators, GapReport, GapRow, LogPx
 from .local import LocalGuide, fit_local
 from .local_families import FAMILIES
@@ -112,6 +113,7 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
         families = dict.fromkeys(guides, families)
     local, timings, partial = dict(local or {}), [], []
     for name, guide in guides.items():
+        check_pair(model, guide, x, **kwargs)  # bad x or a broken pair: a named error first
         family = families.get(name) or infer_family(guide, x)
         if family not in FAMILIES:
             raise ValueError(f"family for guide '{name}' must be one of {FAMILIES}, "

@@ -215,15 +215,15 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
     if num_steps < 0 or num_particles < 1 or window < 1 or patience < 1:
         raise ValueError("need num_steps >= 0, num_particles >= 1, window >= 1, patience >= 1")
     start = time.perf_counter()
+    if isinstance(init, str) and init != "prior":
+        raise ValueError(f"init must be 'prior' or a guide, got {init!r}")
+    # the prior as a guide keeps the contract; either way x and the model are checked first
+    info = check_pair(model, model if isinstance(init, str) else init, x, **kwargs)
     sites = latent_sites(model, x, **kwargs)
     if isinstance(init, str):
-        if init != "prior":
-            raise ValueError(f"init must be 'prior' or a guide, got {init!r}")
-        info = check_pair(model, model, x, **kwargs)  # the prior as a guide keeps the contract
         moments = sampled_moments(model, x, sites, num_init_samples, info.particle_dim, kwargs)
         label = "prior"
     else:
-        info = check_pair(model, init, x, **kwargs)
         moments = guide_moments(init, x, sites) or sampled_moments(
             init, x, sites, num_init_samples, info.particle_dim, kwargs)
         label = type(init).__name__

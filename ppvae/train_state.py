@@ -23,6 +23,7 @@ import copy
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -207,16 +208,33 @@ def make_schedule(spec, optimizer, epochs: int):
                      f"optimizer -> scheduler, got {spec!r}")
 
 
-def unpack_data(data, valid, transform):
+def _as_rows(t, what: str) -> torch.Tensor:
+    if isinstance(t, np.ndarray):
+        t = torch.from_numpy(t)
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a tensor or array [N, ...] or a ppvae.data.Dataset, "
+                        f"got {type(t).__name__}")
+    if t.dim() == 0 or t.shape[0] == 0:
+        raise ValueError(f"{what} has no rows (shape {tuple(t.shape)}): it must be [N, ...], "
+                         "N >= 1")
+    return t
+
+
+def unpack_data(data, valid, transform, epochs: int, batch_size: int, check_every: int):
+    """Training and validation tensors (numpy arrays converted) and the transform, after
+    checking fit's sizes."""
+    for name, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
+                         ("check_every", check_every, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
     if hasattr(data, "train") and hasattr(data, "valid"):  # a ppvae.data.Dataset record
         if transform is None and getattr(data, "binarization", None) == "dynamic":
             from .data.binarize import dynamic_binarize
             transform = dynamic_binarize
-        return data.train, data.valid if valid is None else valid, transform
-    if not isinstance(data, torch.Tensor):
-        raise TypeError(f"data must be a tensor [N, ...] or a ppvae.data.Dataset, got "
-                        f"{type(data).__name__}")
-    return data, valid, transform
+        data, valid = data.train, data.valid if valid is None else valid
+    x = _as_rows(data, "data")
+    valid = _as_rows(valid, "valid") if valid is not None else None
+    return x, valid, transform
 
 
 def rank_seed(seed: int, epoch: int, rank: int) -> int:

@@ -175,6 +175,32 @@ def test_x_must_be_a_tensor():
         ppvae.check_pair(good_model, good_guide, [[1.0, 2.0]])
 
 
+def test_x_without_rows_and_every_entry_point_checks_x_first(x):
+    with pytest.raises(ContractError, match=r"x has no rows \(shape \(0, 4\)\)"):
+        ppvae.check_pair(good_model, good_guide, x[:0])
+    for call in (lambda: ppvae.gaps(good_model, good_guide, x[:0], local_steps=2),
+                 lambda: ppvae.fit_local(good_model, x[:0], "diag", num_steps=2)):
+        with pytest.raises(ContractError, match="x has no rows"):
+            call()
+
+
+def test_dtype_mismatch_names_the_role_and_both_dtypes(x):
+    class Decoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(K, D)
+
+        def forward(self, x):
+            pyro.module("dtype_decoder", self)
+            with pyro.plate("data", x.shape[0]):
+                z = pyro.sample("z", dist.Normal(x.new_zeros(K), 1.0).to_event(1))
+                pyro.sample("x", dist.Normal(self.lin(z), 1.0).to_event(1), obs=x)
+
+    with pytest.raises(ContractError, match=r"running the model on x of shape \(6, 4\) failed "
+                       r"\(x is torch.float64 but the model's parameters are torch.float32"):
+        ppvae.check_pair(Decoder(), good_guide, x.double())
+
+
 def test_subsampled_data_plate_is_allowed(x):
     def model(x):
         with pyro.plate("data", 1000, subsample=torch.arange(x.shape[0])):

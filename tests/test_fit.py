@@ -180,3 +180,35 @@ def test_gradient_clipping_and_plateau_schedule(digits):
     r = ppvae.fit(vae, vae.guide, digits.train[:128], valid=digits.valid[:64], epochs=2,
                   batch_size=64, clip_norm=1.0, schedule="plateau", quiet=True, device="cpu")
     assert r.stopped == "completed" and all(math.isfinite(v) for v in r.valid_elbo)
+
+
+def test_a_numpy_array_trains_exactly_as_the_tensor(digits):
+    runs = []
+    for data in (digits.train[:96], digits.train[:96].numpy()):
+        vae = _vae(9)
+        runs.append(ppvae.fit(vae, vae.guide, data, valid=digits.valid[:32].numpy(), epochs=2,
+                              batch_size=32, quiet=True, device="cpu", seed=5))
+    assert runs[0].train_objective == runs[1].train_objective
+    assert runs[0].valid_elbo == runs[1].valid_elbo
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
+    ({"epochs": 2.5}, "epochs must be an integer >= 0, got 2.5"),
+    ({"check_every": 0}, "check_every must be an integer >= 1"),
+])
+def test_bad_sizes_are_refused_by_name(digits, kw, message):
+    vae = _vae()
+    with pytest.raises(ValueError, match=message):
+        ppvae.fit(vae, vae.guide, digits.train[:64], quiet=True, device="cpu", **kw)
+
+
+def test_empty_data_and_wrong_dtype_are_named(digits):
+    vae = _vae()
+    with pytest.raises(ValueError, match=r"valid has no rows \(shape \(0, 64\)\)"):
+        ppvae.fit(vae, vae.guide, digits.train[:64], valid=digits.valid[:0], quiet=True)
+    with pytest.raises(TypeError, match="data must be a tensor or array"):
+        ppvae.fit(vae, vae.guide, digits.train[:64].tolist(), quiet=True)
+    with pytest.raises(ppvae.ContractError,
+                       match=r"x is torch.float64 but the guide's parameters are torch.float32"):
+        ppvae.fit(vae, vae.guide, digits.train[:64].double(), quiet=True, device="cpu")
