@@ -8,16 +8,16 @@ and steps one ``torch.optim`` optimizer. Data stay on the device, minibatched by
 permutation seeded per (seed, epoch): a fixed seed reproduces a CPU run exactly and resuming needs
 no data state. The minibatch objective is scaled by N / B (the full data set's gradient).
 
-Host syncs happen once per ``check_every`` steps and per epoch (finiteness of the loss and the
-parameters, the epoch's ELBO), not per step. A non-finite step either stops training
-(``nan_policy="stop"``) or rolls back to the last finite state with a smaller learning rate
-(``"rollback"``); both restore the last finite parameters and report the step and the first
-site with a non-finite log density. Checkpoints (:mod:`ppvae.checkpoint`) hold finite states only.
+Host syncs happen once per ``check_every`` steps and per epoch, not per step. A non-finite step
+stops training (``nan_policy="stop"``) or rolls back to the last finite state with a smaller
+learning rate (``"rollback"``), naming the step and the first site with a non-finite log density;
+checkpoints (:mod:`ppvae.checkpoint`) hold finite states only. Ctrl-C stops at the next step
+boundary (:mod:`ppvae.interrupt`) with ``KeyboardInterrupt``; the last finished epoch is saved.
 
 Under ``torchrun`` the same call trains data parallel (:mod:`ppvae.distributed`): each rank
-evaluates its share of every minibatch of ``batch_size * world_size`` rows and the gradients are
-summed across ranks weighted by shard size, so each step is the one a single process takes on
-the whole minibatch; rank 0 writes checkpoints; runs are reproducible and resume exactly.
+takes its share of every minibatch of ``batch_size * world_size`` rows and gradients are summed
+across ranks weighted by shard size (the step a single process takes on the whole minibatch);
+rank 0 writes checkpoints; runs are reproducible and resume exactly.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .capture import training_loss
 from .checkpoint import load_checkpoint, save_checkpoint
 from .contract import check_pair
 from .device import resolve_device
+from .interrupt import DeferredInterrupt
 from .objectives import ELBO, Objective
 from .train_state import (
     FitResult,
@@ -75,8 +76,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         optimizer: ``params -> torch.optim.Optimizer`` (default Adam with ``lr``).
         schedule: None, ``"cosine"``, ``"plateau"`` or ``optimizer -> scheduler``; stepped per
             epoch (``ReduceLROnPlateau`` on minus the validation/training value).
-        clip_norm: clip the gradient norm over all parameters.
-        patience: stop after this many epochs without improvement.
+        clip_norm: clip the gradient norm; patience: stop after this many epochs without gain.
         restore_best: at the end, load the parameters of the best validation epoch.
         seed: seeds Pyro's RNG and the minibatch order (None: not reseeded).
         device: where data, model and guide (``nn.Module`` s) live; default CUDA if available
@@ -84,8 +84,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         nan_policy: ``"stop"`` or ``"rollback"`` (up to ``max_rollbacks`` times, multiplying the
             learning rate by ``rollback_lr_factor``).
         check_every: steps between finiteness checks (one host sync each).
-        validate: keep Pyro/torch distribution validation on in the training loop (it is
-            always on for the initial contract check).
+        validate: keep distribution validation on in the loop (always on for the pair check).
         checkpoint: path written atomically after every epoch; ``resume``: a checkpoint to
             continue from (the same path is fine; a missing file starts fresh).
         transform: ``(x_train, generator) -> x`` applied once per epoch (e.g. binarization).
@@ -95,10 +94,9 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
             replay it (:mod:`ppvae.capture`): no Pyro handler work per step. Needs a model and
             guide that run the same tensor operations for every minibatch (checked on the first
             replays; a mismatch raises :class:`ppvae.CaptureError`). Not with ``validate``.
-        quiet: no progress bar.
-        on_epoch: called after each epoch (and its checkpoint) as ``on_epoch(epoch=e,
-            train=..., valid=... or None, lr=..., step=..., seconds=...)``, ``e`` counting
-            completed epochs (a run log such as the CLI's metrics.jsonl).
+        quiet: no progress bar. on_epoch: called after each epoch (and its checkpoint) as
+            ``on_epoch(epoch=e, train=..., valid=... or None, lr=..., step=..., seconds=...)``,
+            ``e`` counting completed epochs (a run log such as the CLI's metrics.jsonl).
     """
     if nan_policy not in ("stop", "rollback"):
         raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan_policy!r}")
@@ -142,16 +140,15 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "objective": objective.name,
               "seed": base_seed, "num_data": n, "nan_policy": nan_policy,
               "clip_norm": clip_norm, "patience": patience, "device": str(dev), "jit": jit}
-    if world > 1:
-        config["world_size"] = world
+    config.update({"world_size": world} if world > 1 else {})
     hist = {"train": [], "valid": [], "lr": [], "best_epoch": -1, "best": -math.inf,
             "bad_epochs": 0, "rollbacks": 0, "step": 0}
-    start_epoch = 0
+    epoch = 0
     if ddp.file_everywhere(resume, device=dev):
         meta = load_checkpoint(resume, params=params, model=model, guide=guide, optimizer=opt,
                                scheduler=sched)
         hist.update(meta.state)
-        start_epoch = meta.epoch
+        epoch = meta.epoch
     buffers = module_buffers(model, guide)  # rolled back with the parameters
     step_loss = training_loss(objective, model, guide, info, list(params.values()), buffers,
                               jit=jit, validate=validate)
@@ -165,13 +162,13 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         return describe_failure(step, where, model, guide, xb, kw, params,
                                 lambda: good.restore(params, opt, buffers), err)
 
-    bar = tqdm(total=epochs, initial=start_epoch, disable=quiet or not ddp.is_main(), desc="fit",
+    bar = tqdm(total=epochs, initial=epoch, disable=quiet or not ddp.is_main(), desc="fit",
                unit="epoch", leave=False)
     gbs = batch_size * world  # the effective minibatch, split over the ranks
     zero = next(iter(params.values())).new_zeros(())  # an empty shard's loss
-    epoch = start_epoch
     was_validating = is_validation_enabled()
     pyro.enable_validation(validate)  # once for the loop, not per step
+    stop = DeferredInterrupt().install(world == 1)  # Ctrl-C acts at the next step boundary
     try:
         while epoch < epochs:
             t0 = time.perf_counter()
@@ -182,6 +179,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
             window, kept, rows, wrows = [], [], 0, 0  # window: -objective per batch since a check
             failure = None
             for b in range(nb):
+                stop.check()
                 gidx = perm[b * gbs:(b + 1) * gbs]
                 idx = gidx if world == 1 else gidx[slice(*ddp.shard_bounds(len(gidx)))]
                 xb = xe[idx]
@@ -290,7 +288,9 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         stopped, message = "non_finite", str(e)
     finally:
         pyro.enable_validation(was_validating)
+        stop.uninstall()
         bar.close()
+    stop.check()  # pressed during the last epoch's validation or checkpoint
     if best is not None and hist["best_epoch"] != epoch - 1:
         best.restore(params, opt, buffers)
     steps = hist["step"] - steps0
