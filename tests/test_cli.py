@@ -98,7 +98,10 @@ def test_interrupt_then_resume(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "ppvae.cli", "--threads", "1", "train", "--out", str(out),
            "--epochs", "500", *TINY]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT live in the child even when pytest itself was started in the background (``&``),
+    # which leaves it ignored, and ignored dispositions are inherited
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline:
         path = out / "metrics.jsonl"

@@ -216,7 +216,17 @@ def test_empty_data_and_wrong_dtype_are_named(digits):
         ppvae.fit(vae, vae.guide, digits.train[:64].double(), quiet=True, device="cpu")
 
 
-def test_ctrl_c_stops_at_the_next_step_with_the_finished_epoch_saved(tmp_path, digits):
+@pytest.fixture
+def live_ctrl_c():
+    """Ctrl-C as in a terminal: a shell that starts pytest in the background (``pytest &``)
+    hands it SIGINT ignored, and then neither fit nor this test would ever see one."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_at_the_next_step_with_the_finished_epoch_saved(tmp_path, digits,
+                                                                      live_ctrl_c):
     """SIGINT (Ctrl-C) is noted, not raised where it lands (inside torch.save or a finalizer it
     would be mangled or lost): fit raises KeyboardInterrupt at its next step boundary."""
     vae, ckpt, seen = _vae(10), tmp_path / "c.pt", []
