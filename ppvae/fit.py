@@ -14,10 +14,9 @@ learning rate (``"rollback"``), naming the step and the first site with a non-fi
 checkpoints (:mod:`ppvae.checkpoint`) hold finite states only. Ctrl-C stops at the next step
 boundary (:mod:`ppvae.interrupt`) with ``KeyboardInterrupt``; the last finished epoch is saved.
 
-Under ``torchrun`` the same call trains data parallel (:mod:`ppvae.distributed`): each rank
-takes its share of every minibatch of ``batch_size * world_size`` rows and gradients are summed
-across ranks weighted by shard size (the step a single process takes on the whole minibatch);
-rank 0 writes checkpoints; runs are reproducible and resume exactly.
+Under ``torchrun`` the same call trains data parallel (:mod:`ppvae.distributed`): each rank takes
+its share of every minibatch of ``batch_size * world_size`` rows, gradients are summed across
+ranks weighted by shard size (one process's step on the whole minibatch), rank 0 checkpoints.
 """
 
 from __future__ import annotations
@@ -38,11 +37,12 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .contract import check_pair
 from .device import resolve_device
 from .interrupt import DeferredInterrupt
-from .objectives import ELBO, Objective
+from .objectives import Objective, as_objective
 from .train_state import (
     FitResult,
     NonFiniteError,
     Snapshot,
+    check_settings,
     collect_params,
     describe_failure,
     make_schedule,
@@ -72,7 +72,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         data: training data ``[N, ...]`` (tensor or numpy array), or a :class:`ppvae.data.Dataset`
             (its train and valid splits; dynamic binarization applied when the record asks).
         valid: held-out data for the per-epoch ELBO, early stopping and ``restore_best``.
-        objective: a :mod:`ppvae.objectives` objective (default ``ELBO()``).
+        objective: a :mod:`ppvae.objectives` objective (default ``ELBO()``) or a Pyro ELBO.
         optimizer: ``params -> torch.optim.Optimizer`` (default Adam with ``lr``).
         schedule: None, ``"cosine"``, ``"plateau"`` or ``optimizer -> scheduler``; stepped per
             epoch (``ReduceLROnPlateau`` on minus the validation/training value).
@@ -98,21 +98,21 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
             ``on_epoch(epoch=e, train=..., valid=... or None, lr=..., step=..., seconds=...)``,
             ``e`` counting completed epochs (a run log such as the CLI's metrics.jsonl).
     """
-    if nan_policy not in ("stop", "rollback"):
-        raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan_policy!r}")
-    t_start = time.perf_counter()
-    x, valid, transform = unpack_data(data, valid, transform, epochs, batch_size, check_every)
+    check_settings(epochs=epochs, batch_size=batch_size, check_every=check_every,
+                   valid_samples=valid_samples, patience=patience, clip_norm=clip_norm,
+                   nan_policy=nan_policy, max_rollbacks=max_rollbacks,
+                   rollback_lr_factor=rollback_lr_factor)
+    objective, t_start = as_objective(objective), time.perf_counter()
+    x, valid, transform = unpack_data(data, valid, transform)
     world = ddp.world_size() if ddp.init_from_env() else 1
     dev = resolve_device(device) if device is not None else ddp.default_device()
-    x = x.to(dev)
-    valid = valid.to(dev) if valid is not None else None
+    x, valid = x.to(dev), (valid.to(dev) if valid is not None else None)
     batch_kw = {k: v.to(dev) for k, v in (batch_kw or {}).items()}
     valid_batch_kw = {k: v.to(dev) for k, v in (valid_batch_kw or {}).items()}
     fixed_kw = dict(fixed_kw or {})
     for m in (model, guide):
         if isinstance(m, torch.nn.Module):
             m.to(dev)
-    objective = objective or ELBO()
     n = x.shape[0]
     if seed is not None:
         pyro.set_rng_seed(seed)

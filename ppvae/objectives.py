@@ -8,6 +8,7 @@ and beta / KL warm-up wrappers.
   :class:`PyroObjective` for any other Pyro ELBO (score-function gradients included).
 * :class:`IWAE` — the importance-weighted bound of Burda, Grosse and Salakhutdinov (2016) built on
   :func:`ppvae.log_weights`: a log-mean-exp over k particles *per datapoint*, then a sum over data.
+* :func:`as_objective` — what fit accepts: these, or a Pyro ELBO instance (wrapped).
 * :func:`beta_vae` (Higgins et al. 2017) and :func:`kl_warmup` (Bowman et al. 2016; Sønderby et
   al. 2016) scale the latent sites of model *and* guide by beta with a site-filtered
   ``poutine.scale``: ``E[log p(x|z)] - beta KL``. Models stay pure, so beta = 1 is the ELBO.
@@ -47,6 +48,7 @@ __all__ = [
     "PyroObjective",
     "ScaledLatents",
     "SiteScale",
+    "as_objective",
     "beta_vae",
     "kl_warmup",
     "mean_field",
@@ -278,3 +280,20 @@ def kl_warmup(steps: int, start: float = 0.01, base: Objective | None = None) ->
         return min(1.0, start + (1.0 - start) * step / steps)
 
     return ScaledLatents(base or ELBO(), beta, "warmup")
+
+
+def as_objective(objective) -> Objective:
+    """What :func:`ppvae.fit` trains with: ``None`` is :class:`ELBO`, a Pyro ELBO instance
+    (``Trace_ELBO()`` ...) is wrapped in :class:`PyroObjective`; anything else is refused."""
+    if objective is None:
+        return ELBO()
+    if isinstance(objective, Objective):
+        return objective
+    if isinstance(objective, PyroELBO):
+        return PyroObjective(objective)
+    if isinstance(objective, type) and issubclass(objective, (Objective, PyroELBO)):
+        raise TypeError(f"objective must be an instance, got the class {objective.__name__}: "
+                        f"write {objective.__name__}()")
+    raise TypeError("objective must be a ppvae objective (ELBO(), IWAE(k), mean_field(), "
+                    "beta_vae(beta), kl_warmup(steps)) or a Pyro ELBO instance such as "
+                    f"Trace_ELBO(), got {objective!r}")

@@ -14,12 +14,13 @@ step, and the held-out ELBO.
 * :func:`heldout_elbo` is the mean per-datapoint ELBO (Kingma and Welling 2014) from
   :func:`ppvae.log_weights`, streamed over rows; :func:`sharded_valid_elbo` splits it over ranks.
 * :class:`FitResult` (what fit returns), :func:`make_schedule` (the learning-rate schedules by
-  name), :func:`unpack_data`, :func:`module_buffers`, :func:`rank_seed`.
+  name), :func:`check_settings`, :func:`unpack_data`, :func:`module_buffers`, :func:`rank_seed`.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -37,6 +38,7 @@ __all__ = [
     "FitResult",
     "NonFiniteError",
     "Snapshot",
+    "check_settings",
     "collect_params",
     "describe_failure",
     "first_nonfinite_site",
@@ -220,13 +222,27 @@ def _as_rows(t, what: str) -> torch.Tensor:
     return t
 
 
-def unpack_data(data, valid, transform, epochs: int, batch_size: int, check_every: int):
-    """Training and validation tensors (numpy arrays converted) and the transform, after
-    checking fit's sizes."""
-    for name, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1),
-                         ("check_every", check_every, 1)):
+def check_settings(*, epochs, batch_size, check_every, valid_samples, patience, clip_norm,
+                   nan_policy, max_rollbacks, rollback_lr_factor) -> None:
+    """Refuse fit settings that would train wrongly or not at all, by name (a negative
+    ``clip_norm`` would flip the gradient; ``patience=0`` would stop after the first epoch)."""
+    ints = [("epochs", epochs, 0), ("batch_size", batch_size, 1), ("check_every", check_every, 1),
+            ("valid_samples", valid_samples, 1), ("max_rollbacks", max_rollbacks, 0)]
+    for name, v, low in ints + ([("patience", patience, 1)] if patience is not None else []):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+    for name, v, top in (("clip_norm", clip_norm, math.inf), ("rollback_lr_factor",
+                                                              rollback_lr_factor, 1.0)):
+        if v is not None and not (isinstance(v, (int, float)) and 0 < v <= top
+                                  and math.isfinite(v)):
+            bound = "" if top == math.inf else f" and <= {top}"
+            raise ValueError(f"{name} must be a finite number > 0{bound}, got {v!r}")
+    if nan_policy not in ("stop", "rollback"):
+        raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan_policy!r}")
+
+
+def unpack_data(data, valid, transform):
+    """Training and validation tensors (numpy arrays converted) and the transform."""
     if hasattr(data, "train") and hasattr(data, "valid"):  # a ppvae.data.Dataset record
         if transform is None and getattr(data, "binarization", None) == "dynamic":
             from .data.binarize import dynamic_binarize

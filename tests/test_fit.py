@@ -198,11 +198,37 @@ def test_a_numpy_array_trains_exactly_as_the_tensor(digits):
     ({"batch_size": 0}, "batch_size must be an integer >= 1, got 0"),
     ({"epochs": 2.5}, "epochs must be an integer >= 0, got 2.5"),
     ({"check_every": 0}, "check_every must be an integer >= 1"),
+    ({"valid_samples": 0}, "valid_samples must be an integer >= 1, got 0"),
+    ({"patience": 0}, "patience must be an integer >= 1, got 0"),  # would stop after epoch 1
+    ({"max_rollbacks": -1}, "max_rollbacks must be an integer >= 0"),
+    ({"clip_norm": -1.0}, r"clip_norm must be a finite number > 0, got -1.0"),  # gradient ascent
+    ({"clip_norm": math.nan}, "clip_norm must be a finite number > 0, got nan"),
+    ({"rollback_lr_factor": 2.0}, r"rollback_lr_factor must be a finite number > 0 and <= 1.0"),
+    ({"nan_policy": "ignore"}, "nan_policy must be 'stop' or 'rollback', got 'ignore'"),
 ])
-def test_bad_sizes_are_refused_by_name(digits, kw, message):
+def test_bad_settings_are_refused_by_name(digits, kw, message):
     vae = _vae()
     with pytest.raises(ValueError, match=message):
         ppvae.fit(vae, vae.guide, digits.train[:64], quiet=True, device="cpu", **kw)
+
+
+def test_a_pyro_elbo_instance_trains_like_the_ppvae_elbo(digits):
+    """Trace_ELBO() is taken as it is (wrapped): the same estimator and random draws as ELBO()."""
+    runs = []
+    for objective in (ppvae.ELBO(), pyro.infer.Trace_ELBO()):
+        vae = _vae(10)
+        runs.append(ppvae.fit(vae, vae.guide, digits.train[:96], valid=digits.valid[:32],
+                              epochs=2, batch_size=32, quiet=True, device="cpu",
+                              objective=objective))
+    torch.testing.assert_close(torch.tensor(runs[1].train_objective),
+                               torch.tensor(runs[0].train_objective), rtol=1e-5, atol=0)
+    torch.testing.assert_close(torch.tensor(runs[1].valid_elbo),
+                               torch.tensor(runs[0].valid_elbo), rtol=1e-5, atol=0)
+    vae = _vae()
+    with pytest.raises(TypeError, match=r"the class Trace_ELBO: write Trace_ELBO\(\)"):
+        ppvae.fit(vae, vae.guide, digits.train[:64], objective=pyro.infer.Trace_ELBO)
+    with pytest.raises(TypeError, match=r"objective must be a ppvae objective .* got 'iwae'"):
+        ppvae.fit(vae, vae.guide, digits.train[:64], objective="iwae")
 
 
 def test_empty_data_and_wrong_dtype_are_named(digits):
