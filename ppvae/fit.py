@@ -43,6 +43,7 @@ from .train_state import (
     NonFiniteError,
     Snapshot,
     check_settings,
+    check_valid,
     collect_params,
     describe_failure,
     make_schedule,
@@ -130,8 +131,7 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     probe_kw = {**fixed_kw, **{k: v[probe] for k, v in batch_kw.items()}}
     info = check_pair(model, guide, x_probe, **probe_kw)
     if valid is not None:
-        check_pair(model, guide, valid[:batch_size], **fixed_kw,
-                   **{k: v[:batch_size] for k, v in valid_batch_kw.items()})
+        check_valid(model, guide, valid, fixed_kw, valid_batch_kw, batch_size)
     params = collect_params(lambda: objective.loss(model, guide, x_probe, info=info,
                                                    kwargs=probe_kw))
     opt = optimizer(list(params.values())) if optimizer else torch.optim.Adam(

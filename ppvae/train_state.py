@@ -14,7 +14,8 @@ step, and the held-out ELBO.
 * :func:`heldout_elbo` is the mean per-datapoint ELBO (Kingma and Welling 2014) from
   :func:`ppvae.log_weights`, streamed over rows; :func:`sharded_valid_elbo` splits it over ranks.
 * :class:`FitResult` (what fit returns), :func:`make_schedule` (the learning-rate schedules by
-  name), :func:`check_settings`, :func:`unpack_data`, :func:`module_buffers`, :func:`rank_seed`.
+  name), :func:`check_settings`, :func:`check_valid`, :func:`unpack_data`,
+  :func:`module_buffers`, :func:`rank_seed`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from . import distributed as ddp
-from .contract import PairInfo, is_latent, is_observed, site_log_density
+from .contract import ContractError, PairInfo, check_pair, is_latent, is_observed, site_log_density
 from .weights import log_weights
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "NonFiniteError",
     "Snapshot",
     "check_settings",
+    "check_valid",
     "collect_params",
     "describe_failure",
     "first_nonfinite_site",
@@ -239,6 +241,16 @@ def check_settings(*, epochs, batch_size, check_every, valid_samples, patience, 
             raise ValueError(f"{name} must be a finite number > 0{bound}, got {v!r}")
     if nan_policy not in ("stop", "rollback"):
         raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan_policy!r}")
+
+
+def check_valid(model, guide, valid, fixed_kw, batch_kw, rows) -> None:
+    """The contract check on the validation data's first ``rows``; a failure says it is
+    ``valid`` that does not fit (its shape, dtype or values), not the training data."""
+    try:
+        check_pair(model, guide, valid[:rows], **fixed_kw,
+                   **{k: v[:rows] for k, v in batch_kw.items()})
+    except ContractError as e:
+        raise ContractError(f"valid (validation data): {e}") from e
 
 
 def unpack_data(data, valid, transform):

@@ -237,6 +237,9 @@ def test_empty_data_and_wrong_dtype_are_named(digits):
         ppvae.fit(vae, vae.guide, digits.train[:64], valid=digits.valid[:0], quiet=True)
     with pytest.raises(TypeError, match="data must be a tensor or array"):
         ppvae.fit(vae, vae.guide, digits.train[:64].tolist(), quiet=True)
+    with pytest.raises(ppvae.ContractError, match=r"valid \(validation data\): running the "
+                       r"guide on x of shape \(16, 32\) failed: .* expects 64 features"):
+        ppvae.fit(vae, vae.guide, digits.train[:64], valid=digits.valid[:16, :32], quiet=True)
     with pytest.raises(ppvae.ContractError,
                        match=r"x is torch.float64 but the guide's parameters are torch.float32"):
         ppvae.fit(vae, vae.guide, digits.train[:64].double(), quiet=True, device="cpu")
