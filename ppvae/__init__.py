@@ -10,6 +10,7 @@ from .ais import AISResult, ais, ais_log_px
 from .bdmc import BDMCResult, bdmc
 from .bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights, logmeanexp
 from .capture import CaptureError
+from .checkpoint import CheckpointError
 from .compare import PosteriorComparison, PosteriorSummary, compare_posteriors
 from .contract import ContractError, PairInfo, check_pair
 from .device import resolve_device
@@ -50,6 +51,7 @@ __all__ = [
     "BDMCResult",
     "Bound",
     "CaptureError",
+    "CheckpointError",
     "ContractError",
     "Diagnostics",
     "FitResult",

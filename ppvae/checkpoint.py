@@ -15,7 +15,8 @@ dicts, so :func:`load_checkpoint` reads it with ``torch.load(weights_only=True)`
 
 A file that cannot be read, was not written by ppvae, has another format version, or does not
 match the parameters it is loaded into raises :class:`CheckpointError` naming the file and the
-problem.
+problem, before anything is overwritten. :func:`same_run` is the check fit's ``resume`` adds:
+the settings that decide the run's course must be those the checkpoint was written with.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,7 +32,7 @@ import pyro
 import torch
 
 __all__ = ["FORMAT", "CheckpointError", "CheckpointMeta", "load_checkpoint", "read_meta",
-           "save_checkpoint"]
+           "same_run", "save_checkpoint"]
 
 FORMAT = "ppvae-checkpoint"
 FORMAT_VERSION = 1
@@ -131,41 +133,48 @@ def read_meta(path: str | os.PathLike) -> CheckpointMeta:
     return _meta(path, _read(path))
 
 
-def _load_params(path: Path, saved: dict, params: dict[str, torch.Tensor]) -> None:
-    missing = sorted(set(params) - set(saved))
-    extra = sorted(set(saved) - set(params))
+def _check_shapes(path: Path, saved: dict, live: dict, what: str) -> None:
+    """Names and shapes of ``saved`` tensors against the ``live`` ones, before any is copied."""
+    missing, extra = sorted(set(live) - set(saved)), sorted(set(saved) - set(live))
     if missing or extra:
         raise CheckpointError(
-            f"{path}: parameters do not match: missing from the checkpoint {missing[:5]}, "
+            f"{path}: {what} do not match: missing from the checkpoint {missing[:5]}, "
             f"not in the model/guide {extra[:5]}"
         )
-    for name, p in params.items():
-        if tuple(saved[name].shape) != tuple(p.shape):
+    for name, t in live.items():
+        if isinstance(t, torch.Tensor) and tuple(saved[name].shape) != tuple(t.shape):
             raise CheckpointError(
-                f"{path}: parameter '{name}' has shape {tuple(saved[name].shape)} in the "
-                f"checkpoint but {tuple(p.shape)} in the model/guide"
+                f"{path}: {what[:-1]} '{name}' has shape {tuple(saved[name].shape)} in the "
+                f"checkpoint but {tuple(t.shape)} in the model/guide"
             )
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(saved[name].to(device=p.device, dtype=p.dtype))
 
 
 def load_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor], model=None,
-                    guide=None, optimizer=None, scheduler=None,
-                    restore_rng: bool = True) -> CheckpointMeta:
+                    guide=None, optimizer=None, scheduler=None, restore_rng: bool = True,
+                    check: Callable[[CheckpointMeta], None] | None = None) -> CheckpointMeta:
     """Load a checkpoint into existing parameters, modules, optimizer and scheduler (in place).
 
     ``params`` maps parameter-store names to the live (unconstrained) tensors, as
-    :func:`ppvae.fit` collects them. Raises :class:`CheckpointError` on any mismatch.
+    :func:`ppvae.fit` collects them. ``check(meta)`` may refuse the checkpoint by raising. Raises
+    :class:`CheckpointError` on any mismatch; every check runs before anything is overwritten.
     """
     path = Path(path)
     payload = _read(path)
     meta = _meta(path, payload)
+    if check is not None:
+        check(meta)
+    modules = [(obj, payload.get(key)) for obj, key in ((model, "model_state"),
+                                                         (guide, "guide_state"))
+               if isinstance(obj, torch.nn.Module) and payload.get(key)]
     try:
-        for obj, key in ((model, "model_state"), (guide, "guide_state")):
-            if isinstance(obj, torch.nn.Module) and payload[key]:
-                obj.load_state_dict(payload[key])
-        _load_params(path, payload["params"], params)
+        _check_shapes(path, payload["params"], params, "parameters")
+        for obj, state in modules:
+            _check_shapes(path, state, obj.state_dict(), f"{type(obj).__name__} entries")
+        for obj, state in modules:
+            obj.load_state_dict(state)
+        with torch.no_grad():
+            for name, p in params.items():
+                p.copy_(payload["params"][name].to(device=p.device, dtype=p.dtype))
         if optimizer is not None and payload["optimizer"]:
             optimizer.load_state_dict(payload["optimizer"])
         if scheduler is not None and payload["scheduler"]:
@@ -179,3 +188,29 @@ def load_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor],
         if "cuda" in payload["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
     return meta
+
+
+RUN_SETTINGS = ("num_data", "objective", "lr", "clip_norm")  # with the seed and effective batch
+
+
+def same_run(path, now: dict[str, Any], seed_given: bool) -> Callable[[CheckpointMeta], None]:
+    """A ``check`` for :func:`load_checkpoint` when :func:`ppvae.fit` resumes: refuse a checkpoint
+    written under other settings that decide the run's course (data size, objective, learning
+    rate, clipping, the minibatch seed when one is given, the effective batch ``batch_size x
+    ranks``), since resuming under them would not continue that run. Epochs, patience, device
+    and ``jit`` may change."""
+    def effective(c: dict) -> int:
+        return int(c["batch_size"]) * int(c.get("world_size", 1))
+
+    def check(meta: CheckpointMeta) -> None:
+        was = meta.config
+        keys = RUN_SETTINGS + (("seed",) if seed_given else ())
+        diffs = [f"{k} {was[k]!r} -> {now[k]!r}" for k in keys if k in was and was[k] != now[k]]
+        if "batch_size" in was and effective(was) != effective(now):
+            diffs.append(f"batch_size x ranks {effective(was)} -> {effective(now)}")
+        if diffs:
+            raise CheckpointError(
+                f"{path}: written by a run with other settings ({'; '.join(diffs)}): resuming "
+                "would not continue it. Resume with its settings, or start afresh (no resume)"
+            )
+    return check

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from . import distributed as ddp
 from .capture import training_loss
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, same_run, save_checkpoint
 from .contract import check_pair
 from .device import resolve_device
 from .interrupt import DeferredInterrupt
@@ -141,21 +141,21 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
               "seed": base_seed, "num_data": n, "nan_policy": nan_policy,
               "clip_norm": clip_norm, "patience": patience, "device": str(dev), "jit": jit}
     config.update({"world_size": world} if world > 1 else {})
-    hist = {"train": [], "valid": [], "lr": [], "best_epoch": -1, "best": -math.inf,
-            "bad_epochs": 0, "rollbacks": 0, "step": 0}
-    epoch = 0
-    if ddp.file_everywhere(resume, device=dev):
+    hist, epoch = {"train": [], "valid": [], "lr": [], "best_epoch": -1, "best": -math.inf,
+                   "bad_epochs": 0, "rollbacks": 0, "step": 0}, 0
+    if ddp.file_everywhere(resume, device=dev):  # the same run, its seed when none is given
         meta = load_checkpoint(resume, params=params, model=model, guide=guide, optimizer=opt,
-                               scheduler=sched)
+                               scheduler=sched, check=same_run(resume, config, seed is not None))
         hist.update(meta.state)
-        epoch = meta.epoch
+        epoch, base_seed = meta.epoch, meta.config.get("seed", base_seed)
+        config["seed"] = base_seed
     buffers = module_buffers(model, guide)  # rolled back with the parameters
     step_loss = training_loss(objective, model, guide, info, list(params.values()), buffers,
                               jit=jit, validate=validate)
     if world > 1:  # every rank starts from rank 0's parameters and buffers
         ddp.broadcast_tensors([*params.values(), *buffers])
     good, best = Snapshot.take(params, opt, buffers), None
-    stopped, message = "completed", f"trained {epochs} epochs"
+    stopped, message = "completed", f"trained {max(0, epochs - epoch)} epochs"
     steps0, train_time = hist["step"], 0.0
 
     def diagnose(step, where, xb, kw, err=None):

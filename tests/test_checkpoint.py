@@ -101,7 +101,11 @@ def test_incompatible_model_is_named(tmp_path):
     _, other_params, _ = _setup("ck_small_b", (8,))
     with pytest.raises(CheckpointError, match="parameters do not match"):
         load_checkpoint(path, params=other_params)
-    _, big_params, _ = _setup("ck_big", (9,))
+    big, big_params, _ = _setup("ck_big", (9,))
     renamed = {k.replace("ck_big", "ck_small"): v for k, v in big_params.items()}
     with pytest.raises(CheckpointError, match=r"has shape \(8, 6\) in the checkpoint but \(9, 6\)"):
         load_checkpoint(path, params=renamed)
+    before = {k: v.clone() for k, v in big.state_dict().items()}
+    with pytest.raises(CheckpointError, match="has shape"):  # some entries have equal shapes,
+        load_checkpoint(path, params=renamed, model=big, guide=big.guide)  # e.g. output biases
+    assert all(torch.equal(v, before[k]) for k, v in big.state_dict().items())  # none copied

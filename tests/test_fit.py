@@ -62,6 +62,31 @@ def test_resume_gives_the_same_next_epoch(tmp_path, digits):
     assert rest.steps == full.steps and read_meta(ck).epoch == 3
 
 
+def test_resume_refuses_other_settings_and_takes_the_seed_it_was_run_with(tmp_path, digits):
+    x = digits.train[:96]
+    kw = dict(batch_size=32, quiet=True, device="cpu")
+    vae = _vae(3)
+    full = ppvae.fit(vae, vae.guide, x, epochs=3, seed=4, **kw)
+    ck = tmp_path / "run.pt"
+    vae = _vae(3)
+    ppvae.fit(vae, vae.guide, x, epochs=2, seed=4, checkpoint=ck, **kw)
+    vae = _vae(8)
+    before = {k: v.clone() for k, v in vae.state_dict().items()}
+    for other, diff in [({"batch_size": 16}, "batch_size x ranks 32 -> 16"),
+                        ({"seed": 5}, "seed 4 -> 5"), ({"lr": 0.01}, "lr 0.001 -> 0.01"),
+                        ({"objective": ppvae.IWAE(2)}, "objective 'elbo' -> 'iwae'"),
+                        ({"x": x[:64]}, "num_data 96 -> 64")]:
+        run = {**kw, "seed": 4, **other}
+        with pytest.raises(ppvae.CheckpointError, match=f"written by a run with other settings "
+                           rf"\({diff}\): resuming would not continue it"):
+            ppvae.fit(vae, vae.guide, run.pop("x", x), epochs=3, resume=ck, **run)
+    assert all(torch.equal(v, before[k]) for k, v in vae.state_dict().items())  # untouched
+    rest = ppvae.fit(vae, vae.guide, x, epochs=3, seed=None, resume=ck, **kw)  # seed 4, saved
+    assert rest.train_objective == full.train_objective
+    done = ppvae.fit(vae, vae.guide, x, epochs=2, seed=4, resume=ck, **kw)
+    assert done.epochs == 2 and done.message == "trained 0 epochs"
+
+
 def _assert_checkpoint_finite(path, epoch):
     meta = read_meta(path)
     assert meta.epoch == epoch
