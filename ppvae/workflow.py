@@ -100,9 +100,37 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
     pyro.set_rng_seed(cfg.get("seed", 0))  # network initialization is part of the run
     data, model, guide = build(cfg, load_matrix)
     t = cfg["train"]
-    run.write_config(cfg)
     meta = read_meta(run.checkpoint) if resume and run.checkpoint.is_file() else None
-    if meta is None or meta.epoch < int(t.get("epochs", 30)):
+    # a resume changes the run directory only once fit has taken the checkpoint (a refused one,
+    # e.g. other settings, leaves config, metrics and extra guides as they were)
+    pending = [lambda: _prepare_run(cfg, run, meta)]
+    if meta is None:
+        pending.pop()()
+
+    def on_epoch(**record):
+        while pending:
+            pending.pop()()
+        run.append_metrics(**record)
+
+    ckpt = run.checkpoint if (resume or t.get("checkpoint", True)) else None
+    res = fit(model, guide, data, epochs=int(t.get("epochs", 30)),
+              batch_size=int(t.get("batch_size", 64)), lr=float(t.get("lr", 3e-3)),
+              objective=_objective(cfg), seed=cfg.get("seed", 0), device=cfg.get("device"),
+              patience=t.get("patience"), restore_best=False, checkpoint=ckpt,
+              jit=bool(t.get("jit", False)),
+              resume=run.checkpoint if resume else None, quiet=quiet, on_epoch=on_epoch,
+              batch_kw=label_kw(cfg, data, "train"), valid_batch_kw=label_kw(cfg, data, "valid"))
+    while pending:  # the checkpoint was taken, with no epoch left to train
+        pending.pop()()
+    _train_report(run, res, model, guide, data, cfg)
+    return res
+
+
+def _prepare_run(cfg: dict, run: RunDir, meta) -> None:
+    """Write the run's config; on resume, bring metrics.jsonl to the checkpoint's epoch; drop
+    extra guides trained on a model that is about to train further."""
+    run.write_config(cfg)
+    if meta is None or meta.epoch < int(cfg["train"].get("epochs", 30)):
         for stale in run.path.glob("guide-*.pt"):  # trained on the frozen model being replaced
             stale.unlink()
     if meta is not None:
@@ -116,17 +144,6 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
                                    seconds=None, recovered=True)
     elif run.metrics_path.is_file():
         run.metrics_path.unlink()
-
-    ckpt = run.checkpoint if (resume or t.get("checkpoint", True)) else None
-    res = fit(model, guide, data, epochs=int(t.get("epochs", 30)),
-              batch_size=int(t.get("batch_size", 64)), lr=float(t.get("lr", 3e-3)),
-              objective=_objective(cfg), seed=cfg.get("seed", 0), device=cfg.get("device"),
-              patience=t.get("patience"), restore_best=False, checkpoint=ckpt,
-              jit=bool(t.get("jit", False)),
-              resume=run.checkpoint if resume else None, quiet=quiet, on_epoch=run.append_metrics,
-              batch_kw=label_kw(cfg, data, "train"), valid_batch_kw=label_kw(cfg, data, "valid"))
-    _train_report(run, res, model, guide, data, cfg)
-    return res
 
 
 def _train_report(run: RunDir, res, model, guide, data, cfg) -> None:

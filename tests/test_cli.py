@@ -238,6 +238,24 @@ def test_train_refuses_to_overwrite_a_run(run, capsys):
     assert [m["epoch"] for m in metrics(run)][:2] == [1, 2]  # untouched
 
 
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path, capsys):
+    """A resume under other settings (here --lr, or --latent-dim whose shapes do not fit) is
+    refused before config.toml, metrics.jsonl or guides trained on the model are touched."""
+    out = tmp_path / "run"
+    assert main(["--threads", "1", "train", "--out", str(out), "--epochs", "1", *TINY]) == 0
+    (out / "guide-flow.pt").write_bytes(b"trained on the 1-epoch model")
+    files = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    base = ["--threads", "1", "train", "--out", str(out), "--resume", "--epochs", "2"]
+    err = error_of([*base, "--lr", "0.05"], capsys)
+    assert "other settings (lr 0.01 -> 0.05)" in err and "would not continue" in err
+    err = error_of([*base, "--latent-dim", "3"], capsys)
+    assert "checkpoint.pt" in err and "has shape" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == files
+    assert main([*base, "--quiet"]) == 0  # with its own settings it continues
+    assert [m["epoch"] for m in metrics(out)] == [1, 2] and not (out / "guide-flow.pt").exists()
+    capsys.readouterr()
+
+
 def test_jit_training_and_stale_extra_guides(tmp_path, capsys):
     """``--jit`` trains through the captured step (recorded in config.toml); guides trained
     earlier on the frozen model (guide-<name>.pt) are dropped once the model trains further,
