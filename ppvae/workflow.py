@@ -103,13 +103,15 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
     meta = read_meta(run.checkpoint) if resume and run.checkpoint.is_file() else None
     # a resume changes the run directory only once fit has taken the checkpoint (a refused one,
     # e.g. other settings, leaves config, metrics and extra guides as they were)
-    pending = [lambda: _prepare_run(cfg, run, meta)]
-    if meta is None:
-        pending.pop()()
+    prepared = meta is None
+    if prepared:
+        _prepare_run(cfg, run, meta)
 
     def on_epoch(**record):
-        while pending:
-            pending.pop()()
+        nonlocal prepared
+        if not prepared:
+            _prepare_run(cfg, run, meta)
+            prepared = True
         run.append_metrics(**record)
 
     ckpt = run.checkpoint if (resume or t.get("checkpoint", True)) else None
@@ -120,8 +122,8 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
               jit=bool(t.get("jit", False)),
               resume=run.checkpoint if resume else None, quiet=quiet, on_epoch=on_epoch,
               batch_kw=label_kw(cfg, data, "train"), valid_batch_kw=label_kw(cfg, data, "valid"))
-    while pending:  # the checkpoint was taken, with no epoch left to train
-        pending.pop()()
+    if not prepared:  # the checkpoint was taken, with no epoch left to train
+        _prepare_run(cfg, run, meta)
     _train_report(run, res, model, guide, data, cfg)
     return res
 

@@ -245,10 +245,13 @@ def test_a_pyro_elbo_instance_trains_like_the_ppvae_elbo(digits):
         runs.append(ppvae.fit(vae, vae.guide, digits.train[:96], valid=digits.valid[:32],
                               epochs=2, batch_size=32, quiet=True, device="cpu",
                               objective=objective))
+    # the same random draws, so no Monte Carlo error: only float32 summation order differs
+    # (measured 1 ulp, 1.1e-7 relative, on the training objective); bound: 8 float32 ulps
+    tol = 8 * torch.finfo(torch.float32).eps
     torch.testing.assert_close(torch.tensor(runs[1].train_objective),
-                               torch.tensor(runs[0].train_objective), rtol=1e-5, atol=0)
+                               torch.tensor(runs[0].train_objective), rtol=tol, atol=0)
     torch.testing.assert_close(torch.tensor(runs[1].valid_elbo),
-                               torch.tensor(runs[0].valid_elbo), rtol=1e-5, atol=0)
+                               torch.tensor(runs[0].valid_elbo), rtol=tol, atol=0)
     vae = _vae()
     with pytest.raises(TypeError, match=r"the class Trace_ELBO: write Trace_ELBO\(\)"):
         ppvae.fit(vae, vae.guide, digits.train[:64], objective=pyro.infer.Trace_ELBO)
