@@ -38,9 +38,9 @@ def _data(num: int):
 
 def worker(args) -> None:
     import torch
+    from ppvae.models import VAE
 
     import ppvae
-    from models import VAE
     from ppvae import distributed as ddp
 
     torch.set_num_threads(args.threads)

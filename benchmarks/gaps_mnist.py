@@ -22,14 +22,14 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
+from ppvae.guides import FlowEncoder
+from ppvae.models import VAE
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 from torch.distributions import constraints
 
 import ppvae
-from guides import FlowEncoder
-from models import VAE
 
 
 def parse_args():

@@ -9,10 +9,9 @@ Saves reconstructions, the latent scatter and an interpolation.
 import torch
 from _common import digits, parse, save
 
-import guides
-import models
 import ppvae
-from ppvae import plots
+from ppvae import guides, models
+from ppvae.analysis import plots
 
 args = parse(__doc__)
 data = digits()

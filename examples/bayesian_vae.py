@@ -12,9 +12,8 @@ import torch
 from _common import bounds, digits, parse, save
 from pyro.infer import SVI, Trace_ELBO
 
-import guides
-import models
-from ppvae import plots
+from ppvae import guides, models
+from ppvae.analysis import plots
 
 args = parse(__doc__, epochs=25)
 data = digits()

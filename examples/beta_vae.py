@@ -8,11 +8,10 @@ count (Burda et al. 2016), which shows how many of the 8 dimensions beta = 2 lea
 
 from _common import bounds, digits, parse, save
 
-import guides
-import models
 import ppvae
-from ppvae import plots
-from ppvae.collapse import posterior_collapse
+from ppvae import guides, models
+from ppvae.analysis import plots
+from ppvae.analysis.collapse import posterior_collapse
 
 args = parse(__doc__)
 data = digits()

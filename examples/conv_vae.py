@@ -3,10 +3,9 @@ decoder; ``models.ConvVAE`` with ``guides.ConvEncoder``, side 8, or 28 for MNIST
 
 from _common import bounds, digits, parse, save
 
-import guides
-import models
 import ppvae
-from ppvae import plots
+from ppvae import guides, models
+from ppvae.analysis import plots
 
 args = parse(__doc__)
 data = digits()

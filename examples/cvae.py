@@ -8,10 +8,9 @@ grid with one row per digit class, each image drawn from p(z | c) and decoded wi
 import torch
 from _common import bounds, digits, parse, save
 
-import guides
-import models
 import ppvae
-from ppvae import plots
+from ppvae import guides, models
+from ppvae.analysis import plots
 
 args = parse(__doc__)
 data = digits()

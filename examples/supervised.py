@@ -9,10 +9,9 @@ accuracy of the classifier applied to the encoder's means; saves the latent scat
 import torch
 from _common import bounds, digits, parse, save
 
-import guides
-import models
 import ppvae
-from ppvae import plots
+from ppvae import guides, models
+from ppvae.analysis import plots
 
 args = parse(__doc__)
 data = digits()

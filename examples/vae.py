@@ -9,11 +9,10 @@ by label, an interpolation and the KL-per-dimension diagnostic.
 
 from _common import bounds, digits, parse, save
 
-import guides
-import models
 import ppvae
-from ppvae import plots
-from ppvae.collapse import posterior_collapse
+from ppvae import guides, models
+from ppvae.analysis import plots
+from ppvae.analysis.collapse import posterior_collapse
 
 args = parse(__doc__)
 data = digits()

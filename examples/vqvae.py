@@ -10,10 +10,9 @@ Saves reconstructions and samples with codes drawn uniformly (no learned code pr
 
 from _common import bounds, digits, parse, save
 
-import guides
-import models
 import ppvae
-from ppvae import plots
+from ppvae import guides, models
+from ppvae.analysis import plots
 
 args = parse(__doc__)
 data = digits()

@@ -7,7 +7,7 @@ from .flow import FlowEncoder
 from .fullcov import FullCovEncoder
 from .hierarchical import BottomUpGuide, LadderGuide
 from .linear import AmortizedLinearGaussian
-from .mlp import MLPEncoder, mlp
+from .mlp import MLPEncoder
 from .vq import VQEncoder
 
 __all__ = [
@@ -21,5 +21,4 @@ __all__ = [
     "LadderGuide",
     "MLPEncoder",
     "VQEncoder",
-    "mlp",
 ]

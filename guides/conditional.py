@@ -15,9 +15,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppvae.naming import unique_name
-
-from .mlp import mlp
+from ..nn import mlp, unique_name
 
 __all__ = ["ConditionalEncoder"]
 

@@ -20,9 +20,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppvae.naming import unique_name
-
-from .mlp import flatten_rows, mlp
+from ..nn import flatten_rows, mlp, unique_name
 
 __all__ = ["DeltaEncoder"]
 

@@ -23,9 +23,7 @@ from pyro.distributions.transforms import conditional_affine_autoregressive
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppvae.naming import unique_name
-
-from .mlp import flatten_rows, mlp
+from ..nn import flatten_rows, mlp, unique_name
 
 __all__ = ["FlowEncoder"]
 

@@ -23,9 +23,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppvae.naming import unique_name
-
-from .mlp import mlp
+from ..nn import flatten_rows, mlp, unique_name
 
 __all__ = ["BottomUpGuide", "LadderGuide"]
 
@@ -33,14 +31,6 @@ __all__ = ["BottomUpGuide", "LadderGuide"]
 def _gaussian(out: torch.Tensor, min_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     loc, raw = out.chunk(2, dim=-1)
     return loc, nn.functional.softplus(raw) + min_scale
-
-
-def _flat(x: torch.Tensor, data_dim: int, who: str) -> torch.Tensor:
-    flat = x.reshape(x.shape[0], -1)  # [N, D]
-    if flat.shape[1] != data_dim:
-        raise ValueError(f"{who} expects {data_dim} features per datapoint, got x of shape "
-                         f"{tuple(x.shape)}")
-    return flat
 
 
 class BottomUpGuide(PyroModule):
@@ -55,7 +45,7 @@ class BottomUpGuide(PyroModule):
         self.net2 = mlp([k1, *top_hidden, 2 * k2], nn.Tanh)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
-        flat = _flat(x, self.data_dim, "BottomUpGuide")
+        flat = flatten_rows(x, self.data_dim, "BottomUpGuide")
         loc1, scale1 = _gaussian(self.net1(flat), self.min_scale)  # [N, K1] each
         with pyro.plate("data", x.shape[0], dim=-1):
             z1 = pyro.sample("z1", dist.Normal(loc1, scale1).to_event(1))  # [..., N, K1]
@@ -86,7 +76,7 @@ class LadderGuide(PyroModule):
         self.head2 = nn.Linear(h2, 2 * model.k2)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
-        flat = _flat(x, self.data_dim, "LadderGuide")
+        flat = flatten_rows(x, self.data_dim, "LadderGuide")
         d1 = self.up1(flat)  # [N, H1]
         d2 = self.up2(d1)  # [N, H2]
         loc2, scale2 = _gaussian(self.head2(d2), self.min_scale)  # [N, K2] each

@@ -15,8 +15,8 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
-from ppvae.naming import unique_name
-from ppvae.ppca import ppca_posterior
+from ..analysis.ppca import ppca_posterior
+from ..nn import unique_name
 
 __all__ = ["AmortizedLinearGaussian"]
 

@@ -7,7 +7,6 @@ VAE; its amortization gap is what ppvae measures.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import pyro
@@ -16,28 +15,9 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppvae.naming import unique_name
+from ..nn import flatten_rows, mlp, unique_name
 
-__all__ = ["MLPEncoder", "flatten_rows", "mlp"]
-
-
-def flatten_rows(x: torch.Tensor, data_dim: int, owner: str) -> torch.Tensor:
-    """``x`` as rows ``[N, data_dim]``; a clear error naming ``owner`` when the size is wrong."""
-    flat = x.reshape(x.shape[0], -1)
-    if flat.shape[1] != data_dim:
-        raise ValueError(f"{owner} expects {data_dim} features per datapoint, got x of shape "
-                         f"{tuple(x.shape)}")
-    return flat
-
-
-def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """Linear layers with ``activation`` between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
-        layers.append(nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(activation())
-    return nn.Sequential(*layers)
+__all__ = ["MLPEncoder"]
 
 
 class MLPEncoder(PyroModule):

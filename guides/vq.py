@@ -24,9 +24,7 @@ import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule
 
-from ppvae.naming import unique_name
-
-from .mlp import mlp
+from ..nn import mlp, unique_name
 
 __all__ = ["VQEncoder"]
 

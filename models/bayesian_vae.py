@@ -30,8 +30,8 @@ from pyro.nn import PyroModule, PyroParam, PyroSample
 from torch import nn
 from torch.distributions import constraints
 
-from ppvae.globals import fix_globals, global_values
-from ppvae.naming import unique_name
+from ..core.globals import fix_globals, global_values
+from ..nn import unique_name
 
 __all__ = ["BayesianVAE", "WeightGuide"]
 

@@ -18,7 +18,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from ppvae.naming import unique_name
+from ..nn import unique_name
 
 __all__ = ["ConvVAE"]
 

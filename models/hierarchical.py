@@ -22,8 +22,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from guides.mlp import flatten_rows, mlp
-from ppvae.naming import unique_name
+from ..nn import flatten_rows, mlp, unique_name
 
 __all__ = ["HierarchicalVAE"]
 

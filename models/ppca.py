@@ -15,8 +15,8 @@ import torch
 from pyro.nn import PyroModule, PyroParam
 from torch.distributions import constraints
 
-from ppvae.naming import unique_name
-from ppvae.ppca import PPCAParams
+from ..analysis.ppca import PPCAParams
+from ..nn import unique_name
 
 __all__ = ["PPCA"]
 

@@ -23,8 +23,7 @@ import torch
 from pyro.nn import PyroModule
 from torch import nn
 
-from guides.mlp import mlp
-from ppvae.naming import unique_name
+from ..nn import mlp, unique_name
 
 __all__ = ["SupervisedVAE"]
 

@@ -25,8 +25,8 @@ from pyro.nn import PyroModule, PyroParam
 from torch import nn
 from torch.distributions import constraints
 
-from guides.mlp import MLPEncoder, flatten_rows, mlp
-from ppvae.naming import unique_name
+from ..guides.mlp import MLPEncoder
+from ..nn import flatten_rows, mlp, unique_name
 
 __all__ = ["LIKELIHOODS", "VAE"]
 

@@ -41,8 +41,7 @@ from pyro.nn import PyroModule
 from torch import nn
 from torch.distributions import constraints
 
-from guides.mlp import mlp
-from ppvae.naming import unique_name
+from ..nn import mlp, unique_name
 
 __all__ = ["VQVAE", "UniformCodebook"]
 

@@ -6,24 +6,9 @@ builds bounds (:func:`elbo`, :func:`iwae`) and exact references (:mod:`ppvae.ppc
 """
 
 from . import data, distributed
-from .ais import AISResult, ais, ais_log_px
-from .bdmc import BDMCResult, bdmc
-from .bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights, logmeanexp
-from .capture import CaptureError
-from .checkpoint import CheckpointError
-from .compare import PosteriorComparison, PosteriorSummary, compare_posteriors
-from .contract import ContractError, PairInfo, check_pair
-from .device import resolve_device
-from .fit import FitResult, fit
-from .gap_report import GapReport, GapRow, LogPx
-from .gaps import gaps, register_log_px
-from .globals import fix_globals, global_latent_names, global_values
-from .hmc import Diagnostics, HMCResult, diagnostics, hmc, to_inference_data
-from .local import LocalFit, LocalGuide, fit_local
-from .mcmc import NUTSResult, nuts
-from .objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
-from .potential import Potential
-from .ppca import (
+from .analysis.compare import PosteriorComparison, PosteriorSummary, compare_posteriors
+from .analysis.gaps import gaps, register_log_px
+from .analysis.ppca import (
     PPCAParams,
     gaussian_kl,
     mean_field_gap,
@@ -32,15 +17,30 @@ from .ppca import (
     ppca_mle,
     ppca_posterior,
 )
-from .sharded import (
+from .analysis.report import GapReport, GapRow, LogPx
+from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights, logmeanexp
+from .core.contract import ContractError, PairInfo, check_pair
+from .core.device import resolve_device
+from .core.globals import fix_globals, global_latent_names, global_values
+from .core.potential import Potential
+from .core.weights import iter_log_weights, log_weights
+from .distributed.gaps import sharded_gaps
+from .distributed.sharded import (
     sharded_ais,
     sharded_elbo,
     sharded_fit_local,
     sharded_iwae,
     sharded_log_weights,
 )
-from .sharded_gaps import sharded_gaps
-from .weights import iter_log_weights, log_weights
+from .infer.ais import AISResult, ais, ais_log_px
+from .infer.bdmc import BDMCResult, bdmc
+from .infer.hmc import Diagnostics, HMCResult, diagnostics, hmc, to_inference_data
+from .infer.local.vi import LocalFit, LocalGuide, fit_local
+from .infer.nuts import NUTSResult, nuts
+from .train.checkpoint import CheckpointError
+from .train.fit import FitResult, fit
+from .train.objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
+from .train.speedup.capture import CaptureError
 
 __version__ = "0.1.0"
 

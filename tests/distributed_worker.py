@@ -17,8 +17,8 @@ import torch
 
 import ppvae
 from ppvae import distributed as ddp
-from ppvae.sharded import sharded_ais, sharded_elbo, sharded_fit_local, sharded_iwae
-from ppvae.sharded_gaps import sharded_gaps
+from ppvae.distributed.gaps import sharded_gaps
+from ppvae.distributed.sharded import sharded_ais, sharded_elbo, sharded_fit_local, sharded_iwae
 
 N_TRAIN, BATCH, EPOCHS = 97, 8, 2  # 97 rows: the last minibatch of 16 has 1 row (one rank idle)
 BLOCK = 10  # 24 PPCA rows in blocks of 10: rank 0 evaluates block 0, rank 1 blocks 1 and 2
@@ -32,8 +32,8 @@ def digits():
 def delta_pair(seed: int):
     """A VAE decoder with a point-mass encoder: a deterministic objective, so distributed
     and single-process training can agree to rounding."""
-    from guides import DeltaEncoder
-    from models import VAE
+    from ppvae.guides import DeltaEncoder
+    from ppvae.models import VAE
 
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -41,7 +41,7 @@ def delta_pair(seed: int):
 
 
 def vae(seed: int):
-    from models import VAE
+    from ppvae.models import VAE
 
     pyro.clear_param_store()
     pyro.set_rng_seed(seed)
@@ -50,8 +50,8 @@ def vae(seed: int):
 
 def ppca_problem():
     """Fixed PPCA (D=5, K=2), 24 rows, a deliberately biased mean-field amortized guide."""
-    from guides.linear import AmortizedLinearGaussian
-    from models import PPCA
+    from ppvae.guides.linear import AmortizedLinearGaussian
+    from ppvae.models import PPCA
 
     g = torch.Generator().manual_seed(11)
     W, b, s = torch.randn(5, 2, generator=g), torch.randn(5, generator=g), torch.tensor(0.5)

@@ -17,8 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-import guides
-import models
+from ppvae import guides, models
 
 __all__ = ["REGISTRY", "Entry", "binary_batch"]
 
@@ -62,7 +61,7 @@ def _ppca() -> Entry:
 
 def _vae(guide_cls) -> Callable[[], Entry]:
     def make() -> Entry:
-        from models.vae import VAE
+        from ppvae.models.vae import VAE
         model = VAE(D, 2, (32,), name="reg_vae")
         return Entry(model, guide_cls(D, 2, (32,), name="reg_vae_q"), binary_batch(), {},
                      {"z": (2,)})

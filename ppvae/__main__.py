@@ -1,0 +1,5 @@
+"""``python -m ppvae``: the command line (:func:`ppvae.app.cli.main`)."""
+
+from .app.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,2 @@
+"""Analyses built on the engine: the gap decomposition and its report, posterior comparison,
+posterior-collapse diagnostics, probabilistic PCA closed forms, and figures."""

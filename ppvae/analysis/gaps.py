@@ -1,0 +1,167 @@
+"""The inference-gap decomposition of Cremer, Li and Duvenaud (2018), per datapoint.
+
+For a model, an amortized guide q and data x, with q* the best member of q's family for each
+datapoint separately (fitted by :func:`ppvae.fit_local`, started at q's output):
+
+    log p(x) - ELBO[q] = (log p(x) - ELBO[q*]) + (ELBO[q*] - ELBO[q])
+      inference gap    =  approximation gap    +   amortization gap
+
+:func:`gaps` estimates every term per datapoint with its Monte Carlo standard error and records
+which estimator produced each number. log p(x) comes from ``log_px``: exact values (PPCA), the
+IWAE bound from the best available proposal (the fitted q* with the highest ELBO), a registered
+estimator name (see :func:`register_log_px`; the reference-inference module registers "ais"),
+or any callable ``fn(model, x, proposal, model_kwargs, **options) -> LogPx``. The result is a
+:class:`ppvae.gap_report.GapReport` (markdown, JSON round trip, PNG).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+import torch
+
+from ..core.bounds import elbo, iwae
+from ..core.contract import check_pair
+from ..infer.local.families import FAMILIES
+from ..infer.local.vi import LocalGuide, fit_local
+from .report import Estimators, GapReport, GapRow, LogPx
+
+__all__ = ["LogPx", "gaps", "infer_family", "log_px_estimators", "register_log_px"]
+
+_ESTIMATORS: dict[str, Callable[..., LogPx]] = {}
+
+
+def register_log_px(name: str, fn: Callable[..., LogPx]) -> None:
+    """Make ``gaps(..., log_px=name)`` call ``fn(model, x, proposal, model_kwargs, **options)``.
+
+    ``proposal`` is the best guide :func:`gaps` has (a fitted q* if any); ``options`` are the
+    ``log_px_options`` given to :func:`gaps`. ``fn`` returns a :class:`LogPx`. This is the hook
+    for estimators defined elsewhere, e.g. annealed importance sampling as ``"ais"``.
+    """
+    _ESTIMATORS[name] = fn
+
+
+def log_px_estimators() -> tuple[str, ...]:
+    """Names accepted as ``gaps(..., log_px=name)``."""
+    return tuple(sorted(_ESTIMATORS))
+
+
+def _iwae_log_px(model, x, proposal, model_kwargs, *, k: int = 1000, num_estimates: int = 1,
+                 chunk_size: int | None = None, label: str = "") -> LogPx:
+    b = iwae(model, proposal, x, k, num_estimates=num_estimates, chunk_size=chunk_size,
+             **model_kwargs)
+    return LogPx(b.per_datapoint, b.stderr, f"IWAE_{k} from {label or type(proposal).__name__}")
+
+
+register_log_px("iwae", _iwae_log_px)
+
+
+def infer_family(guide, x: torch.Tensor) -> str:
+    """The local family matching an amortized guide's q(z | x): "diag", "full" or "flow"."""
+    if isinstance(guide, LocalGuide):
+        return guide.family
+    if not hasattr(guide, "distribution"):
+        raise ValueError(f"cannot tell the family of {type(guide).__name__} (it has no "
+                         ".distribution(x)); pass families={name: 'diag' | 'full' | 'flow'}")
+    with torch.no_grad():
+        q = guide.distribution(x[:1])
+    if isinstance(q, torch.distributions.MultivariateNormal):
+        return "full"
+    if isinstance(q, torch.distributions.Independent) and isinstance(
+            q.base_dist, torch.distributions.Normal):
+        return "diag"
+    if isinstance(q, torch.distributions.TransformedDistribution):
+        return "flow"
+    raise ValueError(f"{type(guide).__name__}.distribution(x) is a {type(q).__name__}; pass "
+                     "families={name: 'diag' | 'full' | 'flow'} to choose q*'s family")
+
+
+def _as_log_px(value) -> LogPx:
+    if isinstance(value, LogPx):
+        return value
+    if isinstance(value, tuple) and len(value) == 3:
+        return LogPx(*value)
+    raise TypeError("a log_px estimator must return LogPx(per_datapoint, stderr, estimator) "
+                    f"or such a 3-tuple, got {type(value).__name__}")
+
+
+def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
+         local: Mapping[str, LocalGuide] | None = None, local_steps: int = 1000,
+         local_options: Mapping | None = None, num_samples: int = 1000,
+         log_px_options: Mapping | None = None, **kwargs) -> GapReport:
+    """Split each guide's inference gap on ``x`` into approximation and amortization gaps.
+
+    Args:
+        model: a model keeping the ppvae contract.
+        guides: one amortized guide, or a mapping name -> guide.
+        x: data ``[N, ...]`` (every datapoint gets its own q*).
+        log_px: a tensor ``[N]`` of exact values, a registered estimator name ("iwae" by
+            default; see :func:`log_px_estimators`), or a callable (module docstring).
+        families: q*'s family per guide (str or mapping); default :func:`infer_family`.
+        local: already fitted q* per guide name (skips :func:`fit_local` for those).
+        local_steps, local_options: :func:`fit_local`'s ``num_steps`` and other options.
+        num_samples: samples per datapoint for each ELBO.
+        log_px_options: options for the log p(x) estimator (for "iwae": ``k``, default 1000,
+            ``num_estimates``, ``chunk_size``).
+        **kwargs: passed to model and guides.
+    """
+    if not isinstance(guides, Mapping):
+        guides = {"guide": guides}
+    families = families or {}
+    if isinstance(families, str):
+        families = dict.fromkeys(guides, families)
+    local, timings, partial = dict(local or {}), [], []
+    for name, guide in guides.items():
+        check_pair(model, guide, x, **kwargs)  # bad x or a broken pair: a named error first
+        family = families.get(name) or infer_family(guide, x)
+        if family not in FAMILIES:
+            raise ValueError(f"family for guide '{name}' must be one of {FAMILIES}, "
+                             f"got {family!r}")
+        t = time.perf_counter()
+        amortized = elbo(model, guide, x, num_samples, **kwargs)
+        timings.append((f"ELBO[q] {name}", time.perf_counter() - t))
+        if name not in local:
+            t = time.perf_counter()
+            local[name] = fit_local(model, x, family, guide, num_steps=local_steps,
+                                    **dict(local_options or {}), **kwargs)
+            timings.append((f"fit_local {family} q* {name}", time.perf_counter() - t))
+        t = time.perf_counter()
+        optimal = elbo(model, local[name], x, num_samples, **kwargs)
+        timings.append((f"ELBO[q*] {name}", time.perf_counter() - t))
+        partial.append((name, family, amortized, optimal))
+
+    t = time.perf_counter()
+    if isinstance(log_px, torch.Tensor):
+        ref = LogPx(log_px.detach(), torch.zeros_like(log_px), "exact")
+    else:
+        best = max(partial, key=lambda r: r[3].mean)  # the q* with the highest ELBO
+        proposal = local[best[0]]
+        options = dict(log_px_options or {})
+        if isinstance(log_px, str):
+            if log_px not in _ESTIMATORS:
+                raise ValueError(
+                    f"unknown log_px estimator {log_px!r}; registered: {log_px_estimators()} "
+                    "(register more with ppvae.register_log_px, or pass a tensor or callable)")
+            if log_px == "iwae":
+                options.setdefault("label", f"local {best[1]} q* ({best[0]})")
+            fn = _ESTIMATORS[log_px]
+        else:
+            fn = log_px
+        with torch.no_grad():
+            ref = _as_log_px(fn(model, x, proposal, kwargs, **options))
+    if ref.per_datapoint.shape != x.shape[:1]:
+        raise ValueError(f"log_px has shape {tuple(ref.per_datapoint.shape)}, expected "
+                         f"[N] = [{x.shape[0]}]")
+    timings.append((f"log p(x) {ref.estimator}", time.perf_counter() - t))
+
+    rows = []
+    for name, family, amortized, optimal in partial:
+        fit = local[name].fit
+        how = (f"{fit.num_steps} steps, {fit.num_converged}/{fit.converged.numel()} converged"
+               if fit is not None else "given")
+        est = Estimators(ref.estimator,
+                         f"ELBO, {optimal.num_samples} samples from local {family} q* ({how})",
+                         f"ELBO, {amortized.num_samples} samples from amortized q")
+        rows.append(GapRow.build(name, family, ref, optimal, amortized, est))
+    return GapReport(tuple(rows), int(x.shape[0]), tuple(timings))

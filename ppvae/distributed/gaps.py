@@ -1,0 +1,135 @@
+"""The inference-gap report of Cremer, Li and Duvenaud (2018) sharded over datapoints across the
+ranks of a torchrun job: :func:`sharded_gaps` returns the :class:`ppvae.GapReport` that
+:func:`ppvae.gaps` returns, with every stage computed by the single-process functions on blocks
+of rows (seeded per block, see :mod:`ppvae.sharded`) and gathered on every rank.
+
+Stages, in the order of :func:`ppvae.gaps`:
+
+1. q* per guide: :func:`ppvae.sharded.sharded_fit_local` started at the guide's output (unless
+   ``local`` gives it), gathered into one local guide over all N rows with a merged fit record.
+2. ELBO[q] and ELBO[q*]: :func:`ppvae.gaps` itself on each block, given that block's rows of
+   q* (so its estimator labels, counts included, are those of the whole fit).
+3. log p(x): exact values are split with the rows. Otherwise the proposal is the q* with the
+   highest mean ELBO over *all* rows (as :func:`ppvae.gaps` chooses it), and on each block
+   :func:`ppvae.gaps` with that q* as its only guide computes log p(x) exactly as the full call
+   does (the same estimator, options and label); its own two-sample ELBO columns are dropped.
+
+Stage timings are the slowest rank's (wall clock).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from ..analysis.gaps import gaps, infer_family
+from ..analysis.report import GapReport, GapRow
+from ..infer.local.vi import LocalGuide
+from . import process as ddp
+from .sharded import _gather, _map_blocks, _metas, _rows, local_guide_rows, sharded_fit_local
+
+__all__ = ["sharded_gaps"]
+
+_TENSORS = ("log_px", "log_px_se", "elbo_local", "elbo_local_se", "elbo_amortized",
+            "elbo_amortized_se")
+
+
+def _gather_cpu(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Gather report columns (float64 CPU tensors) through the backend's device."""
+    dev = ddp.default_device()
+    return _gather([p.to(dev) for p in parts]).cpu()
+
+
+def _slowest(timings: list[tuple[str, float]]) -> dict[str, float]:
+    """Per stage: this rank's total over its blocks, then the maximum over ranks."""
+    mine: dict[str, float] = defaultdict(float)
+    for stage, seconds in timings:
+        mine[stage] += seconds
+    out: dict[str, float] = {}
+    for theirs in ddp.gather_objects(dict(mine)):
+        for stage, seconds in theirs.items():
+            out[stage] = max(out.get(stage, 0.0), seconds)
+    return out
+
+
+def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
+                 local: Mapping[str, LocalGuide] | None = None, local_steps: int = 1000,
+                 local_options: Mapping | None = None, num_samples: int = 1000,
+                 log_px_options: Mapping | None = None, seed: int = 0, block_size: int = 256,
+                 batch_kw: dict | None = None, **kwargs) -> GapReport:
+    """:func:`ppvae.gaps` sharded over ranks; the same arguments, plus ``seed`` and
+    ``block_size`` (:mod:`ppvae.sharded`) and ``batch_kw`` (per-datapoint model keywords).
+    ``local`` q* must cover all N rows. Every rank returns the whole report."""
+    if not isinstance(guides, Mapping):
+        guides = {"guide": guides}
+    families = families or {}
+    if isinstance(families, str):
+        families = dict.fromkeys(guides, families)
+    fams = {name: families.get(name) or infer_family(g, x) for name, g in guides.items()}
+    n = x.shape[0]
+
+    qstar, fit_seconds = dict(local or {}), {}
+    for i, (name, guide) in enumerate(guides.items()):
+        if name in qstar:
+            continue
+        guide_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
+        qstar[name] = sharded_fit_local(model, x, fams[name], guide, seed=guide_seed,
+                                        block_size=block_size, batch_kw=batch_kw,
+                                        num_steps=local_steps, **dict(local_options or {}),
+                                        **kwargs)
+        fit_seconds[name] = qstar[name].fit.seconds
+    for name, q in qstar.items():
+        if q.num_data != n:
+            raise ValueError(f"local q* for guide '{name}' covers {q.num_data} rows; "
+                             f"x has {n}")
+
+    exact = log_px if isinstance(log_px, torch.Tensor) else None
+    if exact is not None and exact.shape != x.shape[:1]:
+        raise ValueError(f"log_px has shape {tuple(exact.shape)}, expected [N] = [{n}]")
+
+    def elbos(lo, hi):
+        ref = exact[lo:hi] if exact is not None else x.new_zeros(hi - lo)
+        return gaps(model, guides, x[lo:hi], ref, families=fams,
+                    local={k: local_guide_rows(q, lo, hi) for k, q in qstar.items()},
+                    num_samples=num_samples, **kwargs, **_rows(batch_kw, lo, hi))
+
+    reports = _map_blocks(elbos, n, block_size, seed, "gap_elbos")
+    metas = _metas([[(r.guide, r.family, r.estimators) for r in rep.rows] for rep in reports])[0]
+    columns = [{f: _gather_cpu([getattr(rep.rows[i], f) for rep in reports]) for f in _TENSORS}
+               for i in range(len(metas))]
+    stage = _slowest([t for rep in reports for t in rep.timings])
+    timings = []
+    for name in guides:
+        timings.append((f"ELBO[q] {name}", stage[f"ELBO[q] {name}"]))
+        if name in fit_seconds:
+            timings.append((f"fit_local {fams[name]} q* {name}", fit_seconds[name]))
+        timings.append((f"ELBO[q*] {name}", stage[f"ELBO[q*] {name}"]))
+
+    if exact is None:
+        means = [float(c["elbo_local"].mean()) for c in columns]
+        best = metas[max(range(len(metas)), key=means.__getitem__)][0]
+
+        def reference(lo, hi):
+            rep = gaps(model, {best: guides[best]}, x[lo:hi], log_px, families=fams,
+                       local={best: local_guide_rows(qstar[best], lo, hi)}, num_samples=2,
+                       log_px_options=log_px_options, **kwargs, **_rows(batch_kw, lo, hi))
+            return rep.rows[0], rep.timings
+
+        refs = _map_blocks(reference, n, block_size, seed, "log_px")
+        label = _metas([r.estimators.log_px for r, _ in refs])[0]
+        log_px_col = _gather_cpu([r.log_px for r, _ in refs])
+        log_px_se = _gather_cpu([r.log_px_se for r, _ in refs])
+        for c in columns:
+            c["log_px"], c["log_px_se"] = log_px_col, log_px_se
+        ref_stage = _slowest([t for _, ts in refs for t in ts if t[0].startswith("log p(x)")])
+        timings += list(ref_stage.items())
+    else:
+        timings += [(k, v) for k, v in stage.items() if k.startswith("log p(x)")]
+
+    rows = tuple(GapRow(name, family, *(c[f] for f in _TENSORS), estimators._replace(
+        log_px=label if exact is None else estimators.log_px))
+        for (name, family, estimators), c in zip(metas, columns, strict=True))
+    return GapReport(rows, int(n), tuple(timings))

@@ -1,0 +1,217 @@
+"""Evaluation sharded over datapoints across the ranks of a torchrun job, gathered into the
+records the single-process functions return.
+
+Every per-datapoint estimator of ppvae treats datapoints independently (log weights, ELBO and
+IWAE bounds, AIS chains, local VI and the gap decomposition of Cremer, Li and Duvenaud 2018), so
+the N rows split into blocks of ``block_size``; each rank evaluates a contiguous range of blocks
+with the single-process function (:func:`ppvae.log_weights`, :func:`ppvae.elbo`,
+:func:`ppvae.iwae`, :func:`ppvae.ais`, :func:`ppvae.fit_local`, :func:`ppvae.gaps`), and the
+per-datapoint results are gathered in datapoint order into one record of the same type.
+
+Seeding: the global RNGs are reseeded before every block from (seed, stage, block index), so a
+block's draws depend on its index and not on the rank that evaluates it. For a fixed
+``block_size`` the result is therefore the same for any number of ranks, one process included
+(bitwise on the CPU; on GPUs up to the kernels' own non-determinism): the same seeds per
+datapoint give identical local fits. It differs from the unsharded call on all N rows by Monte
+Carlo error only (other draws). ``block_size=1`` gives each datapoint its own seed (at one call
+per datapoint). The caller's RNG state is restored afterwards. Per-datapoint keyword tensors
+(labels of a conditional model) go in ``batch_kw`` so that they are split with the rows.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import numpy as np
+import pyro
+import torch
+from pyro.util import get_rng_state, set_rng_state
+
+from ..core.bounds import Bound, elbo, iwae
+from ..core.contract import check_pair
+from ..core.weights import log_weights
+from ..infer.ais import AISResult, ais
+from ..infer.local.families import LocalFamily
+from ..infer.local.vi import LocalFit, LocalGuide, fit_local, latent_sites
+from . import process as ddp
+
+__all__ = [
+    "block_ranges",
+    "local_guide_rows",
+    "sharded_ais",
+    "sharded_elbo",
+    "sharded_fit_local",
+    "sharded_iwae",
+    "sharded_log_weights",
+]
+
+_STAGES = {"log_weights": 1, "elbo": 2, "iwae": 3, "ais": 4, "fit_local": 5, "gap_elbos": 6,
+           "log_px": 7}
+
+
+def block_ranges(n: int, block_size: int, part: int | None = None,
+                 parts: int | None = None) -> list[tuple[int, int, int]]:
+    """``(block, start, stop)`` of the blocks rank ``part`` of ``parts`` evaluates (default:
+    this rank of the world): a contiguous range of the ceil(n / block_size) blocks."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    lo, hi = ddp.shard_bounds(math.ceil(n / block_size), part, parts)
+    return [(b, b * block_size, min(n, (b + 1) * block_size)) for b in range(lo, hi)]
+
+
+def _block_seed(seed: int, stage: str, block: int) -> int:
+    return int(np.random.SeedSequence([seed, _STAGES[stage], block]).generate_state(1)[0])
+
+
+def _map_blocks(fn, n: int, block_size: int, seed: int, stage: str) -> list:
+    """``[fn(start, stop)]`` over this rank's blocks, each under its own seed."""
+    state = get_rng_state()
+    try:
+        out = []
+        for b, lo, hi in block_ranges(n, block_size):
+            pyro.set_rng_seed(_block_seed(seed, stage, b))
+            out.append(fn(lo, hi))
+        return out
+    finally:
+        set_rng_state(state)
+
+
+def _rows(kw: dict | None, lo: int, hi: int) -> dict:
+    return {k: v[lo:hi] for k, v in (kw or {}).items()}
+
+
+def _gather(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+    """This rank's blocks concatenated along ``dim``, gathered from all ranks in order."""
+    return ddp.gather_rows(torch.cat(parts, dim) if parts else None, dim)
+
+
+def _metas(local: list) -> list:
+    """Every block's metadata over all ranks, in block order."""
+    return [m for ms in ddp.gather_objects(local) for m in ms]
+
+
+def sharded_log_weights(model, guide, x: torch.Tensor, num_samples: int = 1, *, seed: int = 0,
+                        block_size: int = 256, batch_kw: dict | None = None,
+                        chunk_size: int | None = None, **kwargs) -> torch.Tensor:
+    """:func:`ppvae.log_weights` (detached) sharded over ranks: ``[num_samples, N]``."""
+    def one(lo, hi):
+        with torch.no_grad():
+            return log_weights(model, guide, x[lo:hi], num_samples, chunk_size=chunk_size,
+                               **kwargs, **_rows(batch_kw, lo, hi))  # [S, B]
+    return _gather(_map_blocks(one, x.shape[0], block_size, seed, "log_weights"), 1)
+
+
+def _merge_bounds(parts: list[Bound]) -> Bound:
+    first = _metas([(b.name, b.k, b.num_samples, b.ess is not None) for b in parts])[0]
+    name, k, num_samples, has_ess = first
+    ess = _gather([b.ess for b in parts]) if has_ess else None
+    return Bound(name, k, _gather([b.per_datapoint for b in parts]),
+                 _gather([b.stderr for b in parts]), num_samples, ess)
+
+
+def sharded_elbo(model, guide, x: torch.Tensor, num_samples: int = 100, *, seed: int = 0,
+                 block_size: int = 256, batch_kw: dict | None = None,
+                 chunk_size: int | None = None, **kwargs) -> Bound:
+    """:func:`ppvae.elbo` sharded over ranks (module docstring)."""
+    def one(lo, hi):
+        with torch.no_grad():
+            return elbo(model, guide, x[lo:hi], num_samples, chunk_size=chunk_size, **kwargs,
+                        **_rows(batch_kw, lo, hi))
+    return _merge_bounds(_map_blocks(one, x.shape[0], block_size, seed, "elbo"))
+
+
+def sharded_iwae(model, guide, x: torch.Tensor, k: int, *, num_estimates: int = 1,
+                 seed: int = 0, block_size: int = 256, batch_kw: dict | None = None,
+                 chunk_size: int | None = None, **kwargs) -> Bound:
+    """:func:`ppvae.iwae` sharded over ranks (module docstring)."""
+    def one(lo, hi):
+        with torch.no_grad():
+            return iwae(model, guide, x[lo:hi], k, num_estimates=num_estimates,
+                        chunk_size=chunk_size, **kwargs, **_rows(batch_kw, lo, hi))
+    return _merge_bounds(_map_blocks(one, x.shape[0], block_size, seed, "iwae"))
+
+
+def sharded_ais(model, x: torch.Tensor, *, seed: int = 0, block_size: int = 256,
+                batch_kw: dict | None = None, **options) -> AISResult:
+    """:func:`ppvae.ais` sharded over ranks (module docstring); ``options`` go to it."""
+    parts = _map_blocks(lambda lo, hi: ais(model, x[lo:hi], **options, **_rows(batch_kw, lo, hi)),
+                        x.shape[0], block_size, seed, "ais")
+    guide = options.get("guide") or model
+    pd = check_pair(model, guide, x[:1], **_model_kwargs(ais, options),
+                    **_rows(batch_kw, 0, 1)).particle_dim
+    sites, num_steps = _metas([(tuple(r.samples), r.num_steps) for r in parts])[0]
+    samples = {s: _gather([r.samples[s] for r in parts], -pd - 1) for s in sites}  # N after mid
+    return AISResult(_gather([r.per_datapoint for r in parts]), _gather([r.stderr for r in parts]),
+                     _gather([r.log_weights for r in parts], 1),
+                     _gather([r.accept_rate for r in parts], 1),
+                     _gather([r.step_size for r in parts], 1), samples, num_steps)
+
+
+def _model_kwargs(fn, options: dict) -> dict:
+    """The entries of ``options`` that ``fn`` passes on to the model (its ``**kwargs``)."""
+    own = {n for n, p in inspect.signature(fn).parameters.items()
+           if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    return {k: v for k, v in options.items() if k not in own}
+
+
+def _local_guide(sites, family: str, params: list[dict[str, torch.Tensor]],
+                 fit: LocalFit | None) -> LocalGuide:
+    """A :class:`LocalGuide` whose families carry the given per-datapoint parameters."""
+    families = []
+    for site, p in zip(sites, params, strict=True):
+        ref = p["loc"]
+        layers = p["shift_weight"].shape[1] if "shift_weight" in p else 1
+        eye = torch.eye(site.dim, dtype=ref.dtype, device=ref.device)
+        fam = LocalFamily(family, ref.new_zeros(1, site.dim), eye[None], layers)
+        for name, t in p.items():
+            setattr(fam, name, torch.nn.Parameter(t.detach()))
+        fam.num_data = ref.shape[0]
+        families.append(fam)
+    guide = LocalGuide(tuple(sites), families)
+    guide.fit = fit
+    return guide
+
+
+def local_guide_rows(guide: LocalGuide, start: int, stop: int) -> LocalGuide:
+    """The local guide of rows ``[start, stop)`` of a fitted :class:`LocalGuide` (its
+    parameters are views; its ``fit`` is the whole guide's)."""
+    return _local_guide(guide.sites, guide.family, [
+        {n: p[start:stop] for n, p in f.named_parameters()} for f in guide.families], guide.fit)
+
+
+def _merge_fits(fits: list[LocalFit], rows: list[int]) -> LocalFit:
+    metas = _metas([(f.family, f.init, f.num_steps, f.max_steps, f.num_particles, f.history,
+                     r) for f, r in zip(fits, rows, strict=True)])
+    seconds = max(ddp.gather_objects(sum(f.seconds for f in fits)))  # wall clock: slowest rank
+    length = max(len(m[5]) for m in metas)
+    hist = torch.tensor([list(m[5]) + [m[5][-1]] * (length - len(m[5])) if m[5] else
+                         [math.nan] * length for m in metas], dtype=torch.float64)  # [B, L]
+    weights = torch.tensor([m[6] for m in metas], dtype=torch.float64)  # [B]
+    history = tuple((weights @ hist / weights.sum()).tolist()) if length else ()
+    family, init, _, max_steps, particles = metas[0][:5]
+    return LocalFit(family, init, max(m[2] for m in metas), max_steps, particles,
+                    _gather([f.converged for f in fits]), _gather([f.steps_used for f in fits]),
+                    _gather([f.elbo for f in fits]), history, seconds)
+
+
+def sharded_fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
+                      seed: int = 0, block_size: int = 256, batch_kw: dict | None = None,
+                      **options) -> LocalGuide:
+    """:func:`ppvae.fit_local` sharded over ranks: one :class:`LocalGuide` over all N rows on
+    every rank, its ``fit`` merged (per-datapoint fields gathered, ``history`` the
+    row-weighted mean over blocks, ``seconds`` the slowest rank's). ``init`` may be a fitted
+    :class:`LocalGuide` over all N rows (each block starts from its rows)."""
+    def one(lo, hi):
+        start = local_guide_rows(init, lo, hi) if isinstance(init, LocalGuide) else init
+        return fit_local(model, x[lo:hi], family, start, **options, **_rows(batch_kw, lo, hi))
+
+    parts = _map_blocks(one, x.shape[0], block_size, seed, "fit_local")
+    sites = latent_sites(model, x[:1], **_model_kwargs(fit_local, options),
+                         **_rows(batch_kw, 0, 1))
+    names = [[n for n, _ in LocalFamily(family, x.new_zeros(1, s.dim), torch.eye(
+        s.dim, dtype=x.dtype, device=x.device)[None]).named_parameters()] for s in sites]
+    params = [{n: _gather([g.families[j].get_parameter(n).detach() for g in parts])
+               for n in fam_names} for j, fam_names in enumerate(names)]
+    fit = _merge_fits([g.fit for g in parts], [g.num_data for g in parts])
+    return _local_guide(sites, family, params, fit)

@@ -1,0 +1,2 @@
+"""Inference algorithms over any (model, guide) pair: batched HMC and NUTS, AIS and BDMC, MCMC
+diagnostics, and per-datapoint (non-amortized) VI."""

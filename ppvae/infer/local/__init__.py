@@ -1,0 +1,1 @@
+"""Per-datapoint (non-amortized) variational inference: the optimal q* of each family."""

@@ -1,0 +1,285 @@
+"""Per-datapoint (non-amortized) variational inference, vectorized over datapoints.
+
+For data x_1..x_N and any model keeping the contract, :func:`fit_local` fits a separate
+q_n(z) for every datapoint by maximizing sum_n ELBO_n, where ELBO_n is the mean over particles
+of the per-datapoint log weights of :func:`ppvae.log_weights` (the model replayed on the local
+guide's samples). Each q_n has its own parameters (a leading [N] dimension), so the sum gives
+each datapoint its own gradient; one optimizer steps them all at once. This is the optimal-q*
+step of Cremer, Li and Duvenaud (2018), "Inference suboptimality in variational autoencoders";
+started from an amortized encoder's output and run for a fixed number of steps it is the
+semi-amortized refinement of Kim et al. (2018), "Semi-amortized variational autoencoders".
+
+Latent sites and event shapes are read from a trace of the model; every latent site gets its
+own q (factorized across sites; within a site the family of :mod:`ppvae.local_families`), built
+on the unconstrained space of the site's support. Convergence is per datapoint: every ``window``
+steps the window's mean ELBO of each active datapoint is compared with its best so far; after
+``patience`` windows without an improvement above ``tol`` the datapoint is converged (and, with
+``freeze_converged``, frozen). The loop ends when all datapoints converge or ``num_steps`` is
+reached. The window means are noisy, so a datapoint may be declared converged while it still
+improves slowly; freezing is therefore off by default (it saves no computation: all datapoints
+are evaluated in one tensor either way).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import NamedTuple
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.optim.clipped_adam import ClippedAdam
+from pyro.poutine.util import prune_subsample_sites
+from torch import nn
+from torch.distributions import biject_to, constraints
+from torch.distributions.transforms import ReshapeTransform
+
+from ...core.contract import DATA_PLATE, ContractError, check_pair, is_latent
+from ...core.weights import log_weights
+from .families import (
+    FAMILIES,
+    LocalFamily,
+    PathDerivative,
+    guide_moments,
+    sampled_moments,
+)
+
+__all__ = ["LatentSite", "LocalFit", "LocalGuide", "fit_local", "latent_sites"]
+
+
+class LatentSite(NamedTuple):
+    """A latent site of the model, as the local guide sees it."""
+
+    name: str
+    event_shape: torch.Size  # the site's event shape in the model
+    unconstrained_shape: torch.Size  # its event shape on the unconstrained (real) space
+    to_support: object  # a Transform from that space onto the support, or None for reals
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.unconstrained_shape)
+
+
+class LocalFit(NamedTuple):
+    """What happened in :func:`fit_local`."""
+
+    family: str
+    init: str  # "prior" or the initializing guide's class name
+    num_steps: int  # steps run (<= max_steps)
+    max_steps: int
+    num_particles: int
+    converged: torch.Tensor  # [N] bool: stopped improving by more than tol
+    steps_used: torch.Tensor  # [N] steps until convergence (num_steps if not converged)
+    elbo: torch.Tensor  # [N] mean ELBO over each datapoint's last window (noisy, for tracking)
+    history: tuple[float, ...]  # mean ELBO over datapoints, one per window
+    seconds: float
+
+    @property
+    def num_converged(self) -> int:
+        return int(self.converged.sum())
+
+    def __repr__(self) -> str:
+        n = self.converged.numel()
+        return (f"LocalFit({self.family} from {self.init}: {self.num_steps} steps, "
+                f"{self.num_converged}/{n} converged, mean steps "
+                f"{float(self.steps_used.double().mean()):.0f}, {self.seconds:.1f} s)")
+
+
+def _is_real(support) -> bool:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return support is constraints.real
+
+
+def latent_sites(model, x: torch.Tensor, **kwargs) -> tuple[LatentSite, ...]:
+    """The model's latent sites from one trace of ``model(x, **kwargs)`` (prior samples)."""
+    with torch.no_grad():
+        tr = prune_subsample_sites(poutine.trace(model).get_trace(x, **kwargs))
+    n, sites = int(x.shape[0]), []
+    for name, site in tr.nodes.items():
+        if not is_latent(site):
+            continue
+        fn = site["fn"]
+        if fn.support.is_discrete:
+            raise ContractError(f"latent site '{name}' is discrete ({type(fn).__name__}); "
+                                "local VI needs continuous latents")
+        if tuple(fn.batch_shape) != (n,):
+            raise ContractError(
+                f"latent site '{name}' has batch shape {tuple(fn.batch_shape)}; local guides "
+                f"need latents whose batch shape is the data plate [N] = [{n}] (no plates "
+                "nested inside 'data'; declare event dims with .to_event())")
+        to_support = None if _is_real(fn.support) else biject_to(fn.support)
+        ushape = fn.event_shape if to_support is None else to_support.inverse_shape(
+            fn.event_shape)
+        sites.append(LatentSite(name, fn.event_shape, torch.Size(ushape), to_support))
+    if not sites:
+        raise ContractError("the model has no latent sites: nothing for local VI to fit")
+    return tuple(sites)
+
+
+class LocalGuide(nn.Module):
+    """A guide with one variational distribution per datapoint, keeping the ppvae contract.
+
+    ``guide(x, **kwargs)`` samples every latent site inside ``pyro.plate("data", N)``; x must
+    have the N rows it was fitted on. Its parameters are plain torch parameters (not in Pyro's
+    parameter store); :func:`fit_local` trains them and sets :attr:`fit`.
+    """
+
+    def __init__(self, sites: tuple[LatentSite, ...], families: list[LocalFamily]):
+        super().__init__()
+        self.sites = sites
+        self.families = nn.ModuleList(families)
+        self.family = families[0].family
+        self.num_data = families[0].num_data
+        self.fit: LocalFit | None = None
+        self._path_derivative = False  # set by fit_local while it trains
+
+    def _site_distribution(self, site: LatentSite, fam: LocalFamily,
+                           detach: bool = False) -> dist.TorchDistribution:
+        q = fam.distribution(detach)
+        steps = []
+        if site.unconstrained_shape != (site.dim,):
+            steps.append(ReshapeTransform(torch.Size((site.dim,)), site.unconstrained_shape))
+        if site.to_support is not None:
+            steps.append(site.to_support)
+        return dist.TransformedDistribution(q, steps) if steps else q
+
+    def distributions(self) -> dict[str, dist.TorchDistribution]:
+        """q_n for every latent site: batch shape [N], the site's event shape."""
+        out = {}
+        for s, f in zip(self.sites, self.families, strict=True):
+            q = self._site_distribution(s, f)
+            if self._path_derivative:
+                q = PathDerivative(q, self._site_distribution(s, f, detach=True))
+            out[s.name] = q
+        return out
+
+    def distribution(self, x: torch.Tensor | None = None) -> dist.TorchDistribution:
+        """q_n(z) with batch shape [N] for a single-latent model (as amortized guides expose)."""
+        if len(self.sites) != 1:
+            raise ValueError(f"distribution() needs a single latent site; this guide has "
+                             f"{[s.name for s in self.sites]}: use distributions()")
+        self._check_rows(x)
+        return self._site_distribution(self.sites[0], self.families[0])
+
+    def _check_rows(self, x) -> None:
+        if x is not None and int(x.shape[0]) != self.num_data:
+            raise ContractError(f"this local guide was fitted on N = {self.num_data} datapoints "
+                                f"but x has {int(x.shape[0])} rows; it is tied to those rows")
+
+    def forward(self, x: torch.Tensor, **kwargs) -> None:
+        self._check_rows(x)
+        qs = self.distributions()
+        with pyro.plate(DATA_PLATE, x.shape[0], dim=-1):
+            for name, q in qs.items():
+                pyro.sample(name, q)
+
+
+def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
+              num_steps: int = 1000, num_particles: int = 8, lr: float = 0.1,
+              lr_decay: float = 1e-3, tol: float = 1e-3, window: int = 100, patience: int = 3,
+              freeze_converged: bool = False, num_flows: int = 2, num_init_samples: int = 512,
+              gradient: str = "path",
+              **kwargs) -> LocalGuide:
+    """Fit one q_n per datapoint of ``x`` for ``model``; return the fitted :class:`LocalGuide`.
+
+    Args:
+        model: any model keeping the ppvae contract; its parameters are not changed.
+        x: data ``[N, ...]``; parameters follow its device and dtype.
+        family: "diag", "full" or "flow" (see :mod:`ppvae.local_families`).
+        init: "prior", an amortized guide (semi-amortized refinement starts at its output: exact
+            when it exposes a Gaussian ``.distribution(x)``, moment-matched from samples
+            otherwise), or a fitted :class:`LocalGuide`.
+        num_steps: maximum optimizer steps (0 returns the initialization).
+        num_particles: reparameterized particles per datapoint and step (vectorized).
+        lr, lr_decay: ClippedAdam learning rate (divided by K for the Cholesky and flow
+            matrices), decayed geometrically to ``lr * lr_decay`` over ``num_steps``.
+        tol, window, patience: the per-datapoint convergence rule (module docstring).
+        freeze_converged: stop updating a datapoint once it has converged (default: keep
+            refining it until every datapoint has converged or ``num_steps`` is reached).
+        num_flows: layers of the "flow" family.
+        num_init_samples: samples for moment-matched initialization (prior, non-Gaussian guide).
+        gradient: "path" (the path derivative of Roeder et al. 2017 for the Gaussian families:
+            zero variance where q can equal the posterior; the flow always uses "reparam")
+            or "reparam" (the plain reparameterization gradient of the ELBO).
+        **kwargs: passed to the model (and an initializing guide).
+
+    The result's :attr:`LocalGuide.fit` is a :class:`LocalFit`.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    if gradient not in ("path", "reparam"):
+        raise ValueError(f"gradient must be 'path' or 'reparam', got {gradient!r}")
+    if num_steps < 0 or num_particles < 1 or window < 1 or patience < 1:
+        raise ValueError("need num_steps >= 0, num_particles >= 1, window >= 1, patience >= 1")
+    start = time.perf_counter()
+    if isinstance(init, str) and init != "prior":
+        raise ValueError(f"init must be 'prior' or a guide, got {init!r}")
+    # the prior as a guide keeps the contract; either way x and the model are checked first
+    info = check_pair(model, model if isinstance(init, str) else init, x, **kwargs)
+    sites = latent_sites(model, x, **kwargs)
+    if isinstance(init, str):
+        moments = sampled_moments(model, x, sites, num_init_samples, info.particle_dim, kwargs)
+        label = "prior"
+    else:
+        moments = guide_moments(init, x, sites) or sampled_moments(
+            init, x, sites, num_init_samples, info.particle_dim, kwargs)
+        label = type(init).__name__
+    guide = LocalGuide(sites, [LocalFamily(family, m.to(x.dtype), L.to(x.dtype), num_flows)
+                               for m, L in moments])
+    info = check_pair(model, guide, x, **kwargs)
+    params = list(guide.parameters())
+    # matrix parameters ([N, ..., K, K]) move K entries that add up in each output: lr / K
+    groups = [{"params": [p for p in params if p.dim() == 2]},
+              {"params": [p for p in params if p.dim() > 2],
+               "lr": lr / max(f.dim for f in guide.families)}]
+    optim = ClippedAdam([g for g in groups if g["params"]], lr=lr,
+                        lrd=lr_decay ** (1.0 / max(num_steps, 1)))
+
+    n = int(x.shape[0])
+    active = torch.ones(n, dtype=torch.bool, device=x.device)
+    best = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
+    stale = torch.zeros(n, dtype=torch.long, device=x.device)
+    steps_used = torch.full((n,), num_steps, dtype=torch.long, device=x.device)
+    acc = torch.zeros(n, dtype=x.dtype, device=x.device)
+    last = torch.full((n,), math.nan, dtype=x.dtype, device=x.device)
+    history, any_frozen, step = [], False, 0
+    guide._path_derivative = gradient == "path" and family != "flow"
+    with torch.enable_grad(), pyro.validation_enabled(False):  # checked once by check_pair
+        for step in range(1, num_steps + 1):
+            lw = log_weights(model, guide, x, num_particles, chunk_size=num_particles,
+                             info=info, **kwargs)  # [S, N]
+            elbo_n = lw.mean(0)  # [N]
+            grads = torch.autograd.grad(-elbo_n.sum(), params)
+            old = [p.detach().clone() for p in params] if any_frozen else None
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            optim.step()
+            if old is not None:  # frozen datapoints keep their parameters
+                with torch.no_grad():
+                    for p, o in zip(params, old, strict=True):
+                        p.copy_(torch.where(active.view(-1, *[1] * (p.dim() - 1)), p, o))
+            acc += elbo_n.detach()
+            if step % window == 0 or step == num_steps:
+                mean = acc / (step - (step - 1) // window * window)  # [N] this window's mean
+                last = torch.where(active, mean, last) if freeze_converged else mean
+                improved = active & (mean > best + tol)
+                best = torch.where(improved, mean, best)
+                stale = torch.where(improved, 0, stale + active.long())
+                done = active & (stale >= patience)
+                steps_used = torch.where(done, step, steps_used)
+                active = active & ~done
+                acc.zero_()
+                history.append(float(last.mean()))
+                if freeze_converged:
+                    any_frozen = not bool(active.all())
+                    if not bool(active.any()):
+                        break
+    guide._path_derivative = False
+    for p in params:
+        p.grad = None
+    guide.fit = LocalFit(family, label, step, num_steps, num_particles, ~active, steps_used,
+                         last, tuple(history), time.perf_counter() - start)
+    return guide
