@@ -20,14 +20,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch.distributions import kl_divergence
 
 from ..core.contract import check_pair
-from ..core.weights import PARTICLE_PLATE
+from ..core.trace import trace_pair
 
 __all__ = ["CollapseReport", "gaussian_marginals", "posterior_collapse"]
 
@@ -91,16 +89,9 @@ def posterior_collapse(model, guide, x: torch.Tensor, *, latent: str = "z",
         raise ValueError(f"no latent site '{latent}'; the pair's latent sites are "
                          f"{list(info.latent)}")
 
-    def particles(fn):
-        def wrapped(*args, **kw):
-            with pyro.plate(PARTICLE_PLATE, num_samples, dim=info.particle_dim):
-                return fn(*args, **kw)
-        return wrapped
-
     with torch.no_grad():
-        guide_tr = poutine.trace(particles(guide)).get_trace(x, **kwargs)
-        model_tr = poutine.trace(poutine.replay(particles(model), trace=guide_tr)).get_trace(
-            x, **kwargs)
+        guide_tr, model_tr = trace_pair(model, guide, x, kwargs, particles=num_samples,
+                                        particle_dim=info.particle_dim)
         q = gaussian_marginals(guide_tr.nodes[latent]["fn"], latent, "guide")
         p = gaussian_marginals(model_tr.nodes[latent]["fn"], latent, "model")
         kl = _per_datapoint(kl_divergence(q, p))  # [N, K] averaged over draws

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from pyro import poutine
 
 from ..core.contract import ContractError, check_pair, is_latent, is_observed
+from ..core.trace import trace_pair
 from .collapse import CollapseReport, _unwrap
 
 __all__ = [
@@ -150,8 +151,7 @@ def reconstructions(model, guide, x: torch.Tensor, *, observed: str = "x", image
                     **kwargs) -> Figure:
     """Inputs (top row) above their reconstructions: a guide draw decoded to its mean."""
     with torch.no_grad():
-        guide_tr = poutine.trace(guide).get_trace(x, **kwargs)
-        tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(x, **kwargs)
+        _, tr = trace_pair(model, guide, x, kwargs)
     n = x.shape[0]
     rec = _observed_mean(tr, observed, n)  # [N, D]
     both = torch.cat([x.reshape(n, -1).to(rec.dtype), rec])  # [2N, D]

@@ -28,6 +28,8 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
+from .trace import trace_fn
+
 __all__ = [
     "DATA_PLATE",
     "ContractError",
@@ -139,8 +141,9 @@ def _is_discrete(fn) -> bool:
 
 
 def _trace(fn, role: str, x, kwargs, owner=None):
+    """:func:`trace_fn` of ``fn`` (unpruned), its errors re-raised naming ``role``."""
     try:
-        return prune_subsample_sites(poutine.trace(fn).get_trace(x, **kwargs))
+        return trace_fn(fn, x, kwargs, prune=False)
     except ContractError:
         raise
     except Exception as e:  # re-raised with the role it came from, the original chained
@@ -223,6 +226,7 @@ def check_pair(model, guide, x: torch.Tensor, **kwargs) -> PairInfo:
     with torch.no_grad():
         guide_tr = _trace(guide, "guide", x, kwargs)
         model_tr = _trace(poutine.replay(model, trace=guide_tr), "model", x, kwargs, model)
+        guide_tr, model_tr = prune_subsample_sites(guide_tr), prune_subsample_sites(model_tr)
 
     guide_latent = [
         name for name, s in guide_tr.nodes.items() if s["type"] == "sample" and is_latent(s)

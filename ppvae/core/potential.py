@@ -22,22 +22,12 @@ from typing import NamedTuple
 import pyro
 import torch
 from pyro import poutine
-from pyro.distributions.transforms import biject_to
-from pyro.poutine.util import prune_subsample_sites
 
-from .contract import ContractError, check_pair, is_observed, per_datapoint, site_log_density
-from .weights import PARTICLE_PLATE
+from .contract import check_pair, is_observed, per_datapoint, site_log_density
+from .sites import latent_site
+from .trace import trace_fn
 
-__all__ = ["LatentSite", "Potential", "PotentialTerms", "prior_guide"]
-
-
-class LatentSite(NamedTuple):
-    name: str
-    mid_shape: tuple[int, ...]  # plate dims nested inside "data" (between chain and data dims)
-    event_shape: tuple[int, ...]  # event shape of the site's values
-    unconstrained_event: tuple[int, ...]  # event shape in unconstrained coordinates
-    size: int  # unconstrained coordinates per datapoint
-    transform: object  # biject_to(support): unconstrained -> constrained
+__all__ = ["Potential", "PotentialTerms", "prior_guide"]
 
 
 class PotentialTerms(NamedTuple):
@@ -81,39 +71,16 @@ class Potential:
         self.num_data = info.num_data
         with torch.no_grad():
             tr = self._trace(prior_guide(model), 1, None)
-        self.sites = tuple(self._site(name, tr.nodes[name]) for name in info.latent)
+        self.sites = tuple(latent_site(name, tr.nodes[name], self.num_data, leading=1,
+                                       purpose="HMC and AIS") for name in info.latent)
         self.dim = sum(s.size for s in self.sites)
-
-    def _site(self, name: str, site: dict) -> LatentSite:
-        fn = site["fn"]
-        if fn.support.is_discrete:
-            raise ContractError(
-                f"latent site '{name}' has discrete support {fn.support}; HMC and AIS need "
-                "continuous latents (marginalize it out or use a continuous relaxation)"
-            )
-        t = biject_to(fn.support)
-        u = t.inv(site["value"])  # [1, *mid, N, *uevent]
-        nmid = -self.particle_dim - 2
-        ev = len(fn.event_shape) + (u.dim() - site["value"].dim())
-        shape = tuple(u.shape)
-        mid, uev = shape[1 : 1 + nmid], shape[2 + nmid :]
-        if len(uev) != ev or shape[1 + nmid] != self.num_data:
-            raise ContractError(f"latent site '{name}' has value shape {tuple(shape)} under a "
-                                f"chain plate of size 1; expected [1, ..., N={self.num_data}, ...]")
-        size = 1
-        for d in (*mid, *uev):
-            size *= d
-        return LatentSite(name, tuple(mid), tuple(fn.event_shape), tuple(uev), size, t)
 
     def _trace(self, fn, num_chains: int, values: dict | None):
         if values is not None:
             fn = poutine.condition(fn, data=values)
 
-        def wrapped(x, **kwargs):
-            with pyro.plate(PARTICLE_PLATE, num_chains, dim=self.particle_dim, device=x.device):
-                return fn(x, **kwargs)
-
-        return prune_subsample_sites(poutine.trace(wrapped).get_trace(self.x, **self.kwargs))
+        return trace_fn(fn, self.x, self.kwargs, particles=num_chains,
+                        particle_dim=self.particle_dim)
 
     # --- coordinates -----------------------------------------------------------------------
     def unflatten(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

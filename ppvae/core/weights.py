@@ -17,10 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pyro
 import torch
-from pyro import poutine
-from pyro.poutine.util import prune_subsample_sites
 
 from .contract import (
     PairInfo,
@@ -30,10 +27,9 @@ from .contract import (
     per_datapoint,
     site_log_density,
 )
+from .trace import trace_pair
 
-__all__ = ["PARTICLE_PLATE", "default_chunk_size", "iter_log_weights", "log_weights"]
-
-PARTICLE_PLATE = "_ppvae_particles"
+__all__ = ["default_chunk_size", "iter_log_weights", "log_weights"]
 
 # Datapoint-particle pairs per chunk when the caller gives none: for a 784-pixel model with a
 # 500-unit MLP this keeps each chunk's activations around a few hundred MB.
@@ -44,22 +40,9 @@ def default_chunk_size(num_data: int) -> int:
     return max(1, _PAIRS_PER_CHUNK // max(num_data, 1))
 
 
-def _in_particle_plate(fn, size: int, dim: int, device):
-    def wrapped(*args, **kwargs):
-        with pyro.plate(PARTICLE_PLATE, size, dim=dim, device=device):
-            return fn(*args, **kwargs)
-
-    return wrapped
-
-
 def _chunk(model, guide, x, size: int, info: PairInfo, kwargs) -> torch.Tensor:
     dim = info.particle_dim
-    guide_p = _in_particle_plate(guide, size, dim, x.device)
-    model_p = _in_particle_plate(model, size, dim, x.device)
-    guide_tr = prune_subsample_sites(poutine.trace(guide_p).get_trace(x, **kwargs))
-    model_tr = prune_subsample_sites(
-        poutine.trace(poutine.replay(model_p, trace=guide_tr)).get_trace(x, **kwargs)
-    )
+    guide_tr, model_tr = trace_pair(model, guide, x, kwargs, particles=size, particle_dim=dim)
     shape = torch.Size((size, info.num_data))
     lw = 0.0  # becomes [S, N]: every model has an observed site
     for site in model_tr.nodes.values():

@@ -162,8 +162,8 @@ def _local_guide(sites, family: str, params: list[dict[str, torch.Tensor]],
     for site, p in zip(sites, params, strict=True):
         ref = p["loc"]
         layers = p["shift_weight"].shape[1] if "shift_weight" in p else 1
-        eye = torch.eye(site.dim, dtype=ref.dtype, device=ref.device)
-        fam = LocalFamily(family, ref.new_zeros(1, site.dim), eye[None], layers)
+        eye = torch.eye(site.size, dtype=ref.dtype, device=ref.device)
+        fam = LocalFamily(family, ref.new_zeros(1, site.size), eye[None], layers)
         for name, t in p.items():
             setattr(fam, name, torch.nn.Parameter(t.detach()))
         fam.num_data = ref.shape[0]
@@ -209,8 +209,8 @@ def sharded_fit_local(model, x: torch.Tensor, family: str = "diag", init="prior"
     parts = _map_blocks(one, x.shape[0], block_size, seed, "fit_local")
     sites = latent_sites(model, x[:1], **_model_kwargs(fit_local, options),
                          **_rows(batch_kw, 0, 1))
-    names = [[n for n, _ in LocalFamily(family, x.new_zeros(1, s.dim), torch.eye(
-        s.dim, dtype=x.dtype, device=x.device)[None]).named_parameters()] for s in sites]
+    names = [[n for n, _ in LocalFamily(family, x.new_zeros(1, s.size), torch.eye(
+        s.size, dtype=x.dtype, device=x.device)[None]).named_parameters()] for s in sites]
     params = [{n: _gather([g.families[j].get_parameter(n).detach() for g in parts])
                for n in fam_names} for j, fam_names in enumerate(names)]
     fit = _merge_fits([g.fit for g in parts], [g.num_data for g in parts])

@@ -25,9 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pyro
 import torch
-from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO as PyroELBO
 from pyro.infer import TraceMeanField_ELBO
@@ -38,6 +36,7 @@ from torch.distributions import Independent, Normal
 
 from ..core.bounds import logmeanexp
 from ..core.contract import DATA_PLATE, PairInfo, is_latent, is_observed
+from ..core.trace import particle_plate, trace_pair
 from ..core.weights import log_weights
 from .speedup.recorder import StepRecorder
 
@@ -54,7 +53,6 @@ __all__ = [
     "mean_field",
 ]
 
-_PARTICLES = "_ppvae_train_particles"
 
 
 class SiteScale(ScaleMessenger):
@@ -113,13 +111,11 @@ class ELBO(Objective):
         kwargs = kwargs or {}
         p = self.num_particles
         if p > 1:
-            guide = pyro.plate(_PARTICLES, p, dim=info.particle_dim)(guide)
-            model = pyro.plate(_PARTICLES, p, dim=info.particle_dim)(model)
+            guide = particle_plate(guide, p, info.particle_dim, x.device)
+            model = particle_plate(model, p, info.particle_dim, x.device)
         if not _only_own_handlers():  # outer handlers must see every message: Pyro's handlers
             with SiteScale(data_scale, _in_data_plate):
-                guide_tr = poutine.trace(guide).get_trace(x, **kwargs)
-                model_tr = poutine.trace(poutine.replay(model, trace=guide_tr)).get_trace(
-                    x, **kwargs)
+                guide_tr, model_tr = trace_pair(model, guide, x, kwargs, prune=False)
             guide_sites = {n: s for n, s in guide_tr.nodes.items() if s["type"] == "sample"}
             model_sites = {n: s for n, s in model_tr.nodes.items() if s["type"] == "sample"}
         else:  # the same semantics in one frame (ppvae.recorder)

@@ -29,15 +29,13 @@ variational autoencoders".
 
 from __future__ import annotations
 
-import pyro
 import pyro.distributions as dist
 import torch
-from pyro import poutine
 from torch import nn
 from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 
-from ...core.weights import PARTICLE_PLATE
+from ...core.trace import trace_fn
 
 __all__ = [
     "FAMILIES", "LocalAutoregressive", "LocalFamily", "PathDerivative", "gaussian_moments",
@@ -208,31 +206,27 @@ def gaussian_moments(q, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor] | N
 def sampled_moments(fn, x, sites, num_samples: int, particle_dim: int, kwargs):
     """Mean [N, K] and Cholesky [N, K, K] of each latent site's unconstrained samples under
     ``fn`` (the sites are :class:`ppvae.local.LatentSite` records)."""
-    def plated(*args, **kw):
-        with pyro.plate(PARTICLE_PLATE, num_samples, dim=particle_dim, device=x.device):
-            return fn(*args, **kw)
-
     with torch.no_grad():
-        tr = poutine.trace(plated).get_trace(x, **kwargs)
+        tr = trace_fn(fn, x, kwargs, particles=num_samples, particle_dim=particle_dim)
     n, out = int(x.shape[0]), []
     for site in sites:
         v = tr.nodes[site.name]["value"]
-        if site.to_support is not None:
-            v = site.to_support.inv(v)
-        v = v.reshape(num_samples, n, site.dim)  # [S, N, K]
+        if not site.is_real:
+            v = site.transform.inv(v)
+        v = v.reshape(num_samples, n, site.size)  # [S, N, K]
         mean = v.mean(0)  # [N, K]
         c = v - mean
         cov = torch.einsum("sni,snj->nij", c, c) / (num_samples - 1)  # [N, K, K]
         jitter = 1e-6 * cov.diagonal(0, -2, -1).mean(-1).clamp(min=1e-12)  # [N]
-        eye = torch.eye(site.dim, dtype=v.dtype, device=v.device)
+        eye = torch.eye(site.size, dtype=v.dtype, device=v.device)
         out.append((mean, torch.linalg.cholesky(cov + jitter[:, None, None] * eye)))
     return out
 
 
 def guide_moments(guide, x, sites):
     """Exact moments from ``guide.distribution(x)`` when it is a Gaussian; else None."""
-    if not hasattr(guide, "distribution") or len(sites) != 1 or sites[0].to_support is not None:
+    if not hasattr(guide, "distribution") or len(sites) != 1 or not sites[0].is_real:
         return None
     with torch.no_grad():
-        m = gaussian_moments(guide.distribution(x), int(x.shape[0]), sites[0].dim)
+        m = gaussian_moments(guide.distribution(x), int(x.shape[0]), sites[0].size)
     return None if m is None else [m]

@@ -33,10 +33,10 @@ from pyro import poutine
 from pyro.optim.clipped_adam import ClippedAdam
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
-from torch.distributions import biject_to, constraints
 from torch.distributions.transforms import ReshapeTransform
 
 from ...core.contract import DATA_PLATE, ContractError, check_pair, is_latent
+from ...core.sites import LatentSite, latent_site
 from ...core.weights import log_weights
 from .families import (
     FAMILIES,
@@ -46,20 +46,7 @@ from .families import (
     sampled_moments,
 )
 
-__all__ = ["LatentSite", "LocalFit", "LocalGuide", "fit_local", "latent_sites"]
-
-
-class LatentSite(NamedTuple):
-    """A latent site of the model, as the local guide sees it."""
-
-    name: str
-    event_shape: torch.Size  # the site's event shape in the model
-    unconstrained_shape: torch.Size  # its event shape on the unconstrained (real) space
-    to_support: object  # a Transform from that space onto the support, or None for reals
-
-    @property
-    def dim(self) -> int:
-        return math.prod(self.unconstrained_shape)
+__all__ = ["LocalFit", "LocalGuide", "fit_local", "latent_sites"]
 
 
 class LocalFit(NamedTuple):
@@ -87,12 +74,6 @@ class LocalFit(NamedTuple):
                 f"{float(self.steps_used.double().mean()):.0f}, {self.seconds:.1f} s)")
 
 
-def _is_real(support) -> bool:
-    while isinstance(support, constraints.independent):
-        support = support.base_constraint
-    return support is constraints.real
-
-
 def latent_sites(model, x: torch.Tensor, **kwargs) -> tuple[LatentSite, ...]:
     """The model's latent sites from one trace of ``model(x, **kwargs)`` (prior samples)."""
     with torch.no_grad():
@@ -101,19 +82,13 @@ def latent_sites(model, x: torch.Tensor, **kwargs) -> tuple[LatentSite, ...]:
     for name, site in tr.nodes.items():
         if not is_latent(site):
             continue
-        fn = site["fn"]
-        if fn.support.is_discrete:
-            raise ContractError(f"latent site '{name}' is discrete ({type(fn).__name__}); "
-                                "local VI needs continuous latents")
-        if tuple(fn.batch_shape) != (n,):
+        s = latent_site(name, site, n, leading=0, purpose="local VI")
+        if s.mid_shape:
             raise ContractError(
-                f"latent site '{name}' has batch shape {tuple(fn.batch_shape)}; local guides "
+                f"latent site '{name}' has batch shape {(*s.mid_shape, n)}; local guides "
                 f"need latents whose batch shape is the data plate [N] = [{n}] (no plates "
                 "nested inside 'data'; declare event dims with .to_event())")
-        to_support = None if _is_real(fn.support) else biject_to(fn.support)
-        ushape = fn.event_shape if to_support is None else to_support.inverse_shape(
-            fn.event_shape)
-        sites.append(LatentSite(name, fn.event_shape, torch.Size(ushape), to_support))
+        sites.append(s)
     if not sites:
         raise ContractError("the model has no latent sites: nothing for local VI to fit")
     return tuple(sites)
@@ -140,10 +115,11 @@ class LocalGuide(nn.Module):
                            detach: bool = False) -> dist.TorchDistribution:
         q = fam.distribution(detach)
         steps = []
-        if site.unconstrained_shape != (site.dim,):
-            steps.append(ReshapeTransform(torch.Size((site.dim,)), site.unconstrained_shape))
-        if site.to_support is not None:
-            steps.append(site.to_support)
+        if site.unconstrained_event != (site.size,):
+            steps.append(ReshapeTransform(torch.Size((site.size,)),
+                                          torch.Size(site.unconstrained_event)))
+        if not site.is_real:
+            steps.append(site.transform)
         return dist.TransformedDistribution(q, steps) if steps else q
 
     def distributions(self) -> dict[str, dist.TorchDistribution]:
