@@ -30,6 +30,7 @@ from pyro.optim import ClippedAdam
 from torch.distributions import constraints
 
 import ppvae
+import ppvae.core.device
 
 
 def parse_args():
@@ -142,7 +143,7 @@ def main():
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = ppvae.resolve_device()
+    device = ppvae.core.device.resolve_device()
     pyro.set_rng_seed(args.seed)
     data = ppvae.data.load_dataset("binarized-mnist", path=args.data, download=False,
                                    device=device)

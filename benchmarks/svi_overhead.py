@@ -25,6 +25,7 @@ from ppvae.models import VAE
 from torch.nn import functional as F
 
 import ppvae
+import ppvae.core.device
 
 
 def hand_written(vae: VAE, x: torch.Tensor, batch: int, steps: int) -> float:
@@ -92,7 +93,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     pyro.enable_validation(args.validation)
-    dev = ppvae.resolve_device(args.device)
+    dev = ppvae.core.device.resolve_device(args.device)
     print(f"device {dev}, {args.threads} thread(s), Pyro validation {args.validation}, "
           f"{args.steps} steps x {args.rounds} interleaved rounds, median ms/step")
     print("| batch | hand-written | ppvae.fit | fit(jit=True) | Pyro SVI | fit / hand "

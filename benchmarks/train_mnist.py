@@ -24,6 +24,7 @@ import torch
 from ppvae.models import VAE
 
 import ppvae
+import ppvae.core.device
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist.npz"
 
@@ -61,7 +62,7 @@ def main(argv=None) -> None:
     if not args.data.exists():
         raise SystemExit(f"data not found: {args.data} (pass --data)")
 
-    dev = ppvae.resolve_device(args.device)
+    dev = ppvae.core.device.resolve_device(args.device)
     ds = ppvae.data.load_dataset("binarized-mnist", path=args.data, download=False, device=dev)
     train = ds.train[: args.train_subset] if args.train_subset else ds.train
     g = torch.Generator().manual_seed(args.seed)

@@ -2,39 +2,25 @@
 
 Models are Pyro model functions, guides are Pyro guides; the engine checks their contract
 (:func:`check_pair`), computes per-datapoint log weights from traces (:func:`log_weights`), and
-builds bounds (:func:`elbo`, :func:`iwae`) and exact references (:mod:`ppvae.ppca`) on them.
+builds bounds (:func:`elbo`, :func:`iwae`), reference inference (:func:`ais`, :func:`hmc`,
+:func:`nuts`, :func:`fit_local`) and the gap decomposition (:func:`gaps`) on them. This module
+re-exports what a user calls; everything else stays importable from its subpackage
+(``ppvae.core``, ``ppvae.infer``, ``ppvae.train``, ``ppvae.analysis``, ``ppvae.distributed``).
 """
 
 from . import data, distributed
-from .analysis.compare import PosteriorComparison, PosteriorSummary, compare_posteriors
-from .analysis.gaps import gaps, register_log_px
-from .analysis.ppca import (
-    PPCAParams,
-    gaussian_kl,
-    mean_field_gap,
-    ppca_kl_to_posterior,
-    ppca_log_marginal,
-    ppca_mle,
-    ppca_posterior,
-)
+from .analysis.compare import PosteriorComparison, compare_posteriors
+from .analysis.gaps import gaps
+from .analysis.ppca import ppca_log_marginal, ppca_mle, ppca_posterior
 from .analysis.report import GapReport, GapRow, LogPx
-from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights, logmeanexp
+from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights
 from .core.contract import ContractError, PairInfo, check_pair
-from .core.device import resolve_device
-from .core.globals import fix_globals, global_latent_names, global_values
-from .core.potential import Potential
-from .core.weights import iter_log_weights, log_weights
-from .distributed.gaps import sharded_gaps
-from .distributed.sharded import (
-    sharded_ais,
-    sharded_elbo,
-    sharded_fit_local,
-    sharded_iwae,
-    sharded_log_weights,
-)
-from .infer.ais import AISResult, ais, ais_log_px
+from .core.globals import fix_globals
+from .core.weights import log_weights
+from .infer.ais import AISResult, ais
 from .infer.bdmc import BDMCResult, bdmc
-from .infer.hmc import Diagnostics, HMCResult, diagnostics, hmc, to_inference_data
+from .infer.diagnostics import Diagnostics, diagnostics, to_inference_data
+from .infer.hmc import HMCResult, hmc
 from .infer.local.vi import LocalFit, LocalGuide, fit_local
 from .infer.nuts import NUTSResult, nuts
 from .train.checkpoint import CheckpointError
@@ -62,11 +48,8 @@ __all__ = [
     "LocalGuide",
     "LogPx",
     "NUTSResult",
-    "PPCAParams",
     "PairInfo",
     "PosteriorComparison",
-    "PosteriorSummary",
-    "Potential",
     "PyroObjective",
     "__version__",
     "ais",
@@ -83,32 +66,15 @@ __all__ = [
     "fit_local",
     "fix_globals",
     "gaps",
-    "gaussian_kl",
-    "global_latent_names",
-    "global_values",
     "hmc",
-    "iter_log_weights",
     "iwae",
     "iwae_from_log_weights",
     "kl_warmup",
     "log_weights",
-    "logmeanexp",
     "mean_field",
-    "mean_field_gap",
     "nuts",
-    "ppca_kl_to_posterior",
     "ppca_log_marginal",
     "ppca_mle",
     "ppca_posterior",
-    "register_log_px",
-    "resolve_device",
-    "sharded_ais",
-    "sharded_elbo",
-    "sharded_fit_local",
-    "sharded_gaps",
-    "sharded_iwae",
-    "sharded_log_weights",
     "to_inference_data",
 ]
-
-register_log_px("ais", ais_log_px)

@@ -27,7 +27,7 @@ from torch.distributions import kl_divergence
 from ..core.contract import check_pair
 from ..core.trace import trace_pair
 
-__all__ = ["CollapseReport", "gaussian_marginals", "posterior_collapse"]
+__all__ = ["CollapseReport", "base_distribution", "gaussian_marginals", "posterior_collapse"]
 
 
 class CollapseReport(NamedTuple):
@@ -49,7 +49,8 @@ class CollapseReport(NamedTuple):
         return int(self.active.sum())
 
 
-def _unwrap(fn):
+def base_distribution(fn):
+    """``fn`` without its Independent, Masked and Expanded wrappers."""
     while isinstance(fn, dist.Independent | dist.MaskedDistribution | dist.ExpandedDistribution):
         fn = fn.base_dist
     return fn
@@ -57,7 +58,7 @@ def _unwrap(fn):
 
 def gaussian_marginals(fn, site: str, role: str) -> dist.Normal:
     """One-dimensional Gaussian marginals of a site's distribution: ``Normal`` [..., K]."""
-    base = _unwrap(fn)
+    base = base_distribution(fn)
     if isinstance(base, dist.Normal) and len(fn.event_shape) == 1:
         return dist.Normal(base.loc.expand(fn.shape()), base.scale.expand(fn.shape()))
     if isinstance(base, dist.MultivariateNormal):

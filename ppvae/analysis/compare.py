@@ -20,7 +20,7 @@ import torch
 from torch.distributions import MultivariateNormal
 
 from ..core.potential import Potential
-from ..infer.hmc import _arviz, to_inference_data
+from ..infer.diagnostics import import_arviz, to_inference_data
 
 __all__ = ["PosteriorComparison", "PosteriorSummary", "compare_posteriors"]
 
@@ -53,7 +53,7 @@ class PosteriorComparison(NamedTuple):
     def plot(self, path: str, max_dims: int = 4):
         """ArviZ density overlay of every method, one panel per (datapoint, coordinate) for the
         first ``max_dims`` coordinates, saved to ``path`` (PNG). Returns the figure."""
-        az = _arviz()
+        az = import_arviz()
         datas = [to_inference_data({"z": s.samples[..., :max_dims].unsqueeze(0)},
                                    datapoints=self.datapoints) for s in self.summaries]
         axes = az.plot_density(datas, data_labels=[s.method for s in self.summaries],

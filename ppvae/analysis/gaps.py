@@ -8,9 +8,9 @@ datapoint separately (fitted by :func:`ppvae.fit_local`, started at q's output):
 
 :func:`gaps` estimates every term per datapoint with its Monte Carlo standard error and records
 which estimator produced each number. log p(x) comes from ``log_px``: exact values (PPCA), the
-IWAE bound from the best available proposal (the fitted q* with the highest ELBO), a registered
-estimator name (see :func:`register_log_px`; the reference-inference module registers "ais"),
-or any callable ``fn(model, x, proposal, model_kwargs, **options) -> LogPx``. The result is a
+IWAE bound from the best available proposal (the fitted q* with the highest ELBO), a name in
+:data:`LOG_PX` ("iwae", "ais"), or any callable
+``fn(model, x, proposal, model_kwargs, **options) -> LogPx``. The result is a
 :class:`ppvae.gap_report.GapReport` (markdown, JSON round trip, PNG).
 """
 
@@ -18,43 +18,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
 import torch
 
 from ..core.bounds import elbo, iwae
 from ..core.contract import check_pair
+from ..infer.ais import ais_log_px
 from ..infer.local.families import FAMILIES
 from ..infer.local.vi import LocalGuide, fit_local
 from .report import Estimators, GapReport, GapRow, LogPx
 
-__all__ = ["LogPx", "gaps", "infer_family", "log_px_estimators", "register_log_px"]
+__all__ = ["LOG_PX", "LogPx", "gaps", "infer_family", "iwae_log_px"]
 
-_ESTIMATORS: dict[str, Callable[..., LogPx]] = {}
-
-
-def register_log_px(name: str, fn: Callable[..., LogPx]) -> None:
-    """Make ``gaps(..., log_px=name)`` call ``fn(model, x, proposal, model_kwargs, **options)``.
-
-    ``proposal`` is the best guide :func:`gaps` has (a fitted q* if any); ``options`` are the
-    ``log_px_options`` given to :func:`gaps`. ``fn`` returns a :class:`LogPx`. This is the hook
-    for estimators defined elsewhere, e.g. annealed importance sampling as ``"ais"``.
-    """
-    _ESTIMATORS[name] = fn
-
-
-def log_px_estimators() -> tuple[str, ...]:
-    """Names accepted as ``gaps(..., log_px=name)``."""
-    return tuple(sorted(_ESTIMATORS))
-
-
-def _iwae_log_px(model, x, proposal, model_kwargs, *, k: int = 1000, num_estimates: int = 1,
-                 chunk_size: int | None = None, label: str = "") -> LogPx:
+def iwae_log_px(model, x, proposal, model_kwargs, *, k: int = 1000, num_estimates: int = 1,
+                chunk_size: int | None = None) -> LogPx:
+    """log p(x) by the IWAE_k bound with ``proposal`` as the importance distribution."""
     b = iwae(model, proposal, x, k, num_estimates=num_estimates, chunk_size=chunk_size,
              **model_kwargs)
-    return LogPx(b.per_datapoint, b.stderr, f"IWAE_{k} from {label or type(proposal).__name__}")
+    source = (f"local {proposal.family} q*" if isinstance(proposal, LocalGuide)
+              else type(proposal).__name__)
+    return LogPx(b.per_datapoint, b.stderr, f"IWAE_{k} from {source}")
 
 
-register_log_px("iwae", _iwae_log_px)
+# the estimators ``gaps(..., log_px=name)`` knows by name; any other is passed as a callable
+LOG_PX: Mapping[str, Callable[..., LogPx]] = MappingProxyType(
+    {"iwae": iwae_log_px, "ais": ais_log_px})
 
 
 def infer_family(guide, x: torch.Tensor) -> str:
@@ -96,8 +85,8 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
         model: a model keeping the ppvae contract.
         guides: one amortized guide, or a mapping name -> guide.
         x: data ``[N, ...]`` (every datapoint gets its own q*).
-        log_px: a tensor ``[N]`` of exact values, a registered estimator name ("iwae" by
-            default; see :func:`log_px_estimators`), or a callable (module docstring).
+        log_px: a tensor ``[N]`` of exact values, a name in :data:`LOG_PX` ("iwae" by
+            default, "ais"), or a callable (module docstring).
         families: q*'s family per guide (str or mapping); default :func:`infer_family`.
         local: already fitted q* per guide name (skips :func:`fit_local` for those).
         local_steps, local_options: :func:`fit_local`'s ``num_steps`` and other options.
@@ -138,16 +127,10 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
         best = max(partial, key=lambda r: r[3].mean)  # the q* with the highest ELBO
         proposal = local[best[0]]
         options = dict(log_px_options or {})
-        if isinstance(log_px, str):
-            if log_px not in _ESTIMATORS:
-                raise ValueError(
-                    f"unknown log_px estimator {log_px!r}; registered: {log_px_estimators()} "
-                    "(register more with ppvae.register_log_px, or pass a tensor or callable)")
-            if log_px == "iwae":
-                options.setdefault("label", f"local {best[1]} q* ({best[0]})")
-            fn = _ESTIMATORS[log_px]
-        else:
-            fn = log_px
+        if isinstance(log_px, str) and log_px not in LOG_PX:
+            raise ValueError(f"unknown log_px estimator {log_px!r}; known: {sorted(LOG_PX)} "
+                             "(or pass a tensor of exact values, or a callable)")
+        fn = LOG_PX[log_px] if isinstance(log_px, str) else log_px
         with torch.no_grad():
             ref = _as_log_px(fn(model, x, proposal, kwargs, **options))
     if ref.per_datapoint.shape != x.shape[:1]:

@@ -33,7 +33,7 @@ from pyro import poutine
 
 from ..core.contract import ContractError, check_pair, is_latent, is_observed
 from ..core.trace import trace_pair
-from .collapse import CollapseReport, _unwrap
+from .collapse import CollapseReport, base_distribution
 
 __all__ = [
     "collapse_plot",
@@ -173,7 +173,7 @@ def latent_manifold(model, template: torch.Tensor, *, latent: str = "z", n: int 
     if tuple(site["fn"].event_shape) != (2,):
         raise ValueError(f"the latent manifold needs a 2-D latent; site '{latent}' has event "
                          f"shape {tuple(site['fn'].event_shape)}")
-    base = _unwrap(site["fn"])
+    base = base_distribution(site["fn"])
     u = torch.linspace(0.5 / n, 1 - 0.5 / n, n, dtype=template.dtype, device=template.device)
     grid = torch.stack(torch.meshgrid(u, u.flip(0), indexing="xy"), -1).reshape(-1, 2)  # [n*n, 2]
     try:

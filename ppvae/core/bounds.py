@@ -31,6 +31,7 @@ from .weights import default_chunk_size, iter_log_weights
 
 __all__ = [
     "Bound",
+    "delta_stderr",
     "elbo",
     "elbo_from_log_weights",
     "iwae",
@@ -72,7 +73,9 @@ def logmeanexp(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.logsumexp(t, dim=dim) - math.log(t.shape[dim])
 
 
-def _delta_stderr(lse1: torch.Tensor, lse2: torch.Tensor, k: int) -> torch.Tensor:
+def delta_stderr(lse1: torch.Tensor, lse2: torch.Tensor, k: int) -> torch.Tensor:
+    """Delta-method s.e. of ``log mean w`` from ``lse1 = logsumexp(log w)`` and
+    ``lse2 = logsumexp(2 log w)`` over ``k`` weights (NaN for ``k < 2``)."""
     # mean(w^2) / mean(w)^2 = exp(lse2 - 2 lse1) * k; unbiased variance factor k / (k - 1)
     if k < 2:
         return torch.full_like(lse1, float("nan"))
@@ -96,13 +99,13 @@ def iwae_from_log_weights(lw: torch.Tensor, k: int) -> Bound:
     if k < 1 or k > s:
         raise ValueError(f"k must be in [1, {s}] for {s} log weights per datapoint, got {k}")
     if k == 1:
-        return elbo_from_log_weights(lw)._replace(name="iwae")
+        return elbo_from_log_weights(lw)  # IWAE_1 is the ELBO, named so as iwae(k=1) does
     groups = s // k
     est = logmeanexp(lw[: groups * k].reshape(groups, k, -1), dim=1)  # [G, N]
     if groups > 1:
         se = est.std(0) / math.sqrt(groups)
     else:
-        se = _delta_stderr(torch.logsumexp(lw[:k], 0), torch.logsumexp(2 * lw[:k], 0), k)
+        se = delta_stderr(torch.logsumexp(lw[:k], 0), torch.logsumexp(2 * lw[:k], 0), k)
     ess = None
     if groups == 1:
         ess = torch.exp(2 * torch.logsumexp(lw[:k], 0) - torch.logsumexp(2 * lw[:k], 0))
@@ -188,6 +191,6 @@ def iwae(
     elif k == 1:
         se = torch.full_like(est[0], float("nan"))
     else:
-        se = _delta_stderr(lse1, lse2, k)
+        se = delta_stderr(lse1, lse2, k)
         ess = torch.exp(2 * lse1 - lse2)  # Kish ESS of the k weights: (sum w)^2 / sum w^2
     return Bound("iwae" if k > 1 else "elbo", k, est.mean(0), se, k * num_estimates, ess)

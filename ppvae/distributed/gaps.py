@@ -29,7 +29,14 @@ from ..analysis.gaps import gaps, infer_family
 from ..analysis.report import GapReport, GapRow
 from ..infer.local.vi import LocalGuide
 from . import process as ddp
-from .sharded import _gather, _map_blocks, _metas, _rows, local_guide_rows, sharded_fit_local
+from .sharded import (
+    block_rows,
+    gather_block_meta,
+    gather_blocks,
+    local_guide_rows,
+    map_blocks,
+    sharded_fit_local,
+)
 
 __all__ = ["sharded_gaps"]
 
@@ -40,7 +47,7 @@ _TENSORS = ("log_px", "log_px_se", "elbo_local", "elbo_local_se", "elbo_amortize
 def _gather_cpu(parts: list[torch.Tensor]) -> torch.Tensor:
     """Gather report columns (float64 CPU tensors) through the backend's device."""
     dev = ddp.default_device()
-    return _gather([p.to(dev) for p in parts]).cpu()
+    return gather_blocks([p.to(dev) for p in parts]).cpu()
 
 
 def _slowest(timings: list[tuple[str, float]]) -> dict[str, float]:
@@ -94,10 +101,11 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
         ref = exact[lo:hi] if exact is not None else x.new_zeros(hi - lo)
         return gaps(model, guides, x[lo:hi], ref, families=fams,
                     local={k: local_guide_rows(q, lo, hi) for k, q in qstar.items()},
-                    num_samples=num_samples, **kwargs, **_rows(batch_kw, lo, hi))
+                    num_samples=num_samples, **kwargs, **block_rows(batch_kw, lo, hi))
 
-    reports = _map_blocks(elbos, n, block_size, seed, "gap_elbos")
-    metas = _metas([[(r.guide, r.family, r.estimators) for r in rep.rows] for rep in reports])[0]
+    reports = map_blocks(elbos, n, block_size, seed, "gap_elbos")
+    metas = gather_block_meta([[(r.guide, r.family, r.estimators) for r in rep.rows]
+                               for rep in reports])[0]
     columns = [{f: _gather_cpu([getattr(rep.rows[i], f) for rep in reports]) for f in _TENSORS}
                for i in range(len(metas))]
     stage = _slowest([t for rep in reports for t in rep.timings])
@@ -115,11 +123,11 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
         def reference(lo, hi):
             rep = gaps(model, {best: guides[best]}, x[lo:hi], log_px, families=fams,
                        local={best: local_guide_rows(qstar[best], lo, hi)}, num_samples=2,
-                       log_px_options=log_px_options, **kwargs, **_rows(batch_kw, lo, hi))
+                       log_px_options=log_px_options, **kwargs, **block_rows(batch_kw, lo, hi))
             return rep.rows[0], rep.timings
 
-        refs = _map_blocks(reference, n, block_size, seed, "log_px")
-        label = _metas([r.estimators.log_px for r, _ in refs])[0]
+        refs = map_blocks(reference, n, block_size, seed, "log_px")
+        label = gather_block_meta([r.estimators.log_px for r, _ in refs])[0]
         log_px_col = _gather_cpu([r.log_px for r, _ in refs])
         log_px_se = _gather_cpu([r.log_px_se for r, _ in refs])
         for c in columns:

@@ -111,7 +111,8 @@ def shutdown() -> None:
 
 
 def default_device() -> torch.device:
-    """This rank's device: GPU ``LOCAL_RANK`` under NCCL, else :func:`ppvae.resolve_device`."""
+    """This rank's device: GPU ``LOCAL_RANK`` under NCCL, else
+    :func:`ppvae.core.device.resolve_device`."""
     if is_distributed() and dist.get_backend() == "nccl":
         return torch.device("cuda", local_rank())
     return resolve_device(None)

@@ -38,7 +38,11 @@ from . import process as ddp
 
 __all__ = [
     "block_ranges",
+    "block_rows",
+    "gather_block_meta",
+    "gather_blocks",
     "local_guide_rows",
+    "map_blocks",
     "sharded_ais",
     "sharded_elbo",
     "sharded_fit_local",
@@ -64,7 +68,7 @@ def _block_seed(seed: int, stage: str, block: int) -> int:
     return int(np.random.SeedSequence([seed, _STAGES[stage], block]).generate_state(1)[0])
 
 
-def _map_blocks(fn, n: int, block_size: int, seed: int, stage: str) -> list:
+def map_blocks(fn, n: int, block_size: int, seed: int, stage: str) -> list:
     """``[fn(start, stop)]`` over this rank's blocks, each under its own seed."""
     state = get_rng_state()
     try:
@@ -77,16 +81,16 @@ def _map_blocks(fn, n: int, block_size: int, seed: int, stage: str) -> list:
         set_rng_state(state)
 
 
-def _rows(kw: dict | None, lo: int, hi: int) -> dict:
+def block_rows(kw: dict | None, lo: int, hi: int) -> dict:
     return {k: v[lo:hi] for k, v in (kw or {}).items()}
 
 
-def _gather(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
+def gather_blocks(parts: list[torch.Tensor], dim: int = 0) -> torch.Tensor:
     """This rank's blocks concatenated along ``dim``, gathered from all ranks in order."""
     return ddp.gather_rows(torch.cat(parts, dim) if parts else None, dim)
 
 
-def _metas(local: list) -> list:
+def gather_block_meta(local: list) -> list:
     """Every block's metadata over all ranks, in block order."""
     return [m for ms in ddp.gather_objects(local) for m in ms]
 
@@ -98,16 +102,16 @@ def sharded_log_weights(model, guide, x: torch.Tensor, num_samples: int = 1, *, 
     def one(lo, hi):
         with torch.no_grad():
             return log_weights(model, guide, x[lo:hi], num_samples, chunk_size=chunk_size,
-                               **kwargs, **_rows(batch_kw, lo, hi))  # [S, B]
-    return _gather(_map_blocks(one, x.shape[0], block_size, seed, "log_weights"), 1)
+                               **kwargs, **block_rows(batch_kw, lo, hi))  # [S, B]
+    return gather_blocks(map_blocks(one, x.shape[0], block_size, seed, "log_weights"), 1)
 
 
 def _merge_bounds(parts: list[Bound]) -> Bound:
-    first = _metas([(b.name, b.k, b.num_samples, b.ess is not None) for b in parts])[0]
+    first = gather_block_meta([(b.name, b.k, b.num_samples, b.ess is not None) for b in parts])[0]
     name, k, num_samples, has_ess = first
-    ess = _gather([b.ess for b in parts]) if has_ess else None
-    return Bound(name, k, _gather([b.per_datapoint for b in parts]),
-                 _gather([b.stderr for b in parts]), num_samples, ess)
+    ess = gather_blocks([b.ess for b in parts]) if has_ess else None
+    return Bound(name, k, gather_blocks([b.per_datapoint for b in parts]),
+                 gather_blocks([b.stderr for b in parts]), num_samples, ess)
 
 
 def sharded_elbo(model, guide, x: torch.Tensor, num_samples: int = 100, *, seed: int = 0,
@@ -117,8 +121,8 @@ def sharded_elbo(model, guide, x: torch.Tensor, num_samples: int = 100, *, seed:
     def one(lo, hi):
         with torch.no_grad():
             return elbo(model, guide, x[lo:hi], num_samples, chunk_size=chunk_size, **kwargs,
-                        **_rows(batch_kw, lo, hi))
-    return _merge_bounds(_map_blocks(one, x.shape[0], block_size, seed, "elbo"))
+                        **block_rows(batch_kw, lo, hi))
+    return _merge_bounds(map_blocks(one, x.shape[0], block_size, seed, "elbo"))
 
 
 def sharded_iwae(model, guide, x: torch.Tensor, k: int, *, num_estimates: int = 1,
@@ -128,24 +132,27 @@ def sharded_iwae(model, guide, x: torch.Tensor, k: int, *, num_estimates: int = 
     def one(lo, hi):
         with torch.no_grad():
             return iwae(model, guide, x[lo:hi], k, num_estimates=num_estimates,
-                        chunk_size=chunk_size, **kwargs, **_rows(batch_kw, lo, hi))
-    return _merge_bounds(_map_blocks(one, x.shape[0], block_size, seed, "iwae"))
+                        chunk_size=chunk_size, **kwargs, **block_rows(batch_kw, lo, hi))
+    return _merge_bounds(map_blocks(one, x.shape[0], block_size, seed, "iwae"))
 
 
 def sharded_ais(model, x: torch.Tensor, *, seed: int = 0, block_size: int = 256,
                 batch_kw: dict | None = None, **options) -> AISResult:
     """:func:`ppvae.ais` sharded over ranks (module docstring); ``options`` go to it."""
-    parts = _map_blocks(lambda lo, hi: ais(model, x[lo:hi], **options, **_rows(batch_kw, lo, hi)),
+    parts = map_blocks(lambda lo, hi: ais(model, x[lo:hi], **options,
+                                          **block_rows(batch_kw, lo, hi)),
                         x.shape[0], block_size, seed, "ais")
     guide = options.get("guide") or model
     pd = check_pair(model, guide, x[:1], **_model_kwargs(ais, options),
-                    **_rows(batch_kw, 0, 1)).particle_dim
-    sites, num_steps = _metas([(tuple(r.samples), r.num_steps) for r in parts])[0]
-    samples = {s: _gather([r.samples[s] for r in parts], -pd - 1) for s in sites}  # N after mid
-    return AISResult(_gather([r.per_datapoint for r in parts]), _gather([r.stderr for r in parts]),
-                     _gather([r.log_weights for r in parts], 1),
-                     _gather([r.accept_rate for r in parts], 1),
-                     _gather([r.step_size for r in parts], 1), samples, num_steps)
+                    **block_rows(batch_kw, 0, 1)).particle_dim
+    sites, num_steps = gather_block_meta([(tuple(r.samples), r.num_steps) for r in parts])[0]
+    # N after mid
+    samples = {s: gather_blocks([r.samples[s] for r in parts], -pd - 1) for s in sites}
+    return AISResult(gather_blocks([r.per_datapoint for r in parts]),
+                     gather_blocks([r.stderr for r in parts]),
+                     gather_blocks([r.log_weights for r in parts], 1),
+                     gather_blocks([r.accept_rate for r in parts], 1),
+                     gather_blocks([r.step_size for r in parts], 1), samples, num_steps)
 
 
 def _model_kwargs(fn, options: dict) -> dict:
@@ -181,7 +188,8 @@ def local_guide_rows(guide: LocalGuide, start: int, stop: int) -> LocalGuide:
 
 
 def _merge_fits(fits: list[LocalFit], rows: list[int]) -> LocalFit:
-    metas = _metas([(f.family, f.init, f.num_steps, f.max_steps, f.num_particles, f.history,
+    metas = gather_block_meta([(f.family, f.init, f.num_steps, f.max_steps, f.num_particles,
+                                f.history,
                      r) for f, r in zip(fits, rows, strict=True)])
     seconds = max(ddp.gather_objects(sum(f.seconds for f in fits)))  # wall clock: slowest rank
     length = max(len(m[5]) for m in metas)
@@ -191,8 +199,9 @@ def _merge_fits(fits: list[LocalFit], rows: list[int]) -> LocalFit:
     history = tuple((weights @ hist / weights.sum()).tolist()) if length else ()
     family, init, _, max_steps, particles = metas[0][:5]
     return LocalFit(family, init, max(m[2] for m in metas), max_steps, particles,
-                    _gather([f.converged for f in fits]), _gather([f.steps_used for f in fits]),
-                    _gather([f.elbo for f in fits]), history, seconds)
+                    gather_blocks([f.converged for f in fits]),
+                    gather_blocks([f.steps_used for f in fits]),
+                    gather_blocks([f.elbo for f in fits]), history, seconds)
 
 
 def sharded_fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
@@ -204,14 +213,14 @@ def sharded_fit_local(model, x: torch.Tensor, family: str = "diag", init="prior"
     :class:`LocalGuide` over all N rows (each block starts from its rows)."""
     def one(lo, hi):
         start = local_guide_rows(init, lo, hi) if isinstance(init, LocalGuide) else init
-        return fit_local(model, x[lo:hi], family, start, **options, **_rows(batch_kw, lo, hi))
+        return fit_local(model, x[lo:hi], family, start, **options, **block_rows(batch_kw, lo, hi))
 
-    parts = _map_blocks(one, x.shape[0], block_size, seed, "fit_local")
+    parts = map_blocks(one, x.shape[0], block_size, seed, "fit_local")
     sites = latent_sites(model, x[:1], **_model_kwargs(fit_local, options),
-                         **_rows(batch_kw, 0, 1))
+                         **block_rows(batch_kw, 0, 1))
     names = [[n for n, _ in LocalFamily(family, x.new_zeros(1, s.size), torch.eye(
         s.size, dtype=x.dtype, device=x.device)[None]).named_parameters()] for s in sites]
-    params = [{n: _gather([g.families[j].get_parameter(n).detach() for g in parts])
+    params = [{n: gather_blocks([g.families[j].get_parameter(n).detach() for g in parts])
                for n in fam_names} for j, fam_names in enumerate(names)]
     fit = _merge_fits([g.fit for g in parts], [g.num_data for g in parts])
     return _local_guide(sites, family, params, fit)

@@ -26,11 +26,20 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.bounds import _delta_stderr, logmeanexp
+from ..core.bounds import delta_stderr, logmeanexp
 from ..core.potential import Potential
 from .hmc import hmc_step
 
-__all__ = ["AISResult", "Annealed", "ais", "ais_log_px", "anneal", "pilot_step_sizes", "schedule"]
+__all__ = [
+    "AISResult",
+    "Annealed",
+    "ais",
+    "ais_log_px",
+    "anneal",
+    "log_mean_weight",
+    "pilot_step_sizes",
+    "schedule",
+]
 
 
 def schedule(num_steps: int, kind: str = "sigmoid", *, delta: float = 4.0,
@@ -128,10 +137,11 @@ def pilot_step_sizes(pot: Potential, betas: torch.Tensor, num_chains: int, **opt
     return pilot.step_sizes.log().mean(1, keepdim=True).exp()
 
 
-def _estimate(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def log_mean_weight(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log mean_c w_c ``[N]``, its delta-method s.e.) from log weights ``[C, N]``."""
     c = log_w.shape[0]
     est = logmeanexp(log_w, dim=0)  # [N]
-    se = _delta_stderr(est + math.log(c), torch.logsumexp(2 * log_w, 0), c)
+    se = delta_stderr(est + math.log(c), torch.logsumexp(2 * log_w, 0), c)
     return est, se
 
 
@@ -160,7 +170,7 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16,
         steps = pilot_step_sizes(pot, betas, pilot_chains, **opts) if pilot_chains else None
         run = anneal(pot, pot.sample_init(num_chains), betas, step_sizes=steps, **opts)
         values, _ = pot.unflatten(run.u)
-    est, se = _estimate(run.log_w)
+    est, se = log_mean_weight(run.log_w)
     return AISResult(est, se, run.log_w, run.accept_rate, run.step_sizes[-1],
                      {k: v.detach() for k, v in values.items()}, num_steps)
 

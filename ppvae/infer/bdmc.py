@@ -20,7 +20,7 @@ from pyro import poutine
 
 from ..core.contract import ContractError
 from ..core.potential import Potential, prior_guide
-from .ais import AISResult, _estimate, anneal, pilot_step_sizes, schedule
+from .ais import AISResult, anneal, log_mean_weight, pilot_step_sizes, schedule
 
 __all__ = ["BDMCResult", "bdmc", "simulate"]
 
@@ -109,8 +109,8 @@ def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | 
         rev = anneal(pot, u_star, betas.flip(0), step_sizes=steps[rev_idx], **opts)
         vals_f, _ = pot.unflatten(fwd.u)
         vals_r, _ = pot.unflatten(rev.u)
-    lo, lo_se = _estimate(fwd.log_w)
-    inv, inv_se = _estimate(rev.log_w)  # estimates log (1 / p(x))
+    lo, lo_se = log_mean_weight(fwd.log_w)
+    inv, inv_se = log_mean_weight(rev.log_w)  # estimates log (1 / p(x))
     lower = AISResult(lo, lo_se, fwd.log_w, fwd.accept_rate, steps[-1, 0], vals_f, num_steps)
     upper = AISResult(-inv, inv_se, rev.log_w, rev.accept_rate, steps[0, 0], vals_r, num_steps)
     return BDMCResult(lower, upper, x, {k: v.detach() for k, v in z.items()})

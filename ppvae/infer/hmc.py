@@ -1,4 +1,4 @@
-"""Batched Hamiltonian Monte Carlo over [chains, datapoints], with ArviZ diagnostics per datapoint.
+"""Batched Hamiltonian Monte Carlo over [chains, datapoints], one tensor for all chains.
 
 The per-datapoint posteriors p(z_n | x_n) of a latent-variable model are independent given the
 model, so C chains for each of N datapoints are one tensor ``u [C, N, D]`` and one leapfrog step
@@ -11,30 +11,21 @@ chains so that no work is wasted, which breaks the periodicity of fixed trajecto
 near-Gaussian posteriors (Neal 2011, section 5.4.2.2). There is no Python loop over datapoints
 or chains.
 
-Results convert to ArviZ ``InferenceData`` with ``az.from_dict`` and dims (chain, draw,
-datapoint, latent_dim); :func:`diagnostics` gives rank-normalized R-hat, bulk and tail ESS and
-MCSE (Vehtari et al. 2021) per datapoint and coordinate.
+Results convert to ArviZ ``InferenceData`` (:mod:`ppvae.infer.diagnostics`), where R-hat, ESS
+and MCSE are computed per datapoint and coordinate.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from ..core.potential import Potential
+from .diagnostics import to_inference_data
 
-__all__ = ["Diagnostics", "HMCResult", "diagnostics", "hmc", "hmc_step", "to_inference_data"]
-
-
-def _arviz():
-    with warnings.catch_warnings():  # arviz 0.x announces its 1.x refactor on import
-        warnings.simplefilter("ignore", FutureWarning)
-        import arviz as az
-    return az
+__all__ = ["HMCResult", "hmc", "hmc_step"]
 
 
 def _where(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -155,64 +146,3 @@ def hmc(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 500,
     flat = pot.per_datapoint_values(values)  # site -> [C*S, N, size]
     samples = {k: v.reshape(c, s, *v.shape[1:]).detach() for k, v in flat.items()}
     return HMCResult(samples, torch.stack(kept_acc, dim=1), step, inv_mass, num_leapfrog)
-
-
-def to_inference_data(samples: dict[str, torch.Tensor], sample_stats: dict | None = None,
-                      datapoints=None):
-    """``site -> [C, S, N, size]`` samples as ArviZ InferenceData (built with ``az.from_dict``).
-
-    Dims (chain, draw, datapoint, latent_dim) for a single site; with several sites each gets
-    its own ``<site>_dim``. ``sample_stats`` entries ``[C, S, N]`` get dims (datapoint,).
-    ``datapoints``: coordinate labels of the datapoint dim (default 0..N-1).
-    """
-    az = _arviz()
-    posterior = {k: v.detach().cpu().numpy() for k, v in samples.items()}
-    dims = {k: ["datapoint", "latent_dim" if len(samples) == 1 else f"{k}_dim"]
-            for k in samples}
-    stats = {k: v.detach().cpu().numpy() for k, v in (sample_stats or {}).items()}
-    dims.update({k: ["datapoint"] for k in stats})
-    coords = None if datapoints is None else {"datapoint": [int(i) for i in datapoints]}
-    return az.from_dict(posterior=posterior, sample_stats=stats or None, dims=dims,
-                        coords=coords)
-
-
-class Diagnostics(NamedTuple):
-    """ArviZ convergence diagnostics, each ``[N, D]`` (sites concatenated along D)."""
-
-    rhat: np.ndarray
-    ess_bulk: np.ndarray
-    ess_tail: np.ndarray
-    mcse_mean: np.ndarray
-    mcse_sd: np.ndarray
-
-    @property
-    def max_rhat(self) -> np.ndarray:
-        """Worst R-hat per datapoint ``[N]``."""
-        return self.rhat.max(axis=1)
-
-    @property
-    def min_ess_bulk(self) -> np.ndarray:
-        return self.ess_bulk.min(axis=1)
-
-    @property
-    def min_ess_tail(self) -> np.ndarray:
-        return self.ess_tail.min(axis=1)
-
-
-def diagnostics(idata) -> Diagnostics:
-    """R-hat (rank), bulk and tail ESS, and MCSE of mean and sd per datapoint and coordinate."""
-    az = _arviz()
-    post = idata.posterior
-    names = list(post.data_vars)
-
-    def grab(ds) -> np.ndarray:
-        return np.concatenate([np.asarray(ds[n].values).reshape(ds[n].shape[0], -1)
-                               for n in names], axis=1)
-
-    return Diagnostics(
-        rhat=grab(az.rhat(post)),
-        ess_bulk=grab(az.ess(post, method="bulk")),
-        ess_tail=grab(az.ess(post, method="tail")),
-        mcse_mean=grab(az.mcse(post, method="mean")),
-        mcse_sd=grab(az.mcse(post, method="sd")),
-    )

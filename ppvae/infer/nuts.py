@@ -19,7 +19,7 @@ import torch
 from pyro.infer.mcmc import MCMC, NUTS
 
 from ..core.potential import Potential
-from .hmc import to_inference_data
+from .diagnostics import to_inference_data
 
 __all__ = ["NUTSResult", "nuts"]
 

@@ -11,6 +11,7 @@ from pyro.optim import ClippedAdam
 from sklearn.decomposition import PCA
 
 import ppvae
+import ppvae.analysis.ppca
 
 
 @pytest.fixture
@@ -62,12 +63,12 @@ def test_mean_field_gap_is_the_best_diagonal_kl(data):
     mean, cov = ppvae.ppca_posterior(W, b, s, x)
     prec = torch.linalg.inv(cov)
     opt = torch.diagonal(prec).rsqrt()  # [K] optimal diagonal standard deviations
-    kl = ppvae.gaussian_kl(mean, opt.expand_as(mean), mean, cov)
-    gap = ppvae.mean_field_gap(W, s)
+    kl = ppvae.analysis.ppca.gaussian_kl(mean, opt.expand_as(mean), mean, cov)
+    gap = ppvae.analysis.ppca.mean_field_gap(W, s)
     assert gap > 0.05  # the generating W is not orthogonal: a real gap
     assert torch.allclose(kl, gap.expand(3), atol=1e-10)
     for f in (0.95, 1.05):
-        worse = ppvae.gaussian_kl(mean, (opt * f).expand_as(mean), mean, cov)
+        worse = ppvae.analysis.ppca.gaussian_kl(mean, (opt * f).expand_as(mean), mean, cov)
         assert (worse > kl).all()
 
 
@@ -94,7 +95,7 @@ def _kl(data, guide, W=None, b=None, s=None):
     s = data.sigma if s is None else s
     q = guide.distribution(data.x)
     scale = q.scale_tril if guide.covariance == "full" else q.base_dist.scale
-    return ppvae.ppca_kl_to_posterior(W, b, s, data.x, q.mean, scale)
+    return ppvae.analysis.ppca.ppca_kl_to_posterior(W, b, s, data.x, q.mean, scale)
 
 
 def test_svi_full_covariance_guide_closes_the_gap(data):
@@ -114,7 +115,7 @@ def test_svi_diagonal_guide_reaches_the_mean_field_optimum(data):
     _svi(model, guide, data.x)
     with torch.no_grad():
         kl = _kl(data, guide)
-    gap = float(ppvae.mean_field_gap(data.W, data.sigma))
+    gap = float(ppvae.analysis.ppca.mean_field_gap(data.W, data.sigma))
     assert gap > 0.05
     assert abs(float(kl.mean()) - gap) < 1e-3
 

@@ -24,6 +24,7 @@ import pytest
 import torch
 
 import ppvae
+import ppvae.analysis.ppca
 from ppvae.distributed.gaps import sharded_gaps
 from ppvae.distributed.sharded import sharded_ais, sharded_elbo, sharded_fit_local, sharded_iwae
 from ppvae.train.checkpoint import read_meta
@@ -172,7 +173,7 @@ def test_sharded_gap_report_equals_the_unsharded_one_within_monte_carlo_error(ra
             assert abs(a.mean - b.mean) < 4 * se + 1e-9, (q, a, b)
     # the diagonal q* of PPCA has the closed-form mean-field gap (Cremer et al. 2018)
     w = model.params()
-    gap = float(ppvae.mean_field_gap(w.W, w.sigma))
+    gap = float(ppvae.analysis.ppca.mean_field_gap(w.W, w.sigma))
     approx = ppvae.GapReport.from_json(res[0]["gaps_exact"]).rows[0].summary("approximation")
     assert abs(approx.mean - gap) < 4 * approx.mc_se + 1e-3, (approx, gap)
     assert ppvae.GapReport.from_json(res[0]["gaps_exact"]).rows[0].summary(

@@ -12,7 +12,8 @@ import torch
 from ppvae.models.ppca import PPCA
 
 import ppvae
-from ppvae.infer.hmc import diagnostics, hmc
+from ppvae.infer.diagnostics import diagnostics
+from ppvae.infer.hmc import hmc
 from ppvae.infer.nuts import nuts
 
 ESS_BULK_FLOOR = 400  # per coordinate and datapoint, out of 4 chains x 600 draws (HMC)

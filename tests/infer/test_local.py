@@ -17,6 +17,7 @@ from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 
 import ppvae
+import ppvae.analysis.ppca
 import ppvae.infer.local.vi
 
 OPT_TOL = 2e-3  # nats: mean residual KL above the family's optimum after fit_local
@@ -34,14 +35,15 @@ def _kl(d, q):
     with torch.no_grad():
         qd = q.distribution(d.x)
         if isinstance(qd, torch.distributions.MultivariateNormal):
-            return ppvae.ppca_kl_to_posterior(d.W, d.b, d.sigma, d.x, qd.loc, qd.scale_tril)
-        return ppvae.ppca_kl_to_posterior(d.W, d.b, d.sigma, d.x, qd.base_dist.loc,
+            return ppvae.analysis.ppca.ppca_kl_to_posterior(d.W, d.b, d.sigma, d.x, qd.loc,
+                                                            qd.scale_tril)
+        return ppvae.analysis.ppca.ppca_kl_to_posterior(d.W, d.b, d.sigma, d.x, qd.base_dist.loc,
                                           qd.base_dist.scale)
 
 
 def test_local_diag_reaches_mean_field_optimum(ppca):
     d, model, log_px = ppca
-    mf = ppvae.mean_field_gap(d.W, d.sigma)
+    mf = ppvae.analysis.ppca.mean_field_gap(d.W, d.sigma)
     assert mf > 0.05  # the test data have a correlated posterior
     q = ppvae.fit_local(model, d.x, "diag", num_steps=1000)
     kl = _kl(d, q)
@@ -101,7 +103,8 @@ def test_amortized_full_guide_trained_has_zero_amortization_gap(ppca):
                         num_samples=1000)
     with torch.no_grad():
         qa = guide.distribution(d.x)
-        kl_amortized = ppvae.ppca_kl_to_posterior(d.W, d.b, d.sigma, d.x, qa.loc, qa.scale_tril)
+        kl_amortized = ppvae.analysis.ppca.ppca_kl_to_posterior(d.W, d.b, d.sigma, d.x, qa.loc,
+                                                                qa.scale_tril)
     closed = float((kl_amortized - _kl(d, q_star)).mean())  # amortization gap, closed form
     assert abs(closed) < OPT_TOL
     s = report.row("full").summary("amortization")
@@ -116,7 +119,7 @@ def test_report_diag_approximation_gap_is_the_closed_form(ppca):
     row = report.rows[0]
     assert row.family == "diag" and row.estimators.log_px == "exact"
     s = row.summary("approximation")
-    mf = float(ppvae.mean_field_gap(d.W, d.sigma))
+    mf = float(ppvae.analysis.ppca.mean_field_gap(d.W, d.sigma))
     assert abs(s.mean - mf) < 4 * s.mc_se + OPT_TOL
     # the exact mean-field posterior is amortizable on PPCA: no amortization gap
     a = row.summary("amortization")

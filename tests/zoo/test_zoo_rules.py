@@ -17,20 +17,21 @@ from ppvae.models.vqvae import UniformCodebook
 from registry import REGISTRY
 
 import ppvae
+import ppvae.core.globals
 
 
 def test_bayesian_vae_needs_fixed_globals():
     e = REGISTRY["bayesian_vae/mlp"]()
     with pytest.raises(ppvae.ContractError, match="fix_globals"):
         ppvae.check_pair(e.train_model, e.train_guide, e.x)
-    names = ppvae.global_latent_names(e.train_guide, e.x)
+    names = ppvae.core.globals.global_latent_names(e.train_guide, e.x)
     assert len(names) == 4 and all(n.startswith("reg_bvae.layers.") for n in names)
 
 
 def test_bayesian_vae_fixed_log_weights_by_hand():
     e = REGISTRY["bayesian_vae/mlp"]()
     bvae = e.train_model
-    values = ppvae.global_values(e.train_guide, e.x, how="sample")
+    values = ppvae.core.globals.global_values(e.train_guide, e.x, how="sample")
     fixed = ppvae.fix_globals(bvae, values)
     torch.manual_seed(3)
     lw = ppvae.log_weights(fixed, e.guide, e.x, 1)[0]  # [N]
