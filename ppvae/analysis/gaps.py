@@ -22,14 +22,22 @@ from types import MappingProxyType
 
 import torch
 
-from ..core.bounds import elbo, iwae
+from ..core.bounds import Bound, elbo, iwae
 from ..core.contract import check_pair
 from ..infer.ais import ais_log_px
 from ..infer.local.families import FAMILIES
 from ..infer.local.vi import LocalGuide, fit_local
 from .report import Estimators, GapReport, GapRow, LogPx
 
-__all__ = ["LOG_PX", "LogPx", "gaps", "infer_family", "iwae_log_px"]
+__all__ = [
+    "LOG_PX",
+    "LogPx",
+    "estimate_log_px",
+    "gaps",
+    "guide_elbos",
+    "infer_family",
+    "iwae_log_px",
+]
 
 def iwae_log_px(model, x, proposal, model_kwargs, *, k: int = 1000, num_estimates: int = 1,
                 chunk_size: int | None = None) -> LogPx:
@@ -107,35 +115,15 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
         if family not in FAMILIES:
             raise ValueError(f"family for guide '{name}' must be one of {FAMILIES}, "
                              f"got {family!r}")
-        t = time.perf_counter()
-        amortized = elbo(model, guide, x, num_samples, **kwargs)
-        timings.append((f"ELBO[q] {name}", time.perf_counter() - t))
-        if name not in local:
-            t = time.perf_counter()
-            local[name] = fit_local(model, x, family, guide, num_steps=local_steps,
-                                    **dict(local_options or {}), **kwargs)
-            timings.append((f"fit_local {family} q* {name}", time.perf_counter() - t))
-        t = time.perf_counter()
-        optimal = elbo(model, local[name], x, num_samples, **kwargs)
-        timings.append((f"ELBO[q*] {name}", time.perf_counter() - t))
+        amortized, local[name], optimal, spent = guide_elbos(
+            model, guide, x, family, local.get(name), name=name, local_steps=local_steps,
+            local_options=local_options, num_samples=num_samples, kwargs=kwargs)
+        timings += spent
         partial.append((name, family, amortized, optimal))
 
     t = time.perf_counter()
-    if isinstance(log_px, torch.Tensor):
-        ref = LogPx(log_px.detach(), torch.zeros_like(log_px), "exact")
-    else:
-        best = max(partial, key=lambda r: r[3].mean)  # the q* with the highest ELBO
-        proposal = local[best[0]]
-        options = dict(log_px_options or {})
-        if isinstance(log_px, str) and log_px not in LOG_PX:
-            raise ValueError(f"unknown log_px estimator {log_px!r}; known: {sorted(LOG_PX)} "
-                             "(or pass a tensor of exact values, or a callable)")
-        fn = LOG_PX[log_px] if isinstance(log_px, str) else log_px
-        with torch.no_grad():
-            ref = _as_log_px(fn(model, x, proposal, kwargs, **options))
-    if ref.per_datapoint.shape != x.shape[:1]:
-        raise ValueError(f"log_px has shape {tuple(ref.per_datapoint.shape)}, expected "
-                         f"[N] = [{x.shape[0]}]")
+    best = max(partial, key=lambda r: r[3].mean)  # the q* with the highest ELBO
+    ref = estimate_log_px(model, x, log_px, local[best[0]], kwargs, log_px_options)
     timings.append((f"log p(x) {ref.estimator}", time.perf_counter() - t))
 
     rows = []
@@ -148,3 +136,42 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
                          f"ELBO, {amortized.num_samples} samples from amortized q")
         rows.append(GapRow.build(name, family, ref, optimal, amortized, est))
     return GapReport(tuple(rows), int(x.shape[0]), tuple(timings))
+
+
+def guide_elbos(model, guide, x: torch.Tensor, family: str, qstar: LocalGuide | None, *,
+                name: str, local_steps: int, local_options: Mapping | None, num_samples: int,
+                kwargs: Mapping) -> tuple[Bound, LocalGuide, Bound, list[tuple[str, float]]]:
+    """One guide's stage of :func:`gaps`: ELBO[q], q* (fitted unless given) and ELBO[q*],
+    with the seconds each took."""
+    timings = []
+    t = time.perf_counter()
+    amortized = elbo(model, guide, x, num_samples, **kwargs)
+    timings.append((f"ELBO[q] {name}", time.perf_counter() - t))
+    if qstar is None:
+        t = time.perf_counter()
+        qstar = fit_local(model, x, family, guide, num_steps=local_steps,
+                          **dict(local_options or {}), **kwargs)
+        timings.append((f"fit_local {family} q* {name}", time.perf_counter() - t))
+    t = time.perf_counter()
+    optimal = elbo(model, qstar, x, num_samples, **kwargs)
+    timings.append((f"ELBO[q*] {name}", time.perf_counter() - t))
+    return amortized, qstar, optimal, timings
+
+
+def estimate_log_px(model, x: torch.Tensor, log_px, proposal, kwargs: Mapping,
+                    options: Mapping | None = None) -> LogPx:
+    """The log p(x) stage of :func:`gaps`: exact values (a tensor ``[N]``), an estimator of
+    :data:`LOG_PX` by name, or a callable, run with ``proposal`` and ``options``."""
+    if isinstance(log_px, torch.Tensor):
+        ref = LogPx(log_px.detach(), torch.zeros_like(log_px), "exact")
+    else:
+        if isinstance(log_px, str) and log_px not in LOG_PX:
+            raise ValueError(f"unknown log_px estimator {log_px!r}; known: {sorted(LOG_PX)} "
+                             "(or pass a tensor of exact values, or a callable)")
+        fn = LOG_PX[log_px] if isinstance(log_px, str) else log_px
+        with torch.no_grad():
+            ref = _as_log_px(fn(model, x, proposal, dict(kwargs), **dict(options or {})))
+    if ref.per_datapoint.shape != x.shape[:1]:
+        raise ValueError(f"log_px has shape {tuple(ref.per_datapoint.shape)}, expected "
+                         f"[N] = [{x.shape[0]}]")
+    return ref

@@ -184,15 +184,55 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
 
     The result's :attr:`LocalGuide.fit` is a :class:`LocalFit`.
     """
+    _check_options(family, init, gradient, num_steps, num_particles, window, patience)
+    start = time.perf_counter()
+    guide, label = _initial_guide(model, x, family, init, num_flows, num_init_samples, kwargs)
+    info = check_pair(model, guide, x, **kwargs)
+    params = list(guide.parameters())
+    optim = _optimizer(guide, params, lr, lr_decay, num_steps)
+    rule = _Convergence(int(x.shape[0]), num_steps, tol, window, patience, freeze_converged,
+                        x.dtype, x.device)
+    step = 0
+    guide._path_derivative = gradient == "path" and family != "flow"
+    with torch.enable_grad(), pyro.validation_enabled(False):  # checked once by check_pair
+        for step in range(1, num_steps + 1):
+            lw = log_weights(model, guide, x, num_particles, chunk_size=num_particles,
+                             info=info, **kwargs)  # [S, N]
+            elbo_n = lw.mean(0)  # [N]
+            grads = torch.autograd.grad(-elbo_n.sum(), params)
+            old = [p.detach().clone() for p in params] if rule.any_frozen else None
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+            optim.step()
+            if old is not None:  # frozen datapoints keep their parameters
+                with torch.no_grad():
+                    for p, o in zip(params, old, strict=True):
+                        p.copy_(torch.where(rule.active.view(-1, *[1] * (p.dim() - 1)), p, o))
+            if rule.update(elbo_n.detach(), step):
+                break
+    guide._path_derivative = False
+    for p in params:
+        p.grad = None
+    guide.fit = LocalFit(family, label, step, num_steps, num_particles, ~rule.active,
+                         rule.steps_used, rule.last, tuple(rule.history),
+                         time.perf_counter() - start)
+    return guide
+
+
+def _check_options(family, init, gradient, num_steps, num_particles, window, patience) -> None:
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
     if gradient not in ("path", "reparam"):
         raise ValueError(f"gradient must be 'path' or 'reparam', got {gradient!r}")
     if num_steps < 0 or num_particles < 1 or window < 1 or patience < 1:
         raise ValueError("need num_steps >= 0, num_particles >= 1, window >= 1, patience >= 1")
-    start = time.perf_counter()
     if isinstance(init, str) and init != "prior":
         raise ValueError(f"init must be 'prior' or a guide, got {init!r}")
+
+
+def _initial_guide(model, x, family, init, num_flows, num_init_samples, kwargs
+                   ) -> tuple[LocalGuide, str]:
+    """The :class:`LocalGuide` at its starting point (prior or a guide's output) and a label."""
     # the prior as a guide keeps the contract; either way x and the model are checked first
     info = check_pair(model, model if isinstance(init, str) else init, x, **kwargs)
     sites = latent_sites(model, x, **kwargs)
@@ -205,57 +245,52 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
         label = type(init).__name__
     guide = LocalGuide(sites, [LocalFamily(family, m.to(x.dtype), L.to(x.dtype), num_flows)
                                for m, L in moments])
-    info = check_pair(model, guide, x, **kwargs)
-    params = list(guide.parameters())
+    return guide, label
+
+
+def _optimizer(guide: LocalGuide, params, lr: float, lr_decay: float, num_steps: int):
     # matrix parameters ([N, ..., K, K]) move K entries that add up in each output: lr / K
     groups = [{"params": [p for p in params if p.dim() == 2]},
               {"params": [p for p in params if p.dim() > 2],
                "lr": lr / max(f.dim for f in guide.families)}]
-    optim = ClippedAdam([g for g in groups if g["params"]], lr=lr,
-                        lrd=lr_decay ** (1.0 / max(num_steps, 1)))
+    return ClippedAdam([g for g in groups if g["params"]], lr=lr,
+                       lrd=lr_decay ** (1.0 / max(num_steps, 1)))
 
-    n = int(x.shape[0])
-    active = torch.ones(n, dtype=torch.bool, device=x.device)
-    best = torch.full((n,), -math.inf, dtype=x.dtype, device=x.device)
-    stale = torch.zeros(n, dtype=torch.long, device=x.device)
-    steps_used = torch.full((n,), num_steps, dtype=torch.long, device=x.device)
-    acc = torch.zeros(n, dtype=x.dtype, device=x.device)
-    last = torch.full((n,), math.nan, dtype=x.dtype, device=x.device)
-    history, any_frozen, step = [], False, 0
-    guide._path_derivative = gradient == "path" and family != "flow"
-    with torch.enable_grad(), pyro.validation_enabled(False):  # checked once by check_pair
-        for step in range(1, num_steps + 1):
-            lw = log_weights(model, guide, x, num_particles, chunk_size=num_particles,
-                             info=info, **kwargs)  # [S, N]
-            elbo_n = lw.mean(0)  # [N]
-            grads = torch.autograd.grad(-elbo_n.sum(), params)
-            old = [p.detach().clone() for p in params] if any_frozen else None
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g
-            optim.step()
-            if old is not None:  # frozen datapoints keep their parameters
-                with torch.no_grad():
-                    for p, o in zip(params, old, strict=True):
-                        p.copy_(torch.where(active.view(-1, *[1] * (p.dim() - 1)), p, o))
-            acc += elbo_n.detach()
-            if step % window == 0 or step == num_steps:
-                mean = acc / (step - (step - 1) // window * window)  # [N] this window's mean
-                last = torch.where(active, mean, last) if freeze_converged else mean
-                improved = active & (mean > best + tol)
-                best = torch.where(improved, mean, best)
-                stale = torch.where(improved, 0, stale + active.long())
-                done = active & (stale >= patience)
-                steps_used = torch.where(done, step, steps_used)
-                active = active & ~done
-                acc.zero_()
-                history.append(float(last.mean()))
-                if freeze_converged:
-                    any_frozen = not bool(active.all())
-                    if not bool(active.any()):
-                        break
-    guide._path_derivative = False
-    for p in params:
-        p.grad = None
-    guide.fit = LocalFit(family, label, step, num_steps, num_particles, ~active, steps_used,
-                         last, tuple(history), time.perf_counter() - start)
-    return guide
+
+class _Convergence:
+    """The per-datapoint stopping rule: a datapoint converges when its window-mean ELBO has not
+    improved by more than ``tol`` for ``patience`` windows (all state ``[N]`` tensors)."""
+
+    def __init__(self, n, num_steps, tol, window, patience, freeze, dtype, device):
+        self.tol, self.window, self.patience, self.freeze = tol, window, patience, freeze
+        self.num_steps = num_steps
+        self.active = torch.ones(n, dtype=torch.bool, device=device)
+        self.best = torch.full((n,), -math.inf, dtype=dtype, device=device)
+        self.stale = torch.zeros(n, dtype=torch.long, device=device)
+        self.steps_used = torch.full((n,), num_steps, dtype=torch.long, device=device)
+        self.acc = torch.zeros(n, dtype=dtype, device=device)
+        self.last = torch.full((n,), math.nan, dtype=dtype, device=device)
+        self.history: list[float] = []
+        self.any_frozen = False
+
+    def update(self, elbo_n: torch.Tensor, step: int) -> bool:
+        """Add one step's ELBOs; at a window's end, apply the rule. True: every datapoint is
+        frozen (only with ``freeze``), so the loop can stop."""
+        self.acc += elbo_n
+        if step % self.window and step != self.num_steps:
+            return False
+        mean = self.acc / (step - (step - 1) // self.window * self.window)  # [N] window mean
+        active = self.active
+        self.last = torch.where(active, mean, self.last) if self.freeze else mean
+        improved = active & (mean > self.best + self.tol)
+        self.best = torch.where(improved, mean, self.best)
+        self.stale = torch.where(improved, 0, self.stale + active.long())
+        done = active & (self.stale >= self.patience)
+        self.steps_used = torch.where(done, step, self.steps_used)
+        self.active = active & ~done
+        self.acc.zero_()
+        self.history.append(float(self.last.mean()))
+        if self.freeze:
+            self.any_frozen = not bool(self.active.all())
+            return not bool(self.active.any())
+        return False
