@@ -38,10 +38,10 @@ def _data(num: int):
 
 def worker(args) -> None:
     import torch
-    from ppvae.models import VAE
 
     import ppvae
     from ppvae import distributed as ddp
+    from ppvae.models import VAE
 
     torch.set_num_threads(args.threads)
     ddp.init_from_env()

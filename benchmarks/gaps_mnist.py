@@ -22,8 +22,6 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
-from ppvae.guides import FlowEncoder
-from ppvae.models import VAE
 from pyro import poutine
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
@@ -31,6 +29,8 @@ from torch.distributions import constraints
 
 import ppvae
 import ppvae.core.device
+from ppvae.guides import FlowEncoder
+from ppvae.models import VAE
 
 
 def parse_args():

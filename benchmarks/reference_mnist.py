@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import pyro
 import torch
-from ppvae.models import VAE
 
 import ppvae
 from ppvae.data.binarized_mnist import read_npz
 from ppvae.infer.bdmc import simulate
+from ppvae.models import VAE
 
 
 def _train(args, train: torch.Tensor) -> VAE:

@@ -21,11 +21,11 @@ import time
 
 import pyro
 import torch
-from ppvae.models import VAE
 from torch.nn import functional as F
 
 import ppvae
 import ppvae.core.device
+from ppvae.models import VAE
 
 
 def hand_written(vae: VAE, x: torch.Tensor, batch: int, steps: int) -> float:

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pyro
 import torch
-from ppvae.models import VAE
 
 import ppvae
 import ppvae.core.device
+from ppvae.models import VAE
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binarized_mnist.npz"
 

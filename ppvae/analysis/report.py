@@ -17,6 +17,8 @@ from typing import NamedTuple
 
 import torch
 
+from ..core.bounds import mean_stderr
+
 __all__ = ["Estimators", "GapReport", "GapRow", "LogPx", "Summary"]
 
 
@@ -26,6 +28,16 @@ class LogPx(NamedTuple):
     per_datapoint: torch.Tensor  # [N]
     stderr: torch.Tensor  # [N] (zeros for exact values)
     estimator: str  # e.g. "exact", "IWAE_5000 from local diag q*", "AIS ..."
+
+    @property
+    def mean(self) -> float:
+        """Average over datapoints."""
+        return float(self.per_datapoint.mean())
+
+    @property
+    def mean_stderr(self) -> float:
+        """Monte Carlo standard error of :attr:`mean`."""
+        return mean_stderr(self.stderr)
 
 
 class Estimators(NamedTuple):
@@ -49,7 +61,7 @@ def _f64(t) -> torch.Tensor:
 def _summary(values: torch.Tensor, se: torch.Tensor) -> Summary:
     n = values.numel()
     data_se = float(values.std() / math.sqrt(n)) if n > 1 else math.nan
-    return Summary(float(values.mean()), float(se.pow(2).sum().sqrt() / n), data_se)
+    return Summary(float(values.mean()), mean_stderr(se), data_se)
 
 
 _TENSORS = ("log_px", "log_px_se", "elbo_local", "elbo_local_se", "elbo_amortized",

@@ -37,6 +37,7 @@ __all__ = [
     "iwae",
     "iwae_from_log_weights",
     "logmeanexp",
+    "mean_stderr",
 ]
 
 
@@ -58,8 +59,7 @@ class Bound(NamedTuple):
     @property
     def mean_stderr(self) -> float:
         """Monte Carlo standard error of :attr:`mean` (independent errors across datapoints)."""
-        n = self.per_datapoint.numel()
-        return float(self.stderr.pow(2).sum().sqrt() / n)
+        return mean_stderr(self.stderr)
 
     def __repr__(self) -> str:
         label = "ELBO" if self.name == "elbo" else f"IWAE_{self.k}"
@@ -67,6 +67,12 @@ class Bound(NamedTuple):
             f"Bound({label}: mean {self.mean:.4f} ± {self.mean_stderr:.4f} over "
             f"{self.per_datapoint.numel()} datapoints, {self.num_samples} samples each)"
         )
+
+
+def mean_stderr(stderr: torch.Tensor) -> float:
+    """Monte Carlo s.e. of the mean over datapoints of estimates with independent errors
+    ``stderr [N]``: ``sqrt(sum se_n^2) / N``. The one place this is computed."""
+    return float(stderr.pow(2).sum().sqrt() / stderr.numel())
 
 
 def logmeanexp(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.bounds import delta_stderr, logmeanexp
+from ..core.bounds import delta_stderr, logmeanexp, mean_stderr
 from ..core.potential import Potential
 from .hmc import hmc_step
 
@@ -75,7 +75,7 @@ class AISResult(NamedTuple):
 
     @property
     def mean_stderr(self) -> float:
-        return float(self.stderr.pow(2).sum().sqrt() / self.per_datapoint.numel())
+        return mean_stderr(self.stderr)
 
     def __repr__(self) -> str:
         c, n = self.log_weights.shape

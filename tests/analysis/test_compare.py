@@ -2,13 +2,13 @@
 at KL ~ 0 from the Gaussian fit of MCMC and the best diagonal guide at the mean-field gap."""
 
 import torch
-from ppvae.guides.linear import AmortizedLinearGaussian
-from ppvae.models.ppca import PPCA
 
 import ppvae
 import ppvae.analysis.ppca
 from ppvae.analysis.compare import PosteriorComparison, compare_posteriors
+from ppvae.guides.linear import AmortizedLinearGaussian
 from ppvae.infer.hmc import hmc
+from ppvae.models.ppca import PPCA
 
 
 def test_compare_guides_with_hmc_on_ppca(float64, tmp_path):

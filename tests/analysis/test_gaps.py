@@ -9,11 +9,11 @@ import math
 
 import pytest
 import torch
-from ppvae.guides import FlowEncoder
-from ppvae.models import VAE
 from pyro import poutine
 
 import ppvae
+from ppvae.guides import FlowEncoder
+from ppvae.models import VAE
 
 N_EVAL = 40
 

@@ -4,14 +4,14 @@ import numpy as np
 import pyro
 import pytest
 import torch
-from ppvae.guides import AmortizedLinearGaussian
-from ppvae.models import PPCA
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
 from sklearn.decomposition import PCA
 
 import ppvae
 import ppvae.analysis.ppca
+from ppvae.guides import AmortizedLinearGaussian
+from ppvae.models import PPCA
 
 
 @pytest.fixture

@@ -6,13 +6,13 @@ import math
 import pyro
 import pytest
 import torch
-from ppvae.guides import AmortizedLinearGaussian, MLPEncoder
-from ppvae.models import PPCA
 
 import ppvae
 import ppvae.analysis.ppca
 import ppvae.core.bounds
 import ppvae.core.weights
+from ppvae.guides import AmortizedLinearGaussian, MLPEncoder
+from ppvae.models import PPCA
 
 Z99 = 2.576  # two-sided 99% normal quantile
 

@@ -9,12 +9,12 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppvae.models.ppca import PPCA
 
 import ppvae
 from ppvae.infer.diagnostics import diagnostics
 from ppvae.infer.hmc import hmc
 from ppvae.infer.nuts import nuts
+from ppvae.models.ppca import PPCA
 
 ESS_BULK_FLOOR = 400  # per coordinate and datapoint, out of 4 chains x 600 draws (HMC)
 ESS_TAIL_FLOOR = 300

@@ -2,7 +2,8 @@
 
 Data come from ppvae.data.ppca_dataset's generating parameters (a random, non-orthogonal W,
 so the posterior is correlated and the best diagonal Gaussian has a non-zero gap). Monte Carlo
-comparisons use |estimate - truth| < 4 standard errors; the optimizer's own residual (the
+comparisons use |estimate - truth| < z standard errors with z from tests/stats.py (false-alarm
+rate 1e-3 per check, one-sided where the claim is); the optimizer's own residual (the
 closed-form KL of the fitted q above its family's optimum) is checked separately against a
 stated tolerance.
 """
@@ -11,14 +12,18 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from ppvae.guides import AmortizedLinearGaussian
-from ppvae.models import PPCA
 from pyro.infer import SVI, Trace_ELBO
 from pyro.optim import ClippedAdam
+from stats import z_threshold
 
 import ppvae
 import ppvae.analysis.ppca
 import ppvae.infer.local.vi
+from ppvae.guides import AmortizedLinearGaussian
+from ppvae.models import PPCA
+
+Z = z_threshold(1)  # two-sided: an estimate against a closed form
+Z1 = z_threshold(1, two_sided=False)  # one-sided: an improvement, a bound
 
 OPT_TOL = 2e-3  # nats: mean residual KL above the family's optimum after fit_local
 
@@ -51,7 +56,7 @@ def test_local_diag_reaches_mean_field_optimum(ppca):
     assert float(kl.mean() - mf) < OPT_TOL
     e = ppvae.elbo(model, q, d.x, num_samples=2000)
     gap = (log_px - e.per_datapoint).mean()
-    assert abs(float(gap - kl.mean())) < 4 * e.mean_stderr  # MC ELBO agrees with closed form
+    assert abs(float(gap - kl.mean())) < Z * e.mean_stderr  # MC ELBO agrees with closed form
     assert q.fit.num_steps <= 1000 and q.fit.converged.shape == (100,)
 
 
@@ -61,7 +66,7 @@ def test_local_full_covariance_closes_the_gap(ppca):
     kl = _kl(d, q)
     assert float(kl.max()) < OPT_TOL
     e = ppvae.elbo(model, q, d.x, num_samples=1000)
-    assert abs(float((log_px - e.per_datapoint).mean() - kl.mean())) < 4 * e.mean_stderr + 1e-9
+    assert abs(float((log_px - e.per_datapoint).mean() - kl.mean())) < Z * e.mean_stderr + 1e-9
     b = ppvae.iwae(model, q, d.x, k=100)  # the local guide keeps the contract
     assert torch.allclose(b.per_datapoint, log_px, atol=1e-2)
 
@@ -87,8 +92,8 @@ def test_flow_family_improves_on_its_initialization(ppca):
     q = ppvae.fit_local(model, d.x, "flow", num_steps=300, num_flows=2)
     e0 = ppvae.elbo(model, start, d.x, num_samples=200)
     e1 = ppvae.elbo(model, q, d.x, num_samples=200)
-    assert e1.mean - e0.mean > 4 * (e0.mean_stderr + e1.mean_stderr)
-    assert e1.mean < float(log_px.mean()) + 4 * e1.mean_stderr  # still a lower bound
+    assert e1.mean - e0.mean > Z1 * (e0.mean_stderr + e1.mean_stderr)
+    assert e1.mean < float(log_px.mean()) + Z1 * e1.mean_stderr  # still a lower bound
 
 
 def test_amortized_full_guide_trained_has_zero_amortization_gap(ppca):
@@ -108,8 +113,8 @@ def test_amortized_full_guide_trained_has_zero_amortization_gap(ppca):
     closed = float((kl_amortized - _kl(d, q_star)).mean())  # amortization gap, closed form
     assert abs(closed) < OPT_TOL
     s = report.row("full").summary("amortization")
-    assert abs(s.mean - closed) < 4 * s.mc_se + 1e-9  # the report's estimate is unbiased
-    assert abs(s.mean) < 4 * s.mc_se + OPT_TOL
+    assert abs(s.mean - closed) < Z * s.mc_se + 1e-9  # the report's estimate is unbiased
+    assert abs(s.mean) < Z * s.mc_se + OPT_TOL
 
 
 def test_report_diag_approximation_gap_is_the_closed_form(ppca):
@@ -120,10 +125,10 @@ def test_report_diag_approximation_gap_is_the_closed_form(ppca):
     assert row.family == "diag" and row.estimators.log_px == "exact"
     s = row.summary("approximation")
     mf = float(ppvae.analysis.ppca.mean_field_gap(d.W, d.sigma))
-    assert abs(s.mean - mf) < 4 * s.mc_se + OPT_TOL
+    assert abs(s.mean - mf) < Z * s.mc_se + OPT_TOL
     # the exact mean-field posterior is amortizable on PPCA: no amortization gap
     a = row.summary("amortization")
-    assert abs(a.mean) < 4 * a.mc_se + OPT_TOL
+    assert abs(a.mean) < Z * a.mc_se + OPT_TOL
 
 
 def _positive_model(x):
@@ -142,7 +147,7 @@ def test_any_model_constrained_and_multi_site_latents():
     prior = ppvae.elbo(_positive_model, ppvae.fit_local(_positive_model, x, num_steps=0), x, 200)
     q = ppvae.fit_local(_positive_model, x, "full", num_steps=300)
     post = ppvae.elbo(_positive_model, q, x, 200)
-    assert post.mean - prior.mean > 4 * (post.mean_stderr + prior.mean_stderr)
+    assert post.mean - prior.mean > Z1 * (post.mean_stderr + prior.mean_stderr)
     assert set(q.distributions()) == {"s", "z"}
     assert (q.distributions()["s"].sample() > 0).all()
 

@@ -3,11 +3,11 @@
 import pyro
 import pytest
 import torch
-from ppvae.guides import MLPEncoder
-from ppvae.models import LIKELIHOODS, VAE
 from pyro import poutine
 
 import ppvae
+from ppvae.guides import MLPEncoder
+from ppvae.models import LIKELIHOODS, VAE
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS)

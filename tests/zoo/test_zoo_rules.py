@@ -13,11 +13,11 @@ import math
 import pyro.distributions as dist
 import pytest
 import torch
-from ppvae.models.vqvae import UniformCodebook
 from registry import REGISTRY
 
 import ppvae
 import ppvae.core.globals
+from ppvae.models.vqvae import UniformCodebook
 
 
 def test_bayesian_vae_needs_fixed_globals():
