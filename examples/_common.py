@@ -52,7 +52,7 @@ def save(fig, out: Path, name: str) -> None:
 def bounds(model, guide, x: torch.Tensor, label: str, k: int = 100, **kwargs) -> None:
     """Print the held-out ELBO and IWAE_k per datapoint with their standard errors."""
     with torch.no_grad():
-        e = ppvae.elbo(model, guide, x, num_samples=100, **kwargs)
-        b = ppvae.iwae(model, guide, x, k=k, **kwargs)
+        e = ppvae.elbo(model, guide, x, num_samples=100, model_kwargs=kwargs)
+        b = ppvae.iwae(model, guide, x, k=k, model_kwargs=kwargs)
     print(f"{label}: ELBO {e.mean:.2f} ± {e.mean_stderr:.2f}, "
           f"IWAE_{k} {b.mean:.2f} ± {b.mean_stderr:.2f} nats per digit")

@@ -21,6 +21,8 @@ ppvae.fit(model, guide, data, epochs=args.epochs, batch_size=64, lr=3e-3, quiet=
           seed=args.seed)
 bounds(model, guide, data.test, "CVAE (log p(x | c))", y=data.test_labels)
 rows = torch.arange(10).repeat_interleave(10)  # 10 samples per class, one class per row
-save(plots.sample_grid(model, data.test, 100, y=rows), args.out, "samples_by_label")
-save(plots.reconstructions(model, guide, data.test[:10], y=data.test_labels[:10]), args.out,
+save(plots.sample_grid(model, data.test, 100, model_kwargs={"y": rows}), args.out,
+     "samples_by_label")
+save(plots.reconstructions(model, guide, data.test[:10],
+                           model_kwargs={"y": data.test_labels[:10]}), args.out,
      "reconstructions")

@@ -28,5 +28,6 @@ print(f"test accuracy of the latent classifier: {float(accuracy):.3f} "
       f"(trained with {int((y_train >= 0).sum())} of {len(y_train)} labels)")
 save(plots.latent_scatter(guide, data.test, data.test_labels), args.out, "latent_scatter")
 with torch.no_grad():
-    save(plots.reconstructions(model, guide, data.test[:10], y=data.test_labels[:10]), args.out,
+    save(plots.reconstructions(model, guide, data.test[:10],
+                               model_kwargs={"y": data.test_labels[:10]}), args.out,
          "reconstructions")

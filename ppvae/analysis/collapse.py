@@ -18,7 +18,8 @@ point masses) raise a clear error naming the site.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import pyro.distributions as dist
 import torch
@@ -78,13 +79,14 @@ def _per_datapoint(t: torch.Tensor) -> torch.Tensor:
 
 def posterior_collapse(model, guide, x: torch.Tensor, *, latent: str = "z",
                        num_samples: int = 16, threshold: float = 1e-2,
-                       **kwargs) -> CollapseReport:
+                       model_kwargs: Mapping[str, Any] | None = None) -> CollapseReport:
     """KL per dimension and active units of ``latent`` on data ``x`` (see module docstring).
 
     ``num_samples`` draws per datapoint average over the site's parents (and over draws of
     the upstream latents a hierarchical guide conditions on).
     """
-    info = check_pair(model, guide, x, **kwargs)
+    kwargs = dict(model_kwargs or {})
+    info = check_pair(model, guide, x, model_kwargs=kwargs)
     info.require_continuous("KL per latent dimension")
     if latent not in info.latent:
         raise ValueError(f"no latent site '{latent}'; the pair's latent sites are "

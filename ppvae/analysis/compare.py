@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.distributions import MultivariateNormal
@@ -78,7 +78,8 @@ def _flat(samples: Mapping[str, torch.Tensor], names) -> torch.Tensor:
 
 def compare_posteriors(model, x: torch.Tensor, mcmc, guides: Mapping[str, object] | None = None,
                        datapoints: Sequence[int] | None = None, *, num_samples: int = 2000,
-                       mcmc_name: str = "mcmc", **kwargs) -> PosteriorComparison:
+                       mcmc_name: str = "mcmc",
+                       model_kwargs: Mapping[str, Any] | None = None) -> PosteriorComparison:
     """Compare guides to MCMC on ``x[datapoints]``.
 
     Args:
@@ -90,9 +91,10 @@ def compare_posteriors(model, x: torch.Tensor, mcmc, guides: Mapping[str, object
         datapoints: indices to compare (default all).
         num_samples: draws per datapoint from each guide.
     """
+    kwargs = dict(model_kwargs or {})
     samples = getattr(mcmc, "samples", mcmc)
     idx = list(range(x.shape[0])) if datapoints is None else [int(i) for i in datapoints]
-    pot = Potential(model, x, **kwargs)
+    pot = Potential(model, x, model_kwargs=kwargs)
     names = [s.name for s in pot.sites]
     missing = [n for n in names if n not in samples]
     if missing:
@@ -104,7 +106,7 @@ def compare_posteriors(model, x: torch.Tensor, mcmc, guides: Mapping[str, object
     out = [PosteriorSummary(mcmc_name, m_ref, sd_ref, corr_ref, None, None, ref)]
     fit = MultivariateNormal(m_ref, covariance_matrix=cov_ref)  # batch [M]
     for name, guide in (guides or {}).items():
-        gp = Potential(model, x, guide=guide, **kwargs)
+        gp = Potential(model, x, guide=guide, model_kwargs=kwargs)
         with torch.no_grad():
             u = gp.sample_init(num_samples)  # [S, N, D] unconstrained
             values, _ = gp.unflatten(u)

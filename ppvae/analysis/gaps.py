@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 import torch
 
@@ -86,7 +87,8 @@ def _as_log_px(value) -> LogPx:
 def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
          local: Mapping[str, LocalGuide] | None = None, local_steps: int = 1000,
          local_options: Mapping | None = None, num_samples: int = 1000,
-         log_px_options: Mapping | None = None, **kwargs) -> GapReport:
+         log_px_options: Mapping | None = None,
+         model_kwargs: Mapping[str, Any] | None = None) -> GapReport:
     """Split each guide's inference gap on ``x`` into approximation and amortization gaps.
 
     Args:
@@ -101,8 +103,9 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
         num_samples: samples per datapoint for each ELBO.
         log_px_options: options for the log p(x) estimator (for "iwae": ``k``, default 1000,
             ``num_estimates``, ``chunk_size``).
-        **kwargs: passed to model and guides.
+        model_kwargs: passed to model and guides.
     """
+    kwargs = dict(model_kwargs or {})
     if not isinstance(guides, Mapping):
         guides = {"guide": guides}
     families = families or {}
@@ -110,7 +113,8 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
         families = dict.fromkeys(guides, families)
     local, timings, partial = dict(local or {}), [], []
     for name, guide in guides.items():
-        check_pair(model, guide, x, **kwargs)  # bad x or a broken pair: a named error first
+        check_pair(model, guide, x,
+                   model_kwargs=kwargs)  # bad x or a broken pair: a named error first
         family = families.get(name) or infer_family(guide, x)
         if family not in FAMILIES:
             raise ValueError(f"family for guide '{name}' must be one of {FAMILIES}, "
@@ -145,15 +149,15 @@ def guide_elbos(model, guide, x: torch.Tensor, family: str, qstar: LocalGuide | 
     with the seconds each took."""
     timings = []
     t = time.perf_counter()
-    amortized = elbo(model, guide, x, num_samples, **kwargs)
+    amortized = elbo(model, guide, x, num_samples, model_kwargs=kwargs)
     timings.append((f"ELBO[q] {name}", time.perf_counter() - t))
     if qstar is None:
         t = time.perf_counter()
         qstar = fit_local(model, x, family, guide, num_steps=local_steps,
-                          **dict(local_options or {}), **kwargs)
+                          **dict(local_options or {}), model_kwargs=kwargs)
         timings.append((f"fit_local {family} q* {name}", time.perf_counter() - t))
     t = time.perf_counter()
-    optimal = elbo(model, qstar, x, num_samples, **kwargs)
+    optimal = elbo(model, qstar, x, num_samples, model_kwargs=kwargs)
     timings.append((f"ELBO[q*] {name}", time.perf_counter() - t))
     return amortized, qstar, optimal, timings
 

@@ -15,7 +15,7 @@ latent site. So every figure works for any model keeping the contract, not only 
 * :func:`collapse_plot`: KL per latent dimension with active units
   (:func:`ppvae.collapse.posterior_collapse`).
 
-Model/guide keyword arguments (labels of a conditional model) go through ``**kwargs`` and must
+Model/guide keyword arguments (labels of a conditional model) go through ``model_kwargs`` and must
 have one row per decoded image. Figures that move the latent continuously raise a clear error
 for discrete latents (VQ-VAE). Each function returns a ``matplotlib.figure.Figure``.
 """
@@ -23,6 +23,8 @@ for discrete latents (VQ-VAE). Each function returns a ``matplotlib.figure.Figur
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -61,12 +63,13 @@ def _observed_mean(tr, observed: str, m: int) -> torch.Tensor:
 
 @torch.no_grad()
 def decode(model, latents: dict[str, torch.Tensor], template: torch.Tensor, *,
-           observed: str = "x", **kwargs) -> torch.Tensor:
+           observed: str = "x", model_kwargs: Mapping[str, Any] | None = None) -> torch.Tensor:
     """Mean of the observed site given latent values ``{site: [M, ...]}``: ``[M, D]``.
 
     Latent sites not given are drawn from the model's (conditional) prior. ``template`` gives
     the shape (and device, dtype) of one datapoint: ``template.shape[1:]``.
     """
+    kwargs = dict(model_kwargs or {})
     m = next(iter(latents.values())).shape[0]
     tr = poutine.trace(poutine.condition(model, data=latents)).get_trace(
         _zero_batch(template, m), **kwargs)
@@ -74,8 +77,10 @@ def decode(model, latents: dict[str, torch.Tensor], template: torch.Tensor, *,
 
 
 @torch.no_grad()
-def encode(guide, x: torch.Tensor, *, latent: str = "z", **kwargs) -> torch.Tensor:
+def encode(guide, x: torch.Tensor, *, latent: str = "z",
+           model_kwargs: Mapping[str, Any] | None = None) -> torch.Tensor:
     """The guide's mean of ``latent`` for each datapoint (a 64-draw average if it has no mean)."""
+    kwargs = dict(model_kwargs or {})
     tr = poutine.trace(guide).get_trace(x, **kwargs)
     if latent not in tr.nodes:
         raise ContractError(f"the guide has no latent site '{latent}'")
@@ -86,7 +91,9 @@ def encode(guide, x: torch.Tensor, *, latent: str = "z", **kwargs) -> torch.Tens
             return poutine.trace(guide).get_trace(x, **kwargs).nodes[latent]["value"].mean(0)
 
 
-def _prior_site(model, template: torch.Tensor, latent: str, m: int = 1, **kwargs) -> dict:
+def _prior_site(model, template: torch.Tensor, latent: str, m: int = 1, *,
+                model_kwargs: Mapping[str, Any] | None = None) -> dict:
+    kwargs = dict(model_kwargs or {})
     try:
         with torch.no_grad():
             tr = poutine.trace(model).get_trace(_zero_batch(template, m), **kwargs)
@@ -97,8 +104,10 @@ def _prior_site(model, template: torch.Tensor, latent: str, m: int = 1, **kwargs
     return tr.nodes[latent]
 
 
-def _require_continuous(model, guide, x: torch.Tensor, figure: str, **kwargs) -> None:
-    check_pair(model, guide, x, **kwargs).require_continuous(figure)
+def _require_continuous(model, guide, x: torch.Tensor, figure: str, *,
+                        model_kwargs: Mapping[str, Any] | None = None) -> None:
+    kwargs = dict(model_kwargs or {})
+    check_pair(model, guide, x, model_kwargs=kwargs).require_continuous(figure)
 
 
 def _image_shape(d: int, image_shape) -> tuple[int, int]:
@@ -131,8 +140,9 @@ def _show(canvas: np.ndarray, title: str, size: float = 4.0) -> Figure:
 
 
 def sample_grid(model, template: torch.Tensor, num: int = 64, *, observed: str = "x",
-                image_shape=None, **kwargs) -> Figure:
+                image_shape=None, model_kwargs: Mapping[str, Any] | None = None) -> Figure:
     """Decoded means of ``num`` draws from the model's prior, as a square-ish grid."""
+    kwargs = dict(model_kwargs or {})
     with torch.no_grad():
         try:
             tr = poutine.trace(model).get_trace(_zero_batch(template, num), **kwargs)
@@ -148,8 +158,9 @@ def sample_grid(model, template: torch.Tensor, num: int = 64, *, observed: str =
 
 
 def reconstructions(model, guide, x: torch.Tensor, *, observed: str = "x", image_shape=None,
-                    **kwargs) -> Figure:
+                    model_kwargs: Mapping[str, Any] | None = None) -> Figure:
     """Inputs (top row) above their reconstructions: a guide draw decoded to its mean."""
+    kwargs = dict(model_kwargs or {})
     with torch.no_grad():
         _, tr = trace_pair(model, guide, x, kwargs)
     n = x.shape[0]
@@ -160,13 +171,15 @@ def reconstructions(model, guide, x: torch.Tensor, *, observed: str = "x", image
 
 
 def latent_manifold(model, template: torch.Tensor, *, latent: str = "z", n: int = 15,
-                    observed: str = "x", image_shape=None, **kwargs) -> Figure:
+                    observed: str = "x", image_shape=None,
+                    model_kwargs: Mapping[str, Any] | None = None) -> Figure:
     """Decode a 2-D latent on an n x n grid of prior quantiles (Kingma and Welling, fig. 4).
 
     Grid coordinates are evenly spaced probabilities in (0, 1) mapped through the prior's
     inverse CDF per dimension; ``kwargs`` must then have ``n * n`` rows.
     """
-    site = _prior_site(model, template, latent, n * n, **kwargs)
+    kwargs = dict(model_kwargs or {})
+    site = _prior_site(model, template, latent, n * n, model_kwargs=kwargs)
     if getattr(site["fn"].support, "is_discrete", False):
         raise ContractError(f"the latent manifold needs a continuous latent; site '{latent}' has "
                             "discrete support (e.g. VQ-VAE codes)")
@@ -181,15 +194,17 @@ def latent_manifold(model, template: torch.Tensor, *, latent: str = "z", n: int 
     except NotImplementedError as e:
         raise ContractError(f"the latent manifold needs a prior with an inverse CDF per "
                             f"dimension; site '{latent}' has {type(base).__name__}") from e
-    means = decode(model, {latent: z}, template, observed=observed, **kwargs)
+    means = decode(model, {latent: z}, template, observed=observed, model_kwargs=kwargs)
     shape = _image_shape(means.shape[1], image_shape)
     return _show(_tile(means, n, n, shape), f"latent manifold of '{latent}' (prior quantiles)")
 
 
 def latent_scatter(guide, x: torch.Tensor, labels: torch.Tensor, *, latent: str = "z",
-                   dims: tuple[int, int] = (0, 1), **kwargs) -> Figure:
+                   dims: tuple[int, int] = (0, 1),
+                   model_kwargs: Mapping[str, Any] | None = None) -> Figure:
     """Encoder means of ``x`` in two latent dimensions, coloured by ``labels``."""
-    z = encode(guide, x, latent=latent, **kwargs).reshape(x.shape[0], -1).cpu()  # [N, K]
+    kwargs = dict(model_kwargs or {})
+    z = encode(guide, x, latent=latent, model_kwargs=kwargs).reshape(x.shape[0], -1).cpu()  # [N, K]
     if max(dims) >= z.shape[1]:
         raise ValueError(f"dims {dims} out of range for a {z.shape[1]}-D latent '{latent}'")
     fig, ax = plt.subplots(figsize=(5, 4.5))
@@ -203,34 +218,37 @@ def latent_scatter(guide, x: torch.Tensor, labels: torch.Tensor, *, latent: str 
 
 
 def interpolation(model, guide, x: torch.Tensor, *, steps: int = 10, latent: str = "z",
-                  observed: str = "x", image_shape=None, **kwargs) -> Figure:
+                  observed: str = "x", image_shape=None,
+                  model_kwargs: Mapping[str, Any] | None = None) -> Figure:
     """Decode the straight line between the encodings of ``x[0]`` and ``x[1]``.
 
-    Latent sites other than ``latent`` are drawn from the prior. ``kwargs`` are per-datapoint
+    Latent sites other than ``latent`` are drawn from the prior. ``model_kwargs`` are per-datapoint
     (rows of ``x``); decoding along the path uses the row of ``x[0]`` (its label, say).
     """
+    kwargs = dict(model_kwargs or {})
     two = {k: v[:2] for k, v in kwargs.items()}
-    _require_continuous(model, guide, x[:2], "interpolation", **two)
-    z = encode(guide, x[:2], latent=latent, **two)  # [2, ...]
+    _require_continuous(model, guide, x[:2], "interpolation", model_kwargs=two)
+    z = encode(guide, x[:2], latent=latent, model_kwargs=two)  # [2, ...]
     t = torch.linspace(0, 1, steps, dtype=z.dtype, device=z.device)
     t = t.reshape(steps, *([1] * (z.dim() - 1)))
     path = (1 - t) * z[0] + t * z[1]  # [steps, ...]
     kw = {k: v[:1].expand(steps, *v.shape[1:]) for k, v in kwargs.items()}
-    means = decode(model, {latent: path}, x, observed=observed, **kw)
+    means = decode(model, {latent: path}, x, observed=observed, model_kwargs=kw)
     shape = _image_shape(means.shape[1], image_shape)
     return _show(_tile(means, 1, steps, shape), "interpolation", size=1.0 * steps)
 
 
 def latent_traversals(model, guide, x: torch.Tensor, *, latent: str = "z", dims=None,
                       span: float = 3.0, steps: int = 9, observed: str = "x",
-                      image_shape=None, **kwargs) -> Figure:
+                      image_shape=None, model_kwargs: Mapping[str, Any] | None = None) -> Figure:
     """One row per latent dimension: the encoding of ``x[0]`` with that dimension swept over
     ``[-span, span]`` (prior standard deviations for a standard normal prior), the others fixed.
-    ``kwargs`` are per-datapoint (rows of ``x``); the row of ``x[0]`` is used throughout.
+    ``model_kwargs`` are per-datapoint (rows of ``x``); the row of ``x[0]`` is used throughout.
     """
+    kwargs = dict(model_kwargs or {})
     one = {k: v[:1] for k, v in kwargs.items()}
-    _require_continuous(model, guide, x[:1], "latent traversals", **one)
-    z0 = encode(guide, x[:1], latent=latent, **one)[0]
+    _require_continuous(model, guide, x[:1], "latent traversals", model_kwargs=one)
+    z0 = encode(guide, x[:1], latent=latent, model_kwargs=one)[0]
     if z0.dim() != 1:
         raise ValueError(f"latent traversals need a vector latent; '{latent}' has shape "
                          f"{tuple(z0.shape)}")
@@ -239,7 +257,8 @@ def latent_traversals(model, guide, x: torch.Tensor, *, latent: str = "z", dims=
     z = z0.repeat(len(dims), steps, 1)  # [R, steps, K]
     z[torch.arange(len(dims)), :, torch.tensor(dims)] = values  # row r sweeps dimension dims[r]
     kw = {k: v[:1].expand(len(dims) * steps, *v.shape[1:]) for k, v in kwargs.items()}
-    means = decode(model, {latent: z.reshape(-1, z0.shape[0])}, x, observed=observed, **kw)
+    means = decode(model, {latent: z.reshape(-1, z0.shape[0])}, x, observed=observed,
+                   model_kwargs=kw)
     shape = _image_shape(means.shape[1], image_shape)
     return _show(_tile(means, len(dims), steps, shape),
                  f"traversals of '{latent}' over [-{span}, {span}]", size=1.0 * steps)

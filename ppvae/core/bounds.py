@@ -22,7 +22,8 @@ chunks of samples with a running log-sum-exp (memory bounded by the chunk). Stan
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 
@@ -120,13 +121,15 @@ def iwae_from_log_weights(lw: torch.Tensor, k: int) -> Bound:
 
 def elbo(
     model, guide, x: torch.Tensor, num_samples: int = 100, *, chunk_size: int | None = None,
-    **kwargs,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> Bound:
     """Per-datapoint ELBO ``E_q[log p(x, z) - log q(z | x)]`` from ``num_samples`` samples each."""
+    kwargs = dict(model_kwargs or {})
     if num_samples < 2:
         raise ValueError("num_samples must be >= 2 to estimate a standard error")
     n_tot, mean, m2 = 0, None, None
-    for lw in iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size, **kwargs):
+    for lw in iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size,
+                               model_kwargs=kwargs):
         lw = lw.detach()
         nb = lw.shape[0]
         mb = lw.mean(0)
@@ -151,7 +154,7 @@ def iwae(
     *,
     num_estimates: int = 1,
     chunk_size: int | None = None,
-    **kwargs,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> Bound:
     """Per-datapoint IWAE_k bound ``log (1/k) sum_i w_i``, streamed (memory bounded by the chunk).
 
@@ -159,10 +162,11 @@ def iwae(
     error. With one estimate the delta-method error is reported (see module docstring). k = 5000
     over 1000 MNIST-sized datapoints needs only one chunk of activations in memory.
     """
+    kwargs = dict(model_kwargs or {})
     if k < 1 or num_estimates < 1:
         raise ValueError(f"k and num_estimates must be >= 1, got k={k}, "
                          f"num_estimates={num_estimates}")
-    info = check_pair(model, guide, x, **kwargs)
+    info = check_pair(model, guide, x, model_kwargs=kwargs)
     chunk = chunk_size or default_chunk_size(info.num_data)
     if k <= chunk:  # whole estimates per chunk: [m * k, N] -> [m, N]
         per_chunk = max(1, chunk // k)
@@ -171,7 +175,7 @@ def iwae(
         while done < num_estimates:
             m = min(per_chunk, num_estimates - done)
             lw = torch.cat(list(iter_log_weights(model, guide, x, m * k, chunk_size=m * k,
-                                                 info=info, **kwargs))).detach()
+                                                 info=info, model_kwargs=kwargs))).detach()
             lw = lw.reshape(m, k, -1)  # [m, k, N]
             ests.append(logmeanexp(lw, dim=1))
             if num_estimates == 1:
@@ -184,7 +188,7 @@ def iwae(
         for _ in range(num_estimates):
             lse1 = lse2 = None
             for lw in iter_log_weights(model, guide, x, k, chunk_size=chunk, info=info,
-                                       **kwargs):
+                                       model_kwargs=kwargs):
                 lw = lw.detach()
                 c1, c2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
                 lse1 = c1 if lse1 is None else torch.logaddexp(lse1, c1)

@@ -21,7 +21,8 @@ traces; see ``pyro/infer/trace_elbo.py`` for the pattern).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 from pyro import poutine
@@ -206,7 +207,8 @@ def _check_finite(role: str, name: str, site: dict) -> None:
         )
 
 
-def check_pair(model, guide, x: torch.Tensor, **kwargs) -> PairInfo:
+def check_pair(model, guide, x: torch.Tensor, *,
+               model_kwargs: Mapping[str, Any] | None = None) -> PairInfo:
     """Trace the guide and the model replayed on it once; check the contract.
 
     Raises :class:`ContractError` naming the site for: a guide latent the model lacks, a model
@@ -215,6 +217,7 @@ def check_pair(model, guide, x: torch.Tensor, **kwargs) -> PairInfo:
     a latent whose event shape differs between model and guide, and non-finite log densities.
     Returns a :class:`PairInfo`.
     """
+    kwargs = dict(model_kwargs or {})
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ContractError(
             f"x must be a tensor with a leading data dimension, got {type(x).__name__}"

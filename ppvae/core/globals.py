@@ -17,6 +17,7 @@ apply and mean "given these weights". The marginal over W is not estimated by pp
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import torch
 from pyro import poutine
@@ -72,16 +73,18 @@ def _in_data_plate(site: dict) -> bool:
     return any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
 
 
-def global_latent_names(guide: Callable, x: torch.Tensor, **kwargs) -> tuple[str, ...]:
+def global_latent_names(guide: Callable, x: torch.Tensor, *,
+                        model_kwargs: Mapping[str, Any] | None = None) -> tuple[str, ...]:
     """Latent sites of ``guide(x, **kwargs)`` outside the data plate, in guide order."""
+    kwargs = dict(model_kwargs or {})
     with torch.no_grad():
         tr = prune_subsample_sites(poutine.trace(guide).get_trace(x, **kwargs))
     return tuple(n for n, s in tr.nodes.items()
                  if s["type"] == "sample" and is_latent(s) and not _in_data_plate(s))
 
 
-def global_values(guide: Callable, x: torch.Tensor, how: str = "mean",
-                  **kwargs) -> dict[str, torch.Tensor]:
+def global_values(guide: Callable, x: torch.Tensor, how: str = "mean", *,
+                  model_kwargs: Mapping[str, Any] | None = None) -> dict[str, torch.Tensor]:
     """Values of the guide's global latents: its distributions' means or one draw.
 
     Args:
@@ -89,6 +92,7 @@ def global_values(guide: Callable, x: torch.Tensor, how: str = "mean",
         x: a batch to run the guide on (only the global sites are kept).
         how: ``"mean"`` (the mean of each global site's distribution) or ``"sample"``.
     """
+    kwargs = dict(model_kwargs or {})
     if how not in ("mean", "sample"):
         raise ValueError(f"how must be 'mean' or 'sample', got {how!r}")
     with torch.no_grad():

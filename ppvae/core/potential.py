@@ -17,7 +17,8 @@ geometric path of AIS (Neal 2001).
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import pyro
 import torch
@@ -55,15 +56,17 @@ class Potential:
         model: a model keeping the ppvae contract (checked here, with its prior as the guide).
         x: data ``[N, ...]``; tensors follow its device and dtype.
         guide: optional initial distribution (a guide keeping the contract); default the prior.
-        **kwargs: passed to model and guide.
+        model_kwargs: passed to model and guide.
     """
 
-    def __init__(self, model, x: torch.Tensor, guide=None, **kwargs):
+    def __init__(self, model, x: torch.Tensor, guide=None, *,
+                 model_kwargs: Mapping[str, Any] | None = None):
+        kwargs = dict(model_kwargs or {})
         self.model, self.x, self.kwargs = model, x, kwargs
         self.guide = guide
-        info = check_pair(model, prior_guide(model), x, **kwargs)
+        info = check_pair(model, prior_guide(model), x, model_kwargs=kwargs)
         if guide is not None:
-            g_info = check_pair(model, guide, x, **kwargs)
+            g_info = check_pair(model, guide, x, model_kwargs=kwargs)
             info = info._replace(max_plate_nesting=max(info.max_plate_nesting,
                                                        g_info.max_plate_nesting))
         self.info = info

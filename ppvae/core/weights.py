@@ -15,7 +15,8 @@ functions of these weights.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 
@@ -69,17 +70,18 @@ def iter_log_weights(
     *,
     chunk_size: int | None = None,
     info: PairInfo | None = None,
-    **kwargs,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the log weights of :func:`log_weights` chunk by chunk, each ``[chunk, N]``.
 
     Streaming estimators (IWAE with large k) consume this so that only one chunk is alive.
     ``info`` skips the contract check when the caller has already run it.
     """
+    kwargs = dict(model_kwargs or {})
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     if info is None:
-        info = check_pair(model, guide, x, **kwargs)
+        info = check_pair(model, guide, x, model_kwargs=kwargs)
     chunk = chunk_size or default_chunk_size(info.num_data)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -95,7 +97,7 @@ def log_weights(
     *,
     chunk_size: int | None = None,
     info: PairInfo | None = None,
-    **kwargs,
+    model_kwargs: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
     """Per-datapoint log weights ``log p(x_n, z) - log q(z | x_n)``, z ~ q: ``[num_samples, N]``.
 
@@ -106,13 +108,14 @@ def log_weights(
         chunk_size: particles traced at once (vectorized over an outer plate); default keeps
             ``chunk_size * N`` near 32k.
         info: a :class:`PairInfo` from an earlier check, to skip re-checking in loops.
-        **kwargs: passed to both model and guide (labels for a conditional model, ...).
+        model_kwargs: passed to both model and guide (labels for a conditional model, ...).
 
     Works under ``torch.no_grad()`` for evaluation and with gradients (reparameterized
     samples) for training objectives.
     """
+    kwargs = dict(model_kwargs or {})
     return torch.cat(
         list(iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size, info=info,
-                              **kwargs)),
+                              model_kwargs=kwargs)),
         dim=0,
     )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -67,10 +68,12 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
                  local: Mapping[str, LocalGuide] | None = None, local_steps: int = 1000,
                  local_options: Mapping | None = None, num_samples: int = 1000,
                  log_px_options: Mapping | None = None, seed: int = 0, block_size: int = 256,
-                 batch_kw: dict | None = None, **kwargs) -> GapReport:
+                 batch_kw: dict | None = None,
+                 model_kwargs: Mapping[str, Any] | None = None) -> GapReport:
     """:func:`ppvae.gaps` sharded over ranks; the same arguments, plus ``seed`` and
     ``block_size`` (:mod:`ppvae.sharded`) and ``batch_kw`` (per-datapoint model keywords).
     ``local`` q* must cover all N rows. Every rank returns the whole report."""
+    kwargs = dict(model_kwargs or {})
     if not isinstance(guides, Mapping):
         guides = {"guide": guides}
     families = families or {}
@@ -87,7 +90,7 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
         qstar[name] = sharded_fit_local(model, x, fams[name], guide, seed=guide_seed,
                                         block_size=block_size, batch_kw=batch_kw,
                                         num_steps=local_steps, **dict(local_options or {}),
-                                        **kwargs)
+                                        model_kwargs=kwargs)
         fit_seconds[name] = qstar[name].fit.seconds
     for name, q in qstar.items():
         if q.num_data != n:
@@ -102,7 +105,8 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
         ref = exact[lo:hi] if exact is not None else x.new_zeros(hi - lo)
         return gaps(model, guides, x[lo:hi], ref, families=fams,
                     local={k: local_guide_rows(q, lo, hi) for k, q in qstar.items()},
-                    num_samples=num_samples, **kwargs, **block_rows(batch_kw, lo, hi))
+                    num_samples=num_samples, model_kwargs={**kwargs, **block_rows(batch_kw, lo,
+                                                                                  hi)})
 
     reports = map_blocks(elbos, n, block_size, seed, "gap_elbos")
     metas = gather_block_meta([[(r.guide, r.family, r.estimators) for r in rep.rows]

@@ -20,8 +20,9 @@ per datapoint). The caller's RNG state is restored afterwards. Per-datapoint key
 
 from __future__ import annotations
 
-import inspect
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pyro
@@ -97,12 +98,14 @@ def gather_block_meta(local: list) -> list:
 
 def sharded_log_weights(model, guide, x: torch.Tensor, num_samples: int = 1, *, seed: int = 0,
                         block_size: int = 256, batch_kw: dict | None = None,
-                        chunk_size: int | None = None, **kwargs) -> torch.Tensor:
+                        chunk_size: int | None = None,
+                        model_kwargs: Mapping[str, Any] | None = None) -> torch.Tensor:
     """:func:`ppvae.log_weights` (detached) sharded over ranks: ``[num_samples, N]``."""
+    kwargs = dict(model_kwargs or {})
     def one(lo, hi):
         with torch.no_grad():
             return log_weights(model, guide, x[lo:hi], num_samples, chunk_size=chunk_size,
-                               **kwargs, **block_rows(batch_kw, lo, hi))  # [S, B]
+                               model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)})  # [S, B]
     return gather_blocks(map_blocks(one, x.shape[0], block_size, seed, "log_weights"), 1)
 
 
@@ -116,35 +119,43 @@ def _merge_bounds(parts: list[Bound]) -> Bound:
 
 def sharded_elbo(model, guide, x: torch.Tensor, num_samples: int = 100, *, seed: int = 0,
                  block_size: int = 256, batch_kw: dict | None = None,
-                 chunk_size: int | None = None, **kwargs) -> Bound:
+                 chunk_size: int | None = None,
+                 model_kwargs: Mapping[str, Any] | None = None) -> Bound:
     """:func:`ppvae.elbo` sharded over ranks (module docstring)."""
+    kwargs = dict(model_kwargs or {})
     def one(lo, hi):
         with torch.no_grad():
-            return elbo(model, guide, x[lo:hi], num_samples, chunk_size=chunk_size, **kwargs,
-                        **block_rows(batch_kw, lo, hi))
+            return elbo(model, guide, x[lo:hi], num_samples, chunk_size=chunk_size,
+                        model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)})
     return _merge_bounds(map_blocks(one, x.shape[0], block_size, seed, "elbo"))
 
 
 def sharded_iwae(model, guide, x: torch.Tensor, k: int, *, num_estimates: int = 1,
                  seed: int = 0, block_size: int = 256, batch_kw: dict | None = None,
-                 chunk_size: int | None = None, **kwargs) -> Bound:
+                 chunk_size: int | None = None,
+                 model_kwargs: Mapping[str, Any] | None = None) -> Bound:
     """:func:`ppvae.iwae` sharded over ranks (module docstring)."""
+    kwargs = dict(model_kwargs or {})
     def one(lo, hi):
         with torch.no_grad():
             return iwae(model, guide, x[lo:hi], k, num_estimates=num_estimates,
-                        chunk_size=chunk_size, **kwargs, **block_rows(batch_kw, lo, hi))
+                        chunk_size=chunk_size,
+                        model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)})
     return _merge_bounds(map_blocks(one, x.shape[0], block_size, seed, "iwae"))
 
 
 def sharded_ais(model, x: torch.Tensor, *, seed: int = 0, block_size: int = 256,
-                batch_kw: dict | None = None, **options) -> AISResult:
-    """:func:`ppvae.ais` sharded over ranks (module docstring); ``options`` go to it."""
-    parts = map_blocks(lambda lo, hi: ais(model, x[lo:hi], **options,
-                                          **block_rows(batch_kw, lo, hi)),
-                        x.shape[0], block_size, seed, "ais")
+                batch_kw: dict | None = None, model_kwargs: Mapping[str, Any] | None = None,
+                **options) -> AISResult:
+    """:func:`ppvae.ais` sharded over ranks (module docstring); ``options`` are its options,
+    ``model_kwargs`` (fixed) and ``batch_kw`` (per-datapoint, blocked) the model's arguments."""
+    kwargs = dict(model_kwargs or {})
+    parts = map_blocks(lambda lo, hi: ais(
+        model, x[lo:hi], **options, model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)}),
+        x.shape[0], block_size, seed, "ais")
     guide = options.get("guide") or model
-    pd = check_pair(model, guide, x[:1], **_model_kwargs(ais, options),
-                    **block_rows(batch_kw, 0, 1)).particle_dim
+    pd = check_pair(model, guide, x[:1],
+                    model_kwargs={**kwargs, **block_rows(batch_kw, 0, 1)}).particle_dim
     sites, num_steps = gather_block_meta([(tuple(r.samples), r.num_steps) for r in parts])[0]
     # N after mid
     samples = {s: gather_blocks([r.samples[s] for r in parts], -pd - 1) for s in sites}
@@ -153,13 +164,6 @@ def sharded_ais(model, x: torch.Tensor, *, seed: int = 0, block_size: int = 256,
                      gather_blocks([r.log_weights for r in parts], 1),
                      gather_blocks([r.accept_rate for r in parts], 1),
                      gather_blocks([r.step_size for r in parts], 1), samples, num_steps)
-
-
-def _model_kwargs(fn, options: dict) -> dict:
-    """The entries of ``options`` that ``fn`` passes on to the model (its ``**kwargs``)."""
-    own = {n for n, p in inspect.signature(fn).parameters.items()
-           if p.kind is not inspect.Parameter.VAR_KEYWORD}
-    return {k: v for k, v in options.items() if k not in own}
 
 
 def _local_guide(sites, family: str, params: list[dict[str, torch.Tensor]],
@@ -189,8 +193,7 @@ def local_guide_rows(guide: LocalGuide, start: int, stop: int) -> LocalGuide:
 
 def _merge_fits(fits: list[LocalFit], rows: list[int]) -> LocalFit:
     metas = gather_block_meta([(f.family, f.init, f.num_steps, f.max_steps, f.num_particles,
-                                f.history,
-                     r) for f, r in zip(fits, rows, strict=True)])
+                                f.history, r) for f, r in zip(fits, rows, strict=True)])
     seconds = max(ddp.gather_objects(sum(f.seconds for f in fits)))  # wall clock: slowest rank
     length = max(len(m[5]) for m in metas)
     hist = torch.tensor([list(m[5]) + [m[5][-1]] * (length - len(m[5])) if m[5] else
@@ -206,18 +209,20 @@ def _merge_fits(fits: list[LocalFit], rows: list[int]) -> LocalFit:
 
 def sharded_fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
                       seed: int = 0, block_size: int = 256, batch_kw: dict | None = None,
-                      **options) -> LocalGuide:
+                      model_kwargs: Mapping[str, Any] | None = None, **options) -> LocalGuide:
     """:func:`ppvae.fit_local` sharded over ranks: one :class:`LocalGuide` over all N rows on
     every rank, its ``fit`` merged (per-datapoint fields gathered, ``history`` the
     row-weighted mean over blocks, ``seconds`` the slowest rank's). ``init`` may be a fitted
     :class:`LocalGuide` over all N rows (each block starts from its rows)."""
+    kwargs = dict(model_kwargs or {})
+
     def one(lo, hi):
         start = local_guide_rows(init, lo, hi) if isinstance(init, LocalGuide) else init
-        return fit_local(model, x[lo:hi], family, start, **options, **block_rows(batch_kw, lo, hi))
+        return fit_local(model, x[lo:hi], family, start, **options,
+                         model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)})
 
     parts = map_blocks(one, x.shape[0], block_size, seed, "fit_local")
-    sites = latent_sites(model, x[:1], **_model_kwargs(fit_local, options),
-                         **block_rows(batch_kw, 0, 1))
+    sites = latent_sites(model, x[:1], model_kwargs={**kwargs, **block_rows(batch_kw, 0, 1)})
     names = [[n for n, _ in LocalFamily(family, x.new_zeros(1, s.size), torch.eye(
         s.size, dtype=x.dtype, device=x.device)[None]).named_parameters()] for s in sites]
     params = [{n: gather_blocks([g.families[j].get_parameter(n).detach() for g in parts])

@@ -22,7 +22,8 @@ so any model keeping the contract works. The result has ``per_datapoint`` and ``
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 
@@ -147,7 +148,8 @@ def log_mean_weight(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16,
         guide=None, kind: str = "sigmoid", num_leapfrog: int = 10, step_size: float = 0.1,
-        target_accept: float = 0.65, pilot_chains: int = 4, **kwargs) -> AISResult:
+        target_accept: float = 0.65, pilot_chains: int = 4,
+        model_kwargs: Mapping[str, Any] | None = None) -> AISResult:
     """AIS estimate of log p(x_n) for every datapoint of ``x``.
 
     Args:
@@ -161,9 +163,10 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16,
         pilot_chains: chains of a pilot run whose per-chain adapted step sizes (averaged per
             datapoint) fix the schedule of the real run, so that its kernels do not depend on
             its own chains and the estimate stays unbiased; 0 adapts online in the run itself.
-        **kwargs: passed to model and guide.
+        model_kwargs: passed to model and guide.
     """
-    pot = Potential(model, x, guide=guide, **kwargs)
+    kwargs = dict(model_kwargs or {})
+    pot = Potential(model, x, guide=guide, model_kwargs=kwargs)
     betas = schedule(num_steps, kind, dtype=x.dtype, device=x.device)
     opts = dict(num_leapfrog=num_leapfrog, step_size=step_size, target_accept=target_accept)
     with torch.no_grad():
@@ -184,6 +187,7 @@ def ais_log_px(model, x: torch.Tensor, proposal, model_kwargs: dict, *, init: st
     """
     if init not in ("prior", "guide"):
         raise ValueError(f"init must be 'prior' or 'guide', got {init!r}")
-    res = ais(model, x, guide=proposal if init == "guide" else None, **options, **model_kwargs)
+    res = ais(model, x, guide=proposal if init == "guide" else None, **options,
+              model_kwargs=model_kwargs)
     label = f"AIS ({res.num_steps} steps, {res.log_weights.shape[0]} chains, from {init})"
     return res.per_datapoint, res.stderr, label

@@ -13,7 +13,8 @@ shapes, device and keyword arguments) or takes ``z`` as the known generating lat
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 from pyro import poutine
@@ -48,11 +49,13 @@ class BDMCResult(NamedTuple):
                 f"{self.lower.num_steps} steps)")
 
 
-def simulate(model, x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def simulate(model, x: torch.Tensor, *, model_kwargs: Mapping[str, Any] | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Draw ``(x_sim, z)`` from the model, with ``x`` as the template for N, shapes and device.
 
     The model must have exactly one observed site (its ``obs=x``).
     """
+    kwargs = dict(model_kwargs or {})
     with torch.no_grad():
         tr = poutine.trace(poutine.uncondition(model)).get_trace(x, **kwargs)
     observed = [n for n, s in tr.nodes.items()
@@ -73,7 +76,7 @@ def simulate(model, x: torch.Tensor, **kwargs) -> tuple[torch.Tensor, dict[str, 
 def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | None = None,
          num_steps: int = 500, num_chains: int = 16, kind: str = "sigmoid",
          num_leapfrog: int = 10, step_size: float = 0.1, target_accept: float = 0.65,
-         pilot_chains: int = 4, **kwargs) -> BDMCResult:
+         pilot_chains: int = 4, model_kwargs: Mapping[str, Any] | None = None) -> BDMCResult:
     """Forward and reverse AIS on simulated data: the per-datapoint BDMC sandwich.
 
     Args:
@@ -86,9 +89,10 @@ def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | 
             of one forward pilot run (per datapoint, fixed), so neither direction adapts on
             its own chains (online adaptation visibly biases reverse AIS).
     """
+    kwargs = dict(model_kwargs or {})
     if z is None:
-        x, z = simulate(model, x, **kwargs)
-    pot = Potential(model, x, **kwargs)
+        x, z = simulate(model, x, model_kwargs=kwargs)
+    pot = Potential(model, x, model_kwargs=kwargs)
     if isinstance(z, torch.Tensor):
         if len(pot.sites) != 1:
             raise ValueError(f"the model has latent sites {[s.name for s in pot.sites]}; "

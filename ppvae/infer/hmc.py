@@ -18,7 +18,8 @@ and MCSE are computed per datapoint and coordinate.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 
@@ -95,7 +96,7 @@ class HMCResult(NamedTuple):
 def hmc(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 500,
         num_samples: int = 500, num_leapfrog: int = 10, target_accept: float = 0.8,
         jitter: bool = True, init: torch.Tensor | None = None, guide=None,
-        **kwargs) -> HMCResult:
+        model_kwargs: Mapping[str, Any] | None = None) -> HMCResult:
     """Batched HMC on the posterior of every datapoint of ``x`` under ``model``.
 
     Warm-up: dual averaging of each chain's step size throughout; the diagonal mass matrix is
@@ -104,10 +105,11 @@ def hmc(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 500,
     iteration (else always ``num_leapfrog``). Chains start from the prior (or ``guide``, or
     ``init [C, N, D]``, unconstrained).
     """
+    kwargs = dict(model_kwargs or {})
     if num_warmup < 20 or num_samples < 1 or num_leapfrog < 1:
         raise ValueError("need num_warmup >= 20, num_samples >= 1 and num_leapfrog >= 1; got "
                          f"{num_warmup}, {num_samples}, {num_leapfrog}")
-    pot = Potential(model, x, guide=guide, **kwargs)
+    pot = Potential(model, x, guide=guide, model_kwargs=kwargs)
     u = init if init is not None else pot.sample_init(num_chains)  # [C, N, D]
 
     def fn(q):

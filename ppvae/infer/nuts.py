@@ -13,7 +13,8 @@ use the same layout and ArviZ conversion as :func:`ppvae.hmc`.
 from __future__ import annotations
 
 import time
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 from pyro.infer.mcmc import MCMC, NUTS
@@ -36,7 +37,7 @@ class NUTSResult(NamedTuple):
 
 def nuts(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
          num_samples: int = 300, target_accept: float = 0.8, max_tree_depth: int = 10,
-         full_mass: bool = False, **kwargs) -> NUTSResult:
+         full_mass: bool = False, model_kwargs: Mapping[str, Any] | None = None) -> NUTSResult:
     """Run Pyro's NUTS on ``model(x, **kwargs)`` for ``num_chains`` chains.
 
     Args:
@@ -45,12 +46,13 @@ def nuts(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
         num_chains, num_warmup, num_samples: chains (run sequentially), warm-up and kept draws.
         target_accept, max_tree_depth, full_mass: passed to :class:`pyro.infer.mcmc.NUTS`
             (diagonal mass matrix by default).
-        **kwargs: passed to the model.
+        model_kwargs: passed to the model.
     """
+    kwargs = dict(model_kwargs or {})
     if num_chains < 1 or num_samples < 1:
         raise ValueError(f"num_chains and num_samples must be >= 1, got {num_chains}, "
                          f"{num_samples}")
-    pot = Potential(model, x, **kwargs)  # checks the contract and learns the site layout
+    pot = Potential(model, x, model_kwargs=kwargs)  # checks the contract and learns the site layout
     draws: dict[str, list[torch.Tensor]] = {s.name: [] for s in pot.sites}
     steps, divs = [], []
     t0 = time.perf_counter()

@@ -102,7 +102,7 @@ def test_log_px_hooks(digits_vae):
     q = ppvae.fit_local(vae, x, "diag", vae.guide, num_steps=20)
 
     def exact_like(model, xs, proposal, model_kwargs, **options):
-        b = ppvae.iwae(model, proposal, xs, 50, **model_kwargs)
+        b = ppvae.iwae(model, proposal, xs, 50, model_kwargs=model_kwargs)
         return b.per_datapoint, b.stderr, "my estimator"
 
     r = ppvae.gaps(vae, vae.guide, x, log_px=exact_like, local={"guide": q}, num_samples=50)

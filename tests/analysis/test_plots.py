@@ -31,15 +31,17 @@ def test_figures_render(name, tmp_path):
     lat = "z2" if name.startswith("hier") else "z"
     rows = lambda m: {k: v[:1].expand(m) for k, v in kw.items()}  # noqa: E731 labels per image
     figs = {
-        "samples": plots.sample_grid(e.model, x, 16, **rows(16)),
-        "recon": plots.reconstructions(e.model, e.guide, x[:6], **{k: v[:6] for k, v in
-                                                                    kw.items()}),
-        "manifold": plots.latent_manifold(e.model, x, latent=lat, n=5, **rows(25)),
-        "scatter": plots.latent_scatter(e.guide, x, y, latent=lat, **kw),
-        "interp": plots.interpolation(e.model, e.guide, x, steps=5, latent=lat, **kw),
-        "traversal": plots.latent_traversals(e.model, e.guide, x, latent=lat, steps=5, **kw),
+        "samples": plots.sample_grid(e.model, x, 16, model_kwargs={**rows(16)}),
+        "recon": plots.reconstructions(e.model, e.guide, x[:6], model_kwargs={**{k: v[:6] for k,
+                                                                                 v in
+                                                                    kw.items()}}),
+        "manifold": plots.latent_manifold(e.model, x, latent=lat, n=5, model_kwargs={**rows(25)}),
+        "scatter": plots.latent_scatter(e.guide, x, y, latent=lat, model_kwargs=kw),
+        "interp": plots.interpolation(e.model, e.guide, x, steps=5, latent=lat, model_kwargs=kw),
+        "traversal": plots.latent_traversals(e.model, e.guide, x, latent=lat, steps=5,
+                                             model_kwargs=kw),
         "collapse": plots.collapse_plot(posterior_collapse(e.model, e.guide, x, latent=lat,
-                                                           **kw)),
+                                                           model_kwargs=kw)),
     }
     for key, fig in figs.items():
         _check_png(fig, tmp_path / f"{key}.png")

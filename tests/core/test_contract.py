@@ -253,16 +253,17 @@ class TwoLayer(nn.Module):
 def test_custom_conditional_two_latent_model_works_everywhere(x):
     net = TwoLayer()
     labels = torch.arange(N) % 3
-    info = ppvae.check_pair(net.model, net.guide, x, labels=labels)
+    info = ppvae.check_pair(net.model, net.guide, x, model_kwargs={"labels": labels})
     assert set(info.latent) == {"z1", "z2"}
-    lw = ppvae.log_weights(net.model, net.guide, x, 40, chunk_size=7, labels=labels)
+    lw = ppvae.log_weights(net.model, net.guide, x, 40, chunk_size=7,
+                           model_kwargs={"labels": labels})
     assert lw.shape == (40, N) and torch.isfinite(lw).all()
-    e = ppvae.elbo(net.model, net.guide, x, 400, labels=labels)
-    iw = ppvae.iwae(net.model, net.guide, x, 50, num_estimates=8, labels=labels)
+    e = ppvae.elbo(net.model, net.guide, x, 400, model_kwargs={"labels": labels})
+    iw = ppvae.iwae(net.model, net.guide, x, 50, num_estimates=8, model_kwargs={"labels": labels})
     assert e.per_datapoint.shape == iw.per_datapoint.shape == (N,)
     se = (e.mean_stderr**2 + iw.mean_stderr**2) ** 0.5
     assert iw.mean - e.mean > -4 * se
     # gradients flow to the networks through reparameterized samples
-    ppvae.log_weights(net.model, net.guide, x, 4, labels=labels).mean().backward()
+    ppvae.log_weights(net.model, net.guide, x, 4, model_kwargs={"labels": labels}).mean().backward()
     assert net.enc2.weight.grad is not None and net.enc2.weight.grad.abs().sum() > 0
     assert net.dec1.weight.grad.abs().sum() > 0

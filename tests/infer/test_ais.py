@@ -121,9 +121,10 @@ def digits_vae():
 def test_ais_beats_iwae_on_a_digits_vae(digits_vae):
     x, dec, enc = digits_vae
     xs = x[:20]
-    res = ais(_vae_model, xs, num_steps=200, num_chains=8, num_leapfrog=5, decoder=dec,
-              encoder=enc)
-    iw = ppvae.iwae(_vae_model, _vae_guide, xs, k=5000, decoder=dec, encoder=enc)
+    res = ais(_vae_model, xs, num_steps=200, num_chains=8, num_leapfrog=5,
+              model_kwargs={"decoder": dec, "encoder": enc})
+    iw = ppvae.iwae(_vae_model, _vae_guide, xs, k=5000, model_kwargs={"decoder": dec,
+                                                                      "encoder": enc})
     z = (res.per_datapoint - iw.per_datapoint) / (res.stderr**2 + iw.stderr**2).sqrt()
     assert float((z > -3).float().mean()) >= 0.8, z  # AIS >= IWAE_5000 within error, mostly
     assert res.mean > iw.mean - 3 * (res.mean_stderr + iw.mean_stderr)
@@ -135,7 +136,7 @@ def test_bdmc_sandwich_narrows_with_longer_schedules(digits_vae):
     for steps in (10, 50, 200):
         pyro.set_rng_seed(1)
         res = bdmc(_vae_model, x[:10], num_steps=steps, num_chains=8, num_leapfrog=5,
-                   decoder=dec, encoder=enc)
+                   model_kwargs={"decoder": dec, "encoder": enc})
         gaps.append(res.mean_gap)
     print("BDMC mean gaps (10, 50, 200 steps):", gaps)
     assert gaps[0] > gaps[1] > gaps[2] > -0.1, gaps

@@ -30,7 +30,7 @@ def entry(request):
 def test_contract_and_shapes(entry):
     x, kw = entry.x, entry.kwargs
     n = x.shape[0]
-    info = ppvae.check_pair(entry.model, entry.guide, x, **kw)
+    info = ppvae.check_pair(entry.model, entry.guide, x, model_kwargs=kw)
     assert set(info.latent) == set(entry.latent_shapes)
     assert info.num_data == n and "x" in info.observed
 
@@ -48,7 +48,7 @@ def test_contract_and_shapes(entry):
             prior_tr = poutine.trace(entry.model).get_trace(x, **kw)
             for name, event in entry.latent_shapes.items():
                 assert prior_tr.nodes[name]["value"].shape == (n, *event), name
-        lw = ppvae.log_weights(entry.model, entry.guide, x, 4, **kw)
+        lw = ppvae.log_weights(entry.model, entry.guide, x, 4, model_kwargs=kw)
     assert lw.shape == (4, n) and torch.isfinite(lw).all()
 
 
@@ -68,13 +68,13 @@ def test_one_svi_step_lowers_the_loss(entry):
 def test_bounds_are_ordered(entry):
     m, g, x, kw = entry.model, entry.guide, entry.x, entry.kwargs
     with torch.no_grad():
-        lw = ppvae.log_weights(m, g, x, 50, **kw)  # [50, N]
+        lw = ppvae.log_weights(m, g, x, 50, model_kwargs=kw)  # [50, N]
         shared = [ppvae.elbo_from_log_weights(lw).per_datapoint,
                   ppvae.iwae_from_log_weights(lw, 10).per_datapoint,
                   ppvae.iwae_from_log_weights(lw, 50).per_datapoint]
-        e = ppvae.elbo(m, g, x, num_samples=100, **kw)
-        i5 = ppvae.iwae(m, g, x, k=5, num_estimates=20, **kw)
-        i50 = ppvae.iwae(m, g, x, k=50, num_estimates=4, **kw)
+        e = ppvae.elbo(m, g, x, num_samples=100, model_kwargs=kw)
+        i5 = ppvae.iwae(m, g, x, k=5, num_estimates=20, model_kwargs=kw)
+        i50 = ppvae.iwae(m, g, x, k=50, num_estimates=4, model_kwargs=kw)
     for lo, hi in itertools.pairwise(shared):  # Jensen, exactly, per datapoint
         assert (lo <= hi + 1e-4 * (1 + hi.abs())).all()
     for lo, hi in ((e, i5), (i5, i50)):
@@ -95,7 +95,8 @@ def test_one_frame_training_step_equals_pyro_handlers(entry):
     model = entry.train_model or entry.model
     guide = entry.train_guide or entry.guide
     x, kw = entry.x, entry.kwargs
-    info = ppvae.check_pair(entry.model, entry.guide, x, **kw)  # the analysed pair's plates
+    info = ppvae.check_pair(entry.model, entry.guide, x,
+                            model_kwargs=kw)  # the analysed pair's plates
     obj = ppvae.ELBO(num_particles=1 if entry.train_model else 2)  # global weights: 1 draw
     modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]
     states = [{k: v.clone() for k, v in m.state_dict().items()} for m in modules]
@@ -128,7 +129,7 @@ def test_captured_training_step_equals_eager(entry):
     model = entry.train_model or entry.model
     guide = entry.train_guide or entry.guide
     x, kw = entry.x, entry.kwargs
-    info = ppvae.check_pair(entry.model, entry.guide, x, **kw)
+    info = ppvae.check_pair(entry.model, entry.guide, x, model_kwargs=kw)
     obj = ppvae.kl_warmup(10, base=ppvae.ELBO(num_particles=1 if entry.train_model else 2))
     params = list(collect_params(lambda: obj.loss(model, guide, x, info=info, kwargs=kw)).values())
     modules = [m for m in (model, guide) if isinstance(m, torch.nn.Module)]

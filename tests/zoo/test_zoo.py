@@ -40,7 +40,7 @@ def _kwargs(entry, y):
 
 def _heldout_elbo(entry, x, kw) -> ppvae.Bound:
     with torch.no_grad():
-        return ppvae.elbo(entry.model, entry.guide, x, num_samples=32, **kw)
+        return ppvae.elbo(entry.model, entry.guide, x, num_samples=32, model_kwargs=kw)
 
 
 def _train(entry, x, y):

@@ -70,9 +70,10 @@ def test_missing_labels_contribute_nothing():
     y = e.kwargs["y"]
     assert (y < 0).any() and (y >= 0).any()
     torch.manual_seed(5)
-    lw = ppvae.log_weights(e.model, e.guide, e.x, 2, y=y)
+    lw = ppvae.log_weights(e.model, e.guide, e.x, 2, model_kwargs={"y": y})
     torch.manual_seed(5)
-    lw_none = ppvae.log_weights(e.model, e.guide, e.x, 2, y=torch.full_like(y, -1))
+    lw_none = ppvae.log_weights(e.model, e.guide, e.x, 2, model_kwargs={"y": torch.full_like(y,
+                                                                                             -1)})
     missing = y < 0
     assert torch.allclose(lw[:, missing], lw_none[:, missing])
     assert (lw[:, ~missing] < lw_none[:, ~missing]).all()  # an observed label costs log p(y|z)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import pyro
 import pyro.distributions as dist
@@ -74,8 +75,10 @@ class LocalFit(NamedTuple):
                 f"{float(self.steps_used.double().mean()):.0f}, {self.seconds:.1f} s)")
 
 
-def latent_sites(model, x: torch.Tensor, **kwargs) -> tuple[LatentSite, ...]:
+def latent_sites(model, x: torch.Tensor, *,
+                 model_kwargs: Mapping[str, Any] | None = None) -> tuple[LatentSite, ...]:
     """The model's latent sites from one trace of ``model(x, **kwargs)`` (prior samples)."""
+    kwargs = dict(model_kwargs or {})
     with torch.no_grad():
         tr = prune_subsample_sites(poutine.trace(model).get_trace(x, **kwargs))
     n, sites = int(x.shape[0]), []
@@ -158,7 +161,7 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
               lr_decay: float = 1e-3, tol: float = 1e-3, window: int = 100, patience: int = 3,
               freeze_converged: bool = False, num_flows: int = 2, num_init_samples: int = 512,
               gradient: str = "path",
-              **kwargs) -> LocalGuide:
+              model_kwargs: Mapping[str, Any] | None = None) -> LocalGuide:
     """Fit one q_n per datapoint of ``x`` for ``model``; return the fitted :class:`LocalGuide`.
 
     Args:
@@ -180,14 +183,15 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
         gradient: "path" (the path derivative of Roeder et al. 2017 for the Gaussian families:
             zero variance where q can equal the posterior; the flow always uses "reparam")
             or "reparam" (the plain reparameterization gradient of the ELBO).
-        **kwargs: passed to the model (and an initializing guide).
+        model_kwargs: passed to the model (and an initializing guide).
 
     The result's :attr:`LocalGuide.fit` is a :class:`LocalFit`.
     """
+    kwargs = dict(model_kwargs or {})
     _check_options(family, init, gradient, num_steps, num_particles, window, patience)
     start = time.perf_counter()
     guide, label = _initial_guide(model, x, family, init, num_flows, num_init_samples, kwargs)
-    info = check_pair(model, guide, x, **kwargs)
+    info = check_pair(model, guide, x, model_kwargs=kwargs)
     params = list(guide.parameters())
     optim = _optimizer(guide, params, lr, lr_decay, num_steps)
     rule = _Convergence(int(x.shape[0]), num_steps, tol, window, patience, freeze_converged,
@@ -197,7 +201,7 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
     with torch.enable_grad(), pyro.validation_enabled(False):  # checked once by check_pair
         for step in range(1, num_steps + 1):
             lw = log_weights(model, guide, x, num_particles, chunk_size=num_particles,
-                             info=info, **kwargs)  # [S, N]
+                             info=info, model_kwargs=kwargs)  # [S, N]
             elbo_n = lw.mean(0)  # [N]
             grads = torch.autograd.grad(-elbo_n.sum(), params)
             old = [p.detach().clone() for p in params] if rule.any_frozen else None
@@ -234,8 +238,8 @@ def _initial_guide(model, x, family, init, num_flows, num_init_samples, kwargs
                    ) -> tuple[LocalGuide, str]:
     """The :class:`LocalGuide` at its starting point (prior or a guide's output) and a label."""
     # the prior as a guide keeps the contract; either way x and the model are checked first
-    info = check_pair(model, model if isinstance(init, str) else init, x, **kwargs)
-    sites = latent_sites(model, x, **kwargs)
+    info = check_pair(model, model if isinstance(init, str) else init, x, model_kwargs=kwargs)
+    sites = latent_sites(model, x, model_kwargs=kwargs)
     if isinstance(init, str):
         moments = sampled_moments(model, x, sites, num_init_samples, info.particle_dim, kwargs)
         label = "prior"
