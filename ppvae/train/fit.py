@@ -17,42 +17,37 @@ boundary (:mod:`ppvae.interrupt`) with ``KeyboardInterrupt``; the last finished 
 Under ``torchrun`` the same call trains data parallel (:mod:`ppvae.distributed`): each rank takes
 its share of every minibatch of ``batch_size * world_size`` rows, gradients are summed across
 ranks weighted by shard size (one process's step on the whole minibatch), rank 0 checkpoints.
+
+This module sets a run up (data on the device, seeds, the pair checked, its parameters,
+optimizer and schedule, the resumed state); :mod:`ppvae.train.loop` trains. The rest of the
+package: :mod:`~ppvae.train.settings` (the checked settings), :mod:`~ppvae.train.data`,
+:mod:`~ppvae.train.params` (parameters and snapshots), :mod:`~ppvae.train.progress` (the typed
+training state and :class:`FitResult`), :mod:`~ppvae.train.evaluate` (validation ELBO, non-finite
+diagnosis) and :mod:`~ppvae.train.world` (one process or data-parallel ranks).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
 
 import pyro
 import torch
-from pyro.infer.util import is_validation_enabled
-from tqdm.auto import tqdm
 
-from ..core.contract import check_pair
+from ..core.contract import PairInfo, check_pair
 from ..core.device import resolve_device
 from ..distributed import process as ddp
-from .checkpoint import load_checkpoint, same_run, save_checkpoint
-from .interrupt import DeferredInterrupt
+from .checkpoint import load_checkpoint, same_run
+from .data import TrainData, check_valid, unpack_data
+from .evaluate import NonFiniteError
+from .loop import Trainer, train
 from .objectives import Objective, as_objective
+from .params import Snapshot, collect_params, module_buffers
+from .progress import FitResult, TrainState, fit_result
+from .settings import LoopSettings, NanPolicy, make_optimizer, make_schedule, run_config
 from .speedup.capture import training_loss
-from .state import (
-    FitResult,
-    NonFiniteError,
-    Snapshot,
-    check_settings,
-    check_valid,
-    collect_params,
-    describe_failure,
-    make_schedule,
-    module_buffers,
-    params_finite,
-    rank_seed,
-    sharded_valid_elbo,
-    unpack_data,
-)
+from .world import SingleProcess, join_world
 
 __all__ = ["FitResult", "NonFiniteError", "fit"]
 
@@ -99,202 +94,80 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
             ``on_epoch(epoch=e, train=..., valid=... or None, lr=..., step=..., seconds=...)``,
             ``e`` counting completed epochs (a run log such as the CLI's metrics.jsonl).
     """
-    check_settings(epochs=epochs, batch_size=batch_size, check_every=check_every,
-                   valid_samples=valid_samples, patience=patience, clip_norm=clip_norm,
-                   nan_policy=nan_policy, max_rollbacks=max_rollbacks,
-                   rollback_lr_factor=rollback_lr_factor)
+    settings = LoopSettings(epochs=epochs, batch_size=batch_size, check_every=check_every,
+                            valid_samples=valid_samples, patience=patience, clip_norm=clip_norm,
+                            restore_best=restore_best, validate=validate, jit=jit, quiet=quiet,
+                            nan=NanPolicy(nan_policy, max_rollbacks, rollback_lr_factor))
     objective, t_start = as_objective(objective), time.perf_counter()
+    placed, world = place(model, guide, data, valid, transform, batch_kw, valid_batch_kw,
+                          fixed_kw, device)
+    t = start(model, guide, objective, placed, world, settings, seed=seed, lr=lr,
+              optimizer=optimizer, schedule=schedule, resume=resume)
+    t.checkpoint, t.on_epoch, steps_before = checkpoint, on_epoch, t.state.step
+    stopped, message = train(t)
+    return fit_result(t.state, steps=t.state.step - steps_before, train_time=t.train_time,
+                      wall_time=time.perf_counter() - t_start, stopped=stopped, message=message)
+
+
+def place(model, guide, data, valid, transform, batch_kw, valid_batch_kw, fixed_kw,
+          device) -> tuple[TrainData, SingleProcess]:
+    """The data as tensors on the device (model and guide moved there too) and the ranks."""
     x, valid, transform = unpack_data(data, valid, transform)
-    world = ddp.world_size() if ddp.init_from_env() else 1
+    world = join_world()
     dev = resolve_device(device) if device is not None else ddp.default_device()
-    x, valid = x.to(dev), (valid.to(dev) if valid is not None else None)
-    batch_kw = {k: v.to(dev) for k, v in (batch_kw or {}).items()}
-    valid_batch_kw = {k: v.to(dev) for k, v in (valid_batch_kw or {}).items()}
-    fixed_kw = dict(fixed_kw or {})
+    placed = TrainData.on(dev, x, valid, transform, batch_kw, valid_batch_kw, fixed_kw)
     for m in (model, guide):
         if isinstance(m, torch.nn.Module):
             m.to(dev)
-    n = x.shape[0]
+    return placed, world
+
+
+def start(model, guide, objective: Objective, data: TrainData, world: SingleProcess,
+          settings: LoopSettings, *, seed, lr, optimizer, schedule, resume) -> Trainer:
+    """Seed, check the pair, collect its parameters, build optimizer and schedule, resume from
+    a checkpoint, and start every rank from the same parameters."""
     if seed is not None:
         pyro.set_rng_seed(seed)
-    base_seed = seed if seed is not None else int(torch.randint(2**31, ()))
-    if world > 1:
-        base_seed = ddp.broadcast_int(base_seed, device=dev)  # the same permutations everywhere
-
-    def epoch_data(epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator(device=dev).manual_seed(base_seed * 100003 + epoch)
-        xe = transform(x, g) if transform is not None else x
-        return xe, torch.randperm(n, generator=g, device=dev)
-
-    probe = slice(0, min(n, batch_size))
-    x_probe = epoch_data(0)[0][probe]
-    probe_kw = {**fixed_kw, **{k: v[probe] for k, v in batch_kw.items()}}
-    info = check_pair(model, guide, x_probe, **probe_kw)
-    if valid is not None:
-        check_valid(model, guide, valid, fixed_kw, valid_batch_kw, batch_size)
-    params = collect_params(lambda: objective.loss(model, guide, x_probe, info=info,
-                                                   kwargs=probe_kw))
-    opt = optimizer(list(params.values())) if optimizer else torch.optim.Adam(
-        list(params.values()), lr=lr)
-    sched = make_schedule(schedule, opt, epochs)
-    config = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "objective": objective.name,
-              "seed": base_seed, "num_data": n, "nan_policy": nan_policy,
-              "clip_norm": clip_norm, "patience": patience, "device": str(dev), "jit": jit}
-    config.update({"world_size": world} if world > 1 else {})
-    hist, epoch = {"train": [], "valid": [], "lr": [], "best_epoch": -1, "best": -math.inf,
-                   "bad_epochs": 0, "rollbacks": 0, "step": 0}, 0
-    if ddp.file_everywhere(resume, device=dev):  # the same run, its seed when none is given
-        meta = load_checkpoint(resume, params=params, model=model, guide=guide, optimizer=opt,
-                               scheduler=sched, check=same_run(resume, config, seed is not None))
-        hist.update(meta.state)
-        epoch, base_seed = meta.epoch, meta.config.get("seed", base_seed)
-        config["seed"] = base_seed
+    first_seed = seed if seed is not None else int(torch.randint(2**31, ()))
+    first_seed = world.shared_seed(first_seed, data.device)  # the same permutations everywhere
+    info, params = probe_pair(model, guide, objective, data, settings.batch_size, first_seed)
+    opt = make_optimizer(list(params.values()), optimizer, lr)
+    sched = make_schedule(schedule, opt, settings.epochs)
+    config = run_config(settings, lr=lr, objective=objective.name, seed=first_seed,
+                        num_data=data.n, device=data.device, ranks=world.config())
+    state = resume_state(resume, data.device, config, seed is not None, params=params,
+                         model=model, guide=guide, optimizer=opt, scheduler=sched)
     buffers = module_buffers(model, guide)  # rolled back with the parameters
     step_loss = training_loss(objective, model, guide, info, list(params.values()), buffers,
-                              jit=jit, validate=validate)
-    if world > 1:  # every rank starts from rank 0's parameters and buffers
-        ddp.broadcast_tensors([*params.values(), *buffers])
-    good, best = Snapshot.take(params, opt, buffers), None
-    stopped, message = "completed", f"trained {max(0, epochs - epoch)} epochs"
-    steps0, train_time = hist["step"], 0.0
+                              jit=settings.jit, validate=settings.validate)
+    world.start_together([*params.values(), *buffers])  # rank 0's parameters and buffers
+    return Trainer(model, guide, info, params, opt, sched, buffers, step_loss, data, world,
+                   settings, config, state, last_finite=Snapshot.take(params, opt, buffers))
 
-    def diagnose(step, where, xb, kw, err=None):
-        return describe_failure(step, where, model, guide, xb, kw, params,
-                                lambda: good.restore(params, opt, buffers), err)
 
-    bar = tqdm(total=epochs, initial=epoch, disable=quiet or not ddp.is_main(), desc="fit",
-               unit="epoch", leave=False)
-    gbs = batch_size * world  # the effective minibatch, split over the ranks
-    zero = next(iter(params.values())).new_zeros(())  # an empty shard's loss
-    was_validating = is_validation_enabled()
-    pyro.enable_validation(validate)  # once for the loop, not per step
-    stop = DeferredInterrupt().install(world == 1)  # Ctrl-C acts at the next step boundary
-    try:
-        while epoch < epochs:
-            t0 = time.perf_counter()
-            xe, perm = epoch_data(epoch)
-            if world > 1:
-                pyro.set_rng_seed(rank_seed(base_seed, epoch, ddp.rank()))
-            nb = math.ceil(n / gbs)
-            window, kept, rows, wrows = [], [], 0, 0  # window: -objective per batch since a check
-            failure = None
-            for b in range(nb):
-                stop.check()
-                gidx = perm[b * gbs:(b + 1) * gbs]
-                idx = gidx if world == 1 else gidx[slice(*ddp.shard_bounds(len(gidx)))]
-                xb = xe[idx]
-                kw = {**fixed_kw, **{k: v[idx] for k, v in batch_kw.items()}}
-                scale = n / max(xb.shape[0], 1)
-                err, loss = None, None
-                opt.zero_grad(set_to_none=True)
-                if xb.shape[0]:  # a rank's share of a short last minibatch may be empty
-                    try:
-                        loss = step_loss(xb, kw, scale, hist["step"])
-                        loss.backward()
-                    except ValueError as e:  # distribution validation met non-finite values
-                        if bool(torch.isfinite(xb).all()) and bool(params_finite(params)):
-                            raise
-                        err = e
-                failed = err is not None
-                if world > 1:  # the step a single process takes on the whole minibatch
-                    failed = ddp.allreduce_gradients(list(params.values()), len(idx) / len(
-                        gidx), failed if validate else None)
-                if failed:
-                    failure = diagnose(hist["step"], "values", xe[gidx], {**fixed_kw, **{
-                        k: v[gidx] for k, v in batch_kw.items()}}, err)
-                else:
-                    if clip_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(list(params.values()), clip_norm)
-                    opt.step()
-                    window.append(loss.detach() / scale if loss is not None else zero)
-                    wrows += xb.shape[0]
-                hist["step"] += 1
-                if failure is None and (len(window) >= check_every or b == nb - 1):
-                    losses = torch.stack(window)  # [W]
-                    if world > 1:  # the minibatches' totals over all ranks
-                        summed = ddp.all_sum(torch.cat([losses.double(), losses.new_tensor(
-                            [wrows], dtype=torch.float64)]))  # [W + 1]
-                        losses, wrows = summed[:-1], int(summed[-1])
-                    finite = torch.isfinite(losses)  # [W]
-                    if bool(finite.all() & params_finite(params)):
-                        kept.append(losses.sum())
-                        rows += wrows
-                        good = Snapshot.take(params, opt, buffers)
-                    else:
-                        bad = int((~finite).nonzero()[0, 0]) if not bool(finite.all()) else (
-                            len(window) - 1)
-                        b0 = b - len(window) + 1 + bad  # the first bad batch
-                        bidx = perm[b0 * gbs:(b0 + 1) * gbs]
-                        bkw = {**fixed_kw, **{k: v[bidx] for k, v in batch_kw.items()}}
-                        failure = diagnose(hist["step"] - len(window) + bad,
-                                           "loss or parameters", xe[bidx], bkw)
-                    window, wrows = [], 0
-                if failure is not None:
-                    window, wrows, failure_msg, failure = [], 0, failure, None
-                    if nan_policy == "rollback" and hist["rollbacks"] < max_rollbacks:
-                        hist["rollbacks"] += 1
-                        for g in opt.param_groups:
-                            g["lr"] *= rollback_lr_factor
-                        continue
-                    train_time += time.perf_counter() - t0
-                    raise NonFiniteError(failure_msg + (
-                        f"; rolled back {hist['rollbacks']} time(s) before stopping"
-                        if nan_policy == "rollback" else ""))
-            train_time += time.perf_counter() - t0
-            train_val = -float(torch.stack(kept).sum()) / rows if rows else float("nan")
-            hist["train"].append(train_val)
-            hist["lr"].append(opt.param_groups[0]["lr"])
-            value = train_val
-            if valid is not None:
-                v = sharded_valid_elbo(model, guide, valid, info, valid_samples, valid_batch_kw,
-                                fixed_kw, world)
-                if not math.isfinite(v):
-                    good = Snapshot.take(params, opt, buffers)  # finite: checked at epoch end
-                    raise NonFiniteError(diagnose(hist["step"], "validation ELBO", valid[
-                        :batch_size], {**fixed_kw, **{k: t[:batch_size] for k, t in
-                                                      valid_batch_kw.items()}}))
-                hist["valid"].append(v)
-                value = v
-            if value > hist["best"]:
-                hist["best"], hist["best_epoch"], hist["bad_epochs"] = value, epoch, 0
-                if valid is not None and restore_best:
-                    best = Snapshot.take(params, opt, buffers)
-            else:
-                hist["bad_epochs"] += 1
-            if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                sched.step(-value)
-            elif sched is not None:
-                sched.step()
-            epoch += 1
-            if checkpoint is not None and ddp.is_main():
-                save_checkpoint(checkpoint, params=params, model=model, guide=guide,
-                                optimizer=opt, scheduler=sched, epoch=epoch,
-                                step=hist["step"], config=config, state=hist)
-            if checkpoint is not None and world > 1:
-                ddp.barrier()  # the file is complete before any rank goes on
-            if on_epoch is not None:
-                on_epoch(epoch=epoch, train=train_val, valid=hist["valid"][-1] if hist["valid"]
-                         else None, lr=hist["lr"][-1], step=hist["step"],
-                         seconds=time.perf_counter() - t0)
-            bar.update(1)
-            bar.set_postfix(train=f"{train_val:.2f}", **(
-                {"valid": f"{hist['valid'][-1]:.2f}"} if hist["valid"] else {}))
-            if patience is not None and hist["bad_epochs"] >= patience:
-                stopped = "early_stopping"
-                message = (f"no improvement for {patience} epochs; best epoch "
-                           f"{hist['best_epoch']} ({hist['best']:.4f})")
-                break
-    except NonFiniteError as e:
-        stopped, message = "non_finite", str(e)
-    finally:
-        pyro.enable_validation(was_validating)
-        stop.uninstall()
-        bar.close()
-    stop.check()  # pressed during the last epoch's validation or checkpoint
-    if best is not None and hist["best_epoch"] != epoch - 1:
-        best.restore(params, opt, buffers)
-    steps = hist["step"] - steps0
-    return FitResult(list(hist["train"]), list(hist["valid"]), list(hist["lr"]),
-                     hist["best_epoch"], epoch, hist["step"], time.perf_counter() - t_start,
-                     steps / train_time if train_time > 0 else 0.0, stopped, message,
-                     hist["rollbacks"])
+def probe_pair(model, guide, objective: Objective, data: TrainData, batch_size: int,
+               seed: int) -> tuple[PairInfo, dict[str, torch.Tensor]]:
+    """Check the pair on the first epoch's first rows (and on the validation rows), then collect
+    its parameters from one evaluation of the objective there."""
+    probe = slice(0, min(data.n, batch_size))
+    x_probe = data.epoch(seed, 0)[0][probe]
+    probe_kw = data.kwargs(probe)
+    info = check_pair(model, guide, x_probe, model_kwargs=probe_kw)
+    if data.valid is not None:
+        check_valid(model, guide, data.valid, data.fixed_kw, data.valid_batch_kw, batch_size)
+    params = collect_params(lambda: objective.loss(model, guide, x_probe, info=info,
+                                                   kwargs=probe_kw))
+    return info, params
+
+
+def resume_state(resume: str | os.PathLike | None, device, config: dict, seed_given: bool,
+                 **live) -> TrainState:
+    """A fresh state, or that of the checkpoint ``resume`` when the file exists (on every
+    rank): loaded into the ``live`` parameters, modules, optimizer and scheduler once
+    :func:`same_run` agrees it continues this run. The run keeps the checkpoint's seed when
+    none is given (``config["seed"]`` is updated)."""
+    if not ddp.file_everywhere(resume, device=device):
+        return TrainState()
+    meta = load_checkpoint(resume, **live, check=same_run(resume, config, seed_given))
+    config["seed"] = meta.config.get("seed", config["seed"])
+    return TrainState.from_checkpoint(meta)

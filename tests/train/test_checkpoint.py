@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from ppvae.models import VAE
 
 import ppvae
+from ppvae.models import VAE
 from ppvae.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -14,7 +14,7 @@ from ppvae.train.checkpoint import (
     save_checkpoint,
 )
 from ppvae.train.objectives import ELBO
-from ppvae.train.state import collect_params
+from ppvae.train.params import collect_params
 
 
 def _setup(name="ck_vae", hidden=(8,)):

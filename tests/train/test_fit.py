@@ -7,9 +7,9 @@ import signal
 import pyro
 import pytest
 import torch
-from ppvae.models import VAE
 
 import ppvae
+from ppvae.models import VAE
 from ppvae.train.checkpoint import load_checkpoint, read_meta
 
 
@@ -99,7 +99,7 @@ def _assert_checkpoint_finite(path, epoch):
 def _named_params(vae):
     x = torch.zeros(2, 64)
     from ppvae.train.objectives import ELBO
-    from ppvae.train.state import collect_params
+    from ppvae.train.params import collect_params
 
     info = ppvae.check_pair(vae, vae.guide, x)
     return collect_params(lambda: ELBO().loss(vae, vae.guide, x, info=info))
@@ -311,3 +311,36 @@ def test_ctrl_c_stops_at_the_next_step_with_the_finished_epoch_saved(tmp_path, d
                   device="cpu", on_epoch=twice)
     assert seen[3:] == ["first noted"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_rank_seeds_suit_pyro_and_are_unchanged_where_they_worked():
+    """Under torchrun each rank reseeds Pyro per epoch. NumPy's legacy seeding (inside
+    pyro.set_rng_seed) takes seeds below 2**32 only; fit seeds above about 4294, and the random
+    one drawn for seed=None (below 2**31), used to crash every rank at the first epoch."""
+    from ppvae.train.world import rank_seed
+
+    for seed in (0, 4, 4294, 5000, 2**31 - 1):
+        for epoch, rank in ((0, 0), (7, 1), (99, 3)):
+            s = rank_seed(seed, epoch, rank)
+            pyro.set_rng_seed(s)
+            before = (seed * 1_000_003 + epoch * 8191 + rank * 131_071 + 1) % 2**63
+            assert s == before or before >= 2**32
+
+
+def test_the_checkpoint_state_round_trips_through_the_typed_train_state(tmp_path, digits):
+    """The checkpoint's ``state`` keeps the keys ppvae has always written (the CLI reads
+    train / valid / lr from it), and TrainState reads back exactly what it wrote."""
+    from ppvae.train.progress import TrainState
+
+    vae, ck = _vae(11), tmp_path / "s.pt"
+    r = ppvae.fit(vae, vae.guide, digits.train[:96], valid=digits.valid[:32], epochs=2,
+                  batch_size=32, quiet=True, device="cpu", checkpoint=ck)
+    meta = read_meta(ck)
+    assert set(meta.state) == {"train", "valid", "lr", "best_epoch", "best", "bad_epochs",
+                               "rollbacks", "step"}
+    assert meta.state["train"] == r.train_objective and meta.state["step"] == r.steps
+    state = TrainState.from_checkpoint(meta)
+    assert state.epoch == 2 and state.best.epoch == r.best_epoch
+    assert state.to_checkpoint() == meta.state
+    old = TrainState.from_checkpoint(meta._replace(state={"train": [-1.0], "step": 3}))
+    assert old.step == 3 and old.best.value == -math.inf and old.history.valid == []

@@ -1,0 +1,273 @@
+"""The training loop of :func:`ppvae.fit`, one concern per function: a step, the finiteness
+check closing a window of steps (with rollback), an epoch with validation and early stopping,
+its checkpoint and report.
+
+A step evaluates the objective on this rank's shard of a minibatch, back-propagates, makes the
+gradients those of the whole minibatch (:mod:`ppvae.train.world`), clips and steps the
+optimizer; its loss stays on the device. Every ``check_every`` steps and at the end of an epoch
+one host sync checks the window's losses and the parameters: a finite window is counted and
+becomes the state to roll back to (:class:`ppvae.train.params.Snapshot`); a non-finite one is
+diagnosed (:mod:`ppvae.train.evaluate`), the parameters restored, and training goes on at a
+smaller learning rate (``nan_policy="rollback"``) or stops. A :class:`Trainer` holds what the
+loop reads; the run's progress is its :class:`ppvae.train.progress.TrainState`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer.util import is_validation_enabled
+from tqdm.auto import tqdm
+
+from ..core.contract import PairInfo
+from .checkpoint import save_checkpoint
+from .data import TrainData
+from .evaluate import NonFiniteError, describe_failure
+from .interrupt import DeferredInterrupt
+from .params import Snapshot, params_finite
+from .progress import Best, EpochTally, TrainState
+from .settings import LoopSettings, step_schedule
+from .world import SingleProcess
+
+__all__ = ["Trainer", "train"]
+
+
+@dataclass
+class Trainer:
+    """What the loop reads (the pair, its parameters, optimizer, data, ranks, settings) and
+    writes (the state, the snapshots to restore, the training time)."""
+
+    model: Any
+    guide: Any
+    info: PairInfo
+    params: dict[str, torch.Tensor]  # by parameter-store name, unconstrained
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    buffers: list[torch.Tensor]  # restored with the parameters
+    step_loss: Callable  # (x, kwargs, data_scale, step) -> loss (ppvae.train.speedup.capture)
+    data: TrainData
+    world: SingleProcess
+    settings: LoopSettings
+    config: dict  # the run's configuration, as checkpoints record it
+    state: TrainState
+    last_finite: Snapshot  # rolled back to after a non-finite step
+    checkpoint: str | os.PathLike | None = None
+    on_epoch: Callable[..., None] | None = None
+    best_params: Snapshot | None = None  # the best epoch's, with validation and restore_best
+    train_time: float = 0.0  # seconds in training steps in this call
+    param_list: list[torch.Tensor] = field(init=False)
+    zero: torch.Tensor = field(init=False)  # the loss of an empty shard
+
+    def __post_init__(self) -> None:
+        self.param_list = list(self.params.values())
+        self.zero = self.param_list[0].new_zeros(())
+
+    @property
+    def seed(self) -> int:
+        """The seed of the minibatch permutations (a resumed run's own)."""
+        return self.config["seed"]
+
+    @property
+    def minibatch(self) -> int:
+        """Rows per optimizer step over all ranks."""
+        return self.settings.batch_size * self.world.size
+
+    def snapshot(self) -> Snapshot:
+        return Snapshot.take(self.params, self.optimizer, self.buffers)
+
+    def diagnose(self, step: int, where: str, x: torch.Tensor, kwargs: dict, err=None) -> str:
+        """Name what went non-finite at ``step`` and restore the last finite state."""
+        return describe_failure(step, where, self.model, self.guide, x, kwargs, self.params,
+                                lambda: self.last_finite.restore(self.params, self.optimizer,
+                                                                 self.buffers), err)
+
+
+def train(t: Trainer) -> tuple[str, str]:
+    """Epochs until ``epochs``, early stopping or a non-finite step; then the best epoch's
+    parameters when kept. Returns (stopped, message) for :class:`ppvae.FitResult`."""
+    s, opts = t.state, t.settings
+    outcome = "completed", f"trained {max(0, opts.epochs - s.epoch)} epochs"
+    bar = tqdm(total=opts.epochs, initial=s.epoch, disable=opts.quiet or not t.world.is_main,
+               desc="fit", unit="epoch", leave=False)
+    was_validating = is_validation_enabled()
+    pyro.enable_validation(opts.validate)  # once for the loop, not per step
+    stop = DeferredInterrupt().install(t.world.interruptible)  # Ctrl-C: at a step boundary
+    try:
+        while s.epoch < opts.epochs:
+            if run_epoch(t, stop, bar):
+                outcome = "early_stopping", (f"no improvement for {opts.patience} epochs; best "
+                                             f"epoch {s.best.epoch} ({s.best.value:.4f})")
+                break
+    except NonFiniteError as e:
+        outcome = "non_finite", str(e)
+    finally:
+        pyro.enable_validation(was_validating)
+        stop.uninstall()
+        bar.close()
+    stop.check()  # pressed during the last epoch's validation or checkpoint
+    if t.best_params is not None and s.best.epoch != s.epoch - 1:
+        t.best_params.restore(t.params, t.optimizer, t.buffers)
+    return outcome
+
+
+def run_epoch(t: Trainer, stop: DeferredInterrupt, bar) -> bool:
+    """One epoch: its steps, then validation, checkpoint and report. True: stop early."""
+    t0 = time.perf_counter()
+    try:
+        train_value = train_epoch(t, stop)
+    finally:
+        t.train_time += time.perf_counter() - t0
+    return end_epoch(t, train_value, t0, bar)
+
+
+def train_epoch(t: Trainer, stop: DeferredInterrupt) -> float:
+    """The epoch's steps over a fresh permutation, checked each ``check_every`` steps and at
+    the end; returns the mean per-datapoint objective of the finite windows."""
+    xe, perm = t.data.epoch(t.seed, t.state.epoch)
+    t.world.seed_epoch(t.seed, t.state.epoch)
+    tally, rows, every = EpochTally(), t.minibatch, t.settings.check_every
+    num_batches = math.ceil(t.data.n / rows)
+    for b in range(num_batches):
+        stop.check()
+        failure = train_step(t, xe, perm[b * rows:(b + 1) * rows], tally)
+        if failure is None and (len(tally.window) >= every or b == num_batches - 1):
+            failure = check_window(t, xe, perm, b, tally)
+        if failure is not None:
+            tally.drop_window()
+            roll_back_or_stop(t, failure)
+    return tally.train_value()
+
+
+def train_step(t: Trainer, xe: torch.Tensor, rows: torch.Tensor,
+               tally: EpochTally) -> str | None:
+    """One optimizer step on minibatch ``rows`` of ``xe`` (this rank's shard of it). Returns
+    None, or the diagnosis of a step that failed (distribution validation met non-finite
+    values): the parameters are then back at the last finite state."""
+    shard = t.world.shard(rows)
+    xb = xe[shard]
+    kw = t.data.kwargs(shard)
+    scale = t.data.n / max(xb.shape[0], 1)  # the full data set's gradient
+    err, loss = None, None
+    t.optimizer.zero_grad(set_to_none=True)
+    if xb.shape[0]:  # a rank's share of a short last minibatch may be empty
+        try:
+            loss = t.step_loss(xb, kw, scale, t.state.step)
+            loss.backward()
+        except ValueError as e:  # distribution validation met non-finite values
+            if bool(torch.isfinite(xb).all()) and bool(params_finite(t.params)):
+                raise
+            err = e
+    failure = None
+    if t.world.reduce_gradients(t.param_list, shard, rows, err is not None,
+                                t.settings.validate):
+        failure = t.diagnose(t.state.step, "values", xe[rows], t.data.kwargs(rows), err)
+    else:
+        if t.settings.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(t.param_list, t.settings.clip_norm)
+        t.optimizer.step()
+        tally.add(loss.detach() / scale if loss is not None else t.zero, xb.shape[0])
+    t.state.step += 1
+    return failure
+
+
+def check_window(t: Trainer, xe: torch.Tensor, perm: torch.Tensor, b: int,
+                 tally: EpochTally) -> str | None:
+    """The check closing the window that ends at minibatch ``b`` (one host sync). A finite
+    window is counted and its state kept to roll back to; else the diagnosis of its first
+    non-finite minibatch (the parameters are then back at the last finite state)."""
+    losses, rows = t.world.window_totals(torch.stack(tally.window), tally.window_rows)  # [W]
+    finite = torch.isfinite(losses)  # [W]
+    if bool(finite.all() & params_finite(t.params)):
+        tally.keep(losses.sum(), rows)
+        t.last_finite = t.snapshot()
+        return None
+    size = len(tally.window)
+    bad = int((~finite).nonzero()[0, 0]) if not bool(finite.all()) else size - 1
+    first = b - size + 1 + bad  # the first bad minibatch
+    bad_rows = perm[first * t.minibatch:(first + 1) * t.minibatch]
+    return t.diagnose(t.state.step - size + bad, "loss or parameters", xe[bad_rows],
+                      t.data.kwargs(bad_rows))
+
+
+def roll_back_or_stop(t: Trainer, failure: str) -> None:
+    """After a failed step (the parameters restored): go on at a smaller learning rate while the
+    policy allows a rollback, else raise :class:`NonFiniteError` with the diagnosis."""
+    nan, s = t.settings.nan, t.state
+    if nan.rolls_back and s.rollbacks < nan.max_rollbacks:
+        s.rollbacks += 1
+        for g in t.optimizer.param_groups:
+            g["lr"] *= nan.lr_factor
+        return
+    raise NonFiniteError(failure + (f"; rolled back {s.rollbacks} time(s) before stopping"
+                                    if nan.rolls_back else ""))
+
+
+def end_epoch(t: Trainer, train_value: float, t0: float, bar) -> bool:
+    """Record the epoch, validate, track the best epoch, step the schedule, checkpoint and
+    report. True when ``patience`` epochs have passed without improvement."""
+    h = t.state.history
+    h.train.append(train_value)
+    h.lr.append(t.optimizer.param_groups[0]["lr"])
+    value = validate(t) if t.data.valid is not None else train_value
+    track_best(t, value)
+    step_schedule(t.scheduler, value)
+    t.state.epoch += 1
+    save_epoch(t)
+    report(t, train_value, t0, bar)
+    patience = t.settings.patience
+    return patience is not None and t.state.best.bad_epochs >= patience
+
+
+def validate(t: Trainer) -> float:
+    """The epoch's validation ELBO, recorded; a non-finite one stops training."""
+    d, s = t.data, t.state
+    v = t.world.valid_elbo(t.model, t.guide, d.valid, t.info, t.settings.valid_samples,
+                           d.valid_batch_kw, d.fixed_kw)
+    if not math.isfinite(v):
+        t.last_finite = t.snapshot()  # finite: checked at the epoch's end
+        rows = slice(None, t.settings.batch_size)
+        raise NonFiniteError(t.diagnose(s.step, "validation ELBO", d.valid[rows],
+                                        d.valid_kwargs(rows)))
+    s.history.valid.append(v)
+    return v
+
+
+def track_best(t: Trainer, value: float) -> None:
+    """Keep the best epoch (and, with validation and ``restore_best``, its parameters)."""
+    s = t.state
+    if value > s.best.value:
+        s.best = Best(value, s.epoch, 0)
+        if t.data.valid is not None and t.settings.restore_best:
+            t.best_params = t.snapshot()
+    else:
+        s.best = s.best._replace(bad_epochs=s.best.bad_epochs + 1)
+
+
+def save_epoch(t: Trainer) -> None:
+    """Write the checkpoint of the finished epoch (rank 0; the other ranks wait for it)."""
+    if t.checkpoint is None:
+        return
+    s = t.state
+    if t.world.is_main:
+        save_checkpoint(t.checkpoint, params=t.params, model=t.model, guide=t.guide,
+                        optimizer=t.optimizer, scheduler=t.scheduler, epoch=s.epoch,
+                        step=s.step, config=t.config, state=s.to_checkpoint())
+    t.world.after_checkpoint()
+
+
+def report(t: Trainer, train_value: float, t0: float, bar) -> None:
+    """The finished epoch to ``on_epoch`` and the progress bar."""
+    s, h = t.state, t.state.history
+    valid = h.valid[-1] if h.valid else None
+    if t.on_epoch is not None:
+        t.on_epoch(epoch=s.epoch, train=train_value, valid=valid, lr=h.lr[-1], step=s.step,
+                   seconds=time.perf_counter() - t0)
+    bar.update(1)
+    bar.set_postfix(train=f"{train_value:.2f}", **({"valid": f"{valid:.2f}"} if h.valid else {}))

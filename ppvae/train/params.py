@@ -1,0 +1,98 @@
+"""The tensors :func:`ppvae.fit` trains and restores: the pair's parameters, the modules' buffers,
+and in-memory snapshots of both (with the optimizer state) for rollback and best-epoch restore.
+
+* :func:`collect_params` traces one objective evaluation with ``poutine.trace(param_only=True)``
+  (as Pyro's ``SVI.step`` does, but once, not every step) and returns the live unconstrained
+  parameter tensors by parameter-store name.
+* :func:`module_buffers`: the buffers (running statistics, EMA codebooks) of model and guide,
+  which a rollback restores with the parameters.
+* :class:`Snapshot` copies parameter values, module buffers and optimizer state, and restores
+  them in place (keeping the current learning rates).
+* :func:`params_finite` (a device tensor, no host sync) and :func:`nonfinite_param` (the name
+  of the first non-finite parameter) check the parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from pyro import poutine
+
+__all__ = [
+    "Snapshot",
+    "collect_params",
+    "module_buffers",
+    "nonfinite_param",
+    "params_finite",
+]
+
+
+def collect_params(loss_fn) -> dict[str, torch.Tensor]:
+    """Run ``loss_fn()`` once under a param-only trace; return ``{name: unconstrained tensor}``."""
+    with torch.no_grad(), poutine.trace(param_only=True) as capture:
+        loss_fn()
+    params: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, site in capture.trace.nodes.items():
+        if site["type"] != "param":
+            continue
+        p = site["value"].unconstrained()
+        if id(p) not in seen:
+            seen.add(id(p))
+            params[name] = p
+    if not params:
+        raise ValueError("the model and guide have no trainable parameters (no pyro.param, "
+                         "pyro.module or PyroModule parameters were used)")
+    return params
+
+
+def module_buffers(*modules) -> list[torch.Tensor]:
+    """The modules' buffers, each once (a guide is often a submodule of its model)."""
+    seen: dict[int, torch.Tensor] = {}
+    for m in modules:
+        if isinstance(m, torch.nn.Module):
+            for b in m.buffers():
+                seen.setdefault(id(b), b)
+    return list(seen.values())
+
+
+class Snapshot(NamedTuple):
+    """A copy of parameter values, module buffers (running statistics, EMA codebooks) and
+    optimizer state, restorable in place."""
+
+    values: list[torch.Tensor]
+    optimizer: dict
+    buffers: tuple[torch.Tensor, ...] = ()
+
+    @classmethod
+    def take(cls, params: dict[str, torch.Tensor], optimizer,
+             buffers: Sequence[torch.Tensor] = ()) -> Snapshot:
+        with torch.no_grad():
+            values = [p.detach().clone() for p in params.values()]
+            saved = [b.detach().clone() for b in buffers]
+        return cls(values, copy.deepcopy(optimizer.state_dict()), tuple(saved))
+
+    def restore(self, params: dict[str, torch.Tensor], optimizer,
+                buffers: Sequence[torch.Tensor] = ()) -> None:
+        with torch.no_grad():
+            for p, v in zip(params.values(), self.values, strict=True):
+                p.copy_(v)
+            for b, v in zip(buffers, self.buffers, strict=True):
+                b.copy_(v)
+        lrs = [g["lr"] for g in optimizer.param_groups]  # keep the current learning rates
+        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
+        for g, lr in zip(optimizer.param_groups, lrs, strict=True):
+            g["lr"] = lr
+
+
+def params_finite(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A 0-dim bool tensor (no host sync): are all parameters finite?"""
+    return torch.stack([torch.isfinite(p).all() for p in params.values()]).all()
+
+
+def nonfinite_param(params: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first non-finite parameter, or None."""
+    return next((name for name, p in params.items() if not torch.isfinite(p).all()), None)

@@ -1,0 +1,127 @@
+"""How far a :func:`ppvae.fit` run has come, as typed records: the state a checkpoint carries
+between calls, the running sums of one epoch, and the result fit returns.
+
+* :class:`TrainState`: epochs and optimizer steps completed, rollbacks taken, the best epoch so
+  far (:class:`Best`, for early stopping and ``restore_best``) and the per-epoch
+  :class:`History`. :meth:`TrainState.to_checkpoint` / :meth:`TrainState.from_checkpoint`
+  convert it to and from the JSON ``state`` of a checkpoint (:mod:`ppvae.train.checkpoint`;
+  the keys are those ppvae has always written, so older checkpoints resume).
+* :class:`EpochTally`: an epoch's per-minibatch losses since the last finiteness check (the
+  window, device tensors: no host sync per step) and the sums of the windows found finite.
+* :class:`FitResult` (what fit returns), built from a state by :func:`fit_result`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+
+from .checkpoint import CheckpointMeta
+
+__all__ = ["Best", "EpochTally", "FitResult", "History", "TrainState", "fit_result"]
+
+
+class Best(NamedTuple):
+    """The best epoch so far by validation ELBO (by training objective without validation)."""
+
+    value: float = -math.inf
+    epoch: int = -1  # 0-based; -1 before the first epoch
+    bad_epochs: int = 0  # epochs since it without improvement
+
+
+@dataclass
+class History:
+    """Per-epoch values, over all epochs including those before a resume."""
+
+    train: list[float] = field(default_factory=list)  # mean per-datapoint training objective
+    valid: list[float] = field(default_factory=list)  # mean validation ELBO (empty: no valid)
+    lr: list[float] = field(default_factory=list)  # learning rate used
+
+
+@dataclass
+class TrainState:
+    """What a run has done so far; saved with every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed (including failed, rolled-back ones)
+    rollbacks: int = 0  # non-finite steps rolled back
+    best: Best = field(default_factory=Best)
+    history: History = field(default_factory=History)
+
+    def to_checkpoint(self) -> dict:
+        """The checkpoint's ``state`` (JSON types)."""
+        h, b = self.history, self.best
+        return {"train": h.train, "valid": h.valid, "lr": h.lr, "best_epoch": b.epoch,
+                "best": b.value, "bad_epochs": b.bad_epochs, "rollbacks": self.rollbacks,
+                "step": self.step}
+
+    @classmethod
+    def from_checkpoint(cls, meta: CheckpointMeta) -> TrainState:
+        """The state a checkpoint was written in (absent entries take their defaults)."""
+        s, fresh = meta.state, cls()
+        return cls(epoch=meta.epoch, step=s.get("step", fresh.step),
+                   rollbacks=s.get("rollbacks", fresh.rollbacks),
+                   best=Best(s.get("best", fresh.best.value), s.get("best_epoch", fresh.best.epoch),
+                             s.get("bad_epochs", fresh.best.bad_epochs)),
+                   history=History(list(s.get("train", [])), list(s.get("valid", [])),
+                                   list(s.get("lr", []))))
+
+
+@dataclass
+class EpochTally:
+    """One epoch's losses: the window since the last check, and the finite windows' sums."""
+
+    window: list[torch.Tensor] = field(default_factory=list)  # minus objective per minibatch
+    window_rows: int = 0
+    kept: list[torch.Tensor] = field(default_factory=list)  # a sum per finite window
+    rows: int = 0  # rows in the kept windows
+
+    def add(self, loss: torch.Tensor, rows: int) -> None:
+        self.window.append(loss)
+        self.window_rows += rows
+
+    def keep(self, total: torch.Tensor, rows: int) -> None:
+        """Count a checked window (its loss total and rows, over all ranks); start a new one."""
+        self.kept.append(total)
+        self.rows += rows
+        self.drop_window()
+
+    def drop_window(self) -> None:
+        self.window, self.window_rows = [], 0
+
+    def train_value(self) -> float:
+        """The epoch's mean per-datapoint objective over the kept rows (NaN: none kept)."""
+        return -float(torch.stack(self.kept).sum()) / self.rows if self.rows else float("nan")
+
+
+class FitResult(NamedTuple):
+    """What :func:`fit` did. Lists run over all epochs, including those before a resume."""
+
+    train_objective: list[float]  # per epoch: mean per-datapoint objective (ELBO by default)
+    valid_elbo: list[float]  # per epoch: mean per-datapoint validation ELBO (empty: no valid)
+    lr: list[float]  # per epoch: learning rate used
+    best_epoch: int  # epoch (0-based) with the best validation (else training) value
+    epochs: int  # epochs completed
+    steps: int  # optimizer steps completed
+    wall_time: float  # seconds in this call
+    steps_per_second: float  # optimizer steps per second of training time in this call
+    stopped: str  # "completed", "early_stopping" or "non_finite"
+    message: str  # why it stopped; for non-finite: the step and the offending site
+    rollbacks: int  # non-finite steps rolled back
+
+    @property
+    def best_value(self) -> float:
+        values = self.valid_elbo or self.train_objective
+        return values[self.best_epoch] if values else float("nan")
+
+
+def fit_result(state: TrainState, *, steps: int, train_time: float, wall_time: float,
+               stopped: str, message: str) -> FitResult:
+    """The result of a call that took ``steps`` steps in ``train_time`` seconds of training."""
+    h = state.history
+    return FitResult(list(h.train), list(h.valid), list(h.lr), state.best.epoch, state.epoch,
+                     state.step, wall_time, steps / train_time if train_time > 0 else 0.0,
+                     stopped, message, state.rollbacks)

@@ -1,0 +1,128 @@
+"""Where one process and data-parallel ranks differ in :func:`ppvae.fit`: the one place that
+asks how many ranks there are.
+
+:func:`join_world` joins the process group torchrun describes (:mod:`ppvae.distributed`) and
+returns a :class:`SingleProcess` or a :class:`DataParallel`; the loop then calls the same methods
+on either. In a single process they do nothing (or hand their argument back), so the loop's
+step costs what it did without them. Under ``torchrun`` (Li et al. 2020, PyTorch's
+DistributedDataParallel scheme): every rank starts from rank 0's parameters and buffers and uses
+rank 0's seed, takes its contiguous share of each minibatch of ``batch_size * ranks`` rows and
+draws from its own per-(rank, epoch) seed, gradients are summed across ranks weighted by shard
+size (the step one process takes on the whole minibatch), the loss windows and the validation
+ELBO are summed over ranks, rank 0 writes checkpoints and the others wait for the file, and
+Ctrl-C is left alone (ranks stopping at different steps would wait on each other forever).
+"""
+
+from __future__ import annotations
+
+import pyro
+import torch
+
+from ..distributed import process as ddp
+from .evaluate import heldout_elbo
+
+__all__ = ["DataParallel", "SingleProcess", "join_world", "rank_seed"]
+
+
+def rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """A seed for one rank's draws in one epoch (distinct across ranks and epochs), below
+    2**32 as ``pyro.set_rng_seed`` needs (NumPy's legacy seeding refuses larger ones)."""
+    return (seed * 1_000_003 + epoch * 8191 + rank * 131_071 + 1) % 2**32
+
+
+class SingleProcess:
+    """One process: the whole minibatch here, no collectives."""
+
+    size = 1  # ranks
+    is_main = True  # writes checkpoints, shows the progress bar
+    interruptible = True  # Ctrl-C acts at the next step boundary (ppvae.train.interrupt)
+
+    def config(self) -> dict:
+        """What the run's checkpoint configuration records about the ranks."""
+        return {}
+
+    def shared_seed(self, seed: int, device) -> int:
+        """The seed of the minibatch permutations, the same on every rank."""
+        return seed
+
+    def start_together(self, tensors: list[torch.Tensor]) -> None:
+        """Give every rank the same parameters and buffers before the first step."""
+
+    def seed_epoch(self, seed: int, epoch: int) -> None:
+        """Seed this rank's draws for ``epoch``."""
+
+    def shard(self, rows: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a minibatch's row indices."""
+        return rows
+
+    def reduce_gradients(self, params: list[torch.Tensor], shard: torch.Tensor,
+                         rows: torch.Tensor, failed: bool, validate: bool) -> bool:
+        """Make the gradients those of the whole minibatch; did the step fail (on any rank)?"""
+        return failed
+
+    def window_totals(self, losses: torch.Tensor, rows: int) -> tuple[torch.Tensor, int]:
+        """A window's per-minibatch losses ``[W]`` and row count, over all ranks."""
+        return losses, rows
+
+    def valid_elbo(self, model, guide, valid: torch.Tensor, info, samples: int,
+                   batch_kw: dict, fixed_kw: dict) -> float:
+        """The mean validation ELBO (one host sync)."""
+        return float(heldout_elbo(model, guide, valid, info, num_samples=samples,
+                                  batch_kw=batch_kw, fixed_kw=fixed_kw))
+
+    def after_checkpoint(self) -> None:
+        """Called on every rank once the checkpoint is written."""
+
+
+class DataParallel(SingleProcess):
+    """One of ``size`` ranks under torchrun, each on its shard of every minibatch."""
+
+    interruptible = False
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.is_main = ddp.is_main()
+
+    def config(self) -> dict:
+        return {"world_size": self.size}
+
+    def shared_seed(self, seed: int, device) -> int:
+        return ddp.broadcast_int(seed, device=device)  # the same permutations everywhere
+
+    def start_together(self, tensors: list[torch.Tensor]) -> None:
+        ddp.broadcast_tensors(tensors)  # rank 0's parameters and buffers
+
+    def seed_epoch(self, seed: int, epoch: int) -> None:
+        pyro.set_rng_seed(rank_seed(seed, epoch, ddp.rank()))
+
+    def shard(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows[slice(*ddp.shard_bounds(len(rows)))]
+
+    def reduce_gradients(self, params, shard, rows, failed, validate):
+        # the failure flag costs a host sync, so it is shared only under validation (where a
+        # rank's step can fail on its own); a rank with an empty shard has weight 0
+        return ddp.allreduce_gradients(params, len(shard) / len(rows),
+                                       failed if validate else None)
+
+    def window_totals(self, losses, rows):
+        summed = ddp.all_sum(torch.cat([losses.double(), losses.new_tensor(
+            [rows], dtype=torch.float64)]))  # [W + 1]: the minibatches' totals, the rows
+        return summed[:-1], int(summed[-1])
+
+    def valid_elbo(self, model, guide, valid, info, samples, batch_kw, fixed_kw):
+        rows = slice(*ddp.shard_bounds(valid.shape[0]))  # each rank scores its share
+        total = valid.new_zeros((), dtype=torch.float64)
+        if rows.stop > rows.start:
+            part = heldout_elbo(model, guide, valid[rows], info, num_samples=samples,
+                                batch_kw={k: v[rows] for k, v in batch_kw.items()},
+                                fixed_kw=fixed_kw)
+            total = part * (rows.stop - rows.start)
+        return float(ddp.all_sum(total)) / valid.shape[0]
+
+    def after_checkpoint(self) -> None:
+        ddp.barrier()  # the file is complete before any rank goes on
+
+
+def join_world() -> SingleProcess:
+    """Join torchrun's process group when the environment describes one of several ranks."""
+    return DataParallel(ddp.world_size()) if ddp.init_from_env() else SingleProcess()
