@@ -227,7 +227,7 @@ class IWAE(Objective):
 
     def loss(self, model, guide, x, *, info, data_scale=1.0, step=0, kwargs=None):
         lw = log_weights(model, guide, x, self.k, chunk_size=self.k, info=info,
-                         **(kwargs or {}))  # [k, B]
+                         model_kwargs=kwargs)  # [k, B]
         return -data_scale * logmeanexp(lw, dim=0).sum()
 
 
