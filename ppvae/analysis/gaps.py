@@ -38,6 +38,7 @@ __all__ = [
     "guide_elbos",
     "infer_family",
     "iwae_log_px",
+    "named_guides",
 ]
 
 def iwae_log_px(model, x, proposal, model_kwargs, *, k: int = 1000, num_estimates: int = 1,
@@ -106,11 +107,7 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
         model_kwargs: passed to model and guides.
     """
     kwargs = dict(model_kwargs or {})
-    if not isinstance(guides, Mapping):
-        guides = {"guide": guides}
-    families = families or {}
-    if isinstance(families, str):
-        families = dict.fromkeys(guides, families)
+    guides, families = named_guides(guides, families)
     local, timings, partial = dict(local or {}), [], []
     for name, guide in guides.items():
         check_pair(model, guide, x,
@@ -140,6 +137,16 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
                          f"ELBO, {amortized.num_samples} samples from amortized q")
         rows.append(GapRow.build(name, family, ref, optimal, amortized, est))
     return GapReport(tuple(rows), int(x.shape[0]), tuple(timings))
+
+
+def named_guides(guides, families) -> tuple[Mapping[str, Any], dict[str, str]]:
+    """``guides`` as a mapping name -> guide (one guide is named "guide") and ``families`` (a
+    family for all, a mapping, or None) as a mapping name -> family for those given."""
+    if not isinstance(guides, Mapping):
+        guides = {"guide": guides}
+    if isinstance(families, str):
+        families = dict.fromkeys(guides, families)
+    return guides, dict(families or {})
 
 
 def guide_elbos(model, guide, x: torch.Tensor, family: str, qstar: LocalGuide | None, *,

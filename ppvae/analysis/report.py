@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.bounds import mean_stderr
+from ..core.estimate import MEAN, MEAN_STDERR, mean_stderr
 
 __all__ = ["Estimators", "GapReport", "GapRow", "LogPx", "Summary"]
 
@@ -29,15 +29,8 @@ class LogPx(NamedTuple):
     stderr: torch.Tensor  # [N] (zeros for exact values)
     estimator: str  # e.g. "exact", "IWAE_5000 from local diag q*", "AIS ..."
 
-    @property
-    def mean(self) -> float:
-        """Average over datapoints."""
-        return float(self.per_datapoint.mean())
-
-    @property
-    def mean_stderr(self) -> float:
-        """Monte Carlo standard error of :attr:`mean`."""
-        return mean_stderr(self.stderr)
+    mean = MEAN
+    mean_stderr = MEAN_STDERR
 
 
 class Estimators(NamedTuple):

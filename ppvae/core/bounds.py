@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .contract import check_pair
+from .estimate import MEAN, MEAN_STDERR
 from .weights import default_chunk_size, iter_log_weights
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "iwae",
     "iwae_from_log_weights",
     "logmeanexp",
-    "mean_stderr",
 ]
 
 
@@ -52,15 +52,8 @@ class Bound(NamedTuple):
     num_samples: int  # samples drawn per datapoint in total
     ess: torch.Tensor | None = None  # [N] Kish effective sample size (single IWAE estimate)
 
-    @property
-    def mean(self) -> float:
-        """Average over datapoints."""
-        return float(self.per_datapoint.mean())
-
-    @property
-    def mean_stderr(self) -> float:
-        """Monte Carlo standard error of :attr:`mean` (independent errors across datapoints)."""
-        return mean_stderr(self.stderr)
+    mean = MEAN
+    mean_stderr = MEAN_STDERR
 
     def __repr__(self) -> str:
         label = "ELBO" if self.name == "elbo" else f"IWAE_{self.k}"
@@ -68,12 +61,6 @@ class Bound(NamedTuple):
             f"Bound({label}: mean {self.mean:.4f} ± {self.mean_stderr:.4f} over "
             f"{self.per_datapoint.numel()} datapoints, {self.num_samples} samples each)"
         )
-
-
-def mean_stderr(stderr: torch.Tensor) -> float:
-    """Monte Carlo s.e. of the mean over datapoints of estimates with independent errors
-    ``stderr [N]``: ``sqrt(sum se_n^2) / N``. The one place this is computed."""
-    return float(stderr.pow(2).sum().sqrt() / stderr.numel())
 
 
 def logmeanexp(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..analysis.gaps import estimate_log_px, gaps, infer_family
+from ..analysis.gaps import estimate_log_px, gaps, infer_family, named_guides
 from ..analysis.report import GapReport, GapRow
 from ..infer.local.vi import LocalGuide
 from . import process as ddp
@@ -74,11 +74,7 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
     ``block_size`` (:mod:`ppvae.sharded`) and ``batch_kw`` (per-datapoint model keywords).
     ``local`` q* must cover all N rows. Every rank returns the whole report."""
     kwargs = dict(model_kwargs or {})
-    if not isinstance(guides, Mapping):
-        guides = {"guide": guides}
-    families = families or {}
-    if isinstance(families, str):
-        families = dict.fromkeys(guides, families)
+    guides, families = named_guides(guides, families)
     fams = {name: families.get(name) or infer_family(g, x) for name, g in guides.items()}
     n = x.shape[0]
 

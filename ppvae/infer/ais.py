@@ -27,7 +27,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..core.bounds import delta_stderr, logmeanexp, mean_stderr
+from ..core.bounds import delta_stderr, logmeanexp
+from ..core.estimate import MEAN, MEAN_STDERR
 from ..core.potential import Potential
 from .hmc import hmc_step
 
@@ -70,13 +71,8 @@ class AISResult(NamedTuple):
 
     name = "ais"
 
-    @property
-    def mean(self) -> float:
-        return float(self.per_datapoint.mean())
-
-    @property
-    def mean_stderr(self) -> float:
-        return mean_stderr(self.stderr)
+    mean = MEAN
+    mean_stderr = MEAN_STDERR
 
     def __repr__(self) -> str:
         c, n = self.log_weights.shape
