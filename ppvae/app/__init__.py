@@ -1,2 +1,13 @@
-"""The application layer: the ``ppvae`` command line, its zoo table, run directories, and one
-module per command. Only this layer imports ``ppvae.models`` and ``ppvae.guides``."""
+"""The application layer: the ``ppvae`` command line. Only this layer imports ``ppvae.models``
+and ``ppvae.guides``.
+
+* :mod:`~ppvae.app.cli`: the parser and ``main``, dispatching to one module per command;
+  :mod:`~ppvae.app.train`, :mod:`~ppvae.app.evaluate`, :mod:`~ppvae.app.gaps`,
+  :mod:`~ppvae.app.sample`, :mod:`~ppvae.app.demo`, :mod:`~ppvae.app.ppca` and
+  :mod:`~ppvae.app.info` are the commands, each with ``add_arguments(parser)`` and
+  ``main(args)``.
+* :mod:`~ppvae.app.zoo`: the zoo table, models, guides and objectives by name.
+* :mod:`~ppvae.app.inputs`: the user's input checked (data files, device, configuration).
+* :mod:`~ppvae.app.trained`: a run's model, guide and data, built or opened from a run.
+* :mod:`~ppvae.app.runs`: run directories (config.toml, metrics.jsonl, checkpoint, report).
+"""

@@ -1,11 +1,26 @@
-"""Names to objects for the command line: models, guides and data sets.
+"""The zoo table: every model, guide and training objective the command line builds by name.
 
-Model names: ``vae`` (:class:`models.VAE`, Kingma and Welling 2014), ``conv-vae``
+:data:`MODELS` and :data:`GUIDES` map a name to a frozen record (:class:`ModelEntry`,
+:class:`GuideEntry`) that holds the builder and every fact the other commands ask about a name:
+
+* a model's default guide, the likelihoods it has (Bernoulli for 0/1 rows; the VAE also a
+  Gaussian one with learned scale for real-valued rows) and whether it takes the labels as
+  ``y=`` (and so needs labelled data);
+* a guide's local q* family in the gap report (None: the report cannot take it), the models it
+  can be built for (None: any), whether it needs a labelled model and labelled data, and whether
+  it is a point mass, whose 'ELBO' and 'IWAE' are the MAP objective log p(x, z*) rather than
+  bounds on log p(x).
+
+:data:`OBJECTIVES` maps an objective name to its constructor from the run's ``[train]`` table;
+no model restricts the objective. No other module compares model or guide names: it asks these
+tables.
+
+Models: ``vae`` (:class:`models.VAE`, Kingma and Welling 2014), ``conv-vae``
 (:class:`models.ConvVAE`), ``cvae`` (:class:`models.CVAE`, Sohn et al. 2015), ``hierarchical``
 (:class:`models.HierarchicalVAE`, two stochastic layers) and ``autoencoder``
 (:class:`models.Autoencoder`, a MAP autoencoder with a normal prior).
 
-Guide names: ``diag`` (:class:`guides.MLPEncoder`), ``full`` (:class:`guides.FullCovEncoder`),
+Guides: ``diag`` (:class:`guides.MLPEncoder`), ``full`` (:class:`guides.FullCovEncoder`),
 ``flow`` (:class:`guides.FlowEncoder`, IAF of Kingma et al. 2016), ``conv``
 (:class:`guides.ConvEncoder`), ``conditional`` (:class:`guides.ConditionalEncoder`),
 ``bottom-up`` / ``ladder`` (:class:`guides.BottomUpGuide` / :class:`guides.LadderGuide`,
@@ -15,26 +30,23 @@ A guide is built for any model it can be constructed for; whether the pair keeps
 contract is then decided by :func:`ppvae.check_pair` (a ``diag`` guide for the hierarchical
 model fails there, naming the site). Names that are unknown, or that cannot be built for the
 model or data (``ladder`` without the hierarchical model, ``conditional`` without labels),
-raise :class:`BuildError` listing the valid choices. ``models`` and ``guides`` are imported
-inside the functions: the engine does not depend on the zoo.
+raise :class:`BuildError` listing the valid choices.
 """
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
-import torch
+from .. import guides, models
+from ..train import objectives
 
-__all__ = ["DEFAULT_GUIDE", "GUIDES", "MODELS", "BuildError", "ModelSpec", "build_data",
-           "build_guide", "build_model", "check_names"]
-
-MODELS = ("vae", "conv-vae", "cvae", "hierarchical", "autoencoder")
-GUIDES = ("diag", "full", "flow", "conv", "conditional", "bottom-up", "ladder", "delta")
-DEFAULT_GUIDE = {"vae": "diag", "conv-vae": "conv", "cvae": "conditional",
-                 "hierarchical": "bottom-up", "autoencoder": "delta"}
-_GUIDE_NEEDS = {"ladder": ("hierarchical",)}  # guides built from the model object itself
+__all__ = ["GUIDES", "MODELS", "OBJECTIVES", "BuildError", "DataShape", "GuideEntry",
+           "ModelEntry", "ModelSpec", "build_guide", "build_model", "check_names",
+           "default_guide", "make_objective"]
 
 
 class BuildError(ValueError):
@@ -50,6 +62,154 @@ class ModelSpec(NamedTuple):
     num_flows: int = 2  # flow guide layers
     channels: int = 16  # conv model / guide
 
+    @classmethod
+    def from_sizes(cls, sizes: Mapping[str, Any]) -> ModelSpec:
+        """The spec of a run's ``[sizes]`` table (missing keys take the defaults)."""
+        d = cls()
+        return cls(int(sizes.get("latent_dim", d.latent_dim)),
+                   tuple(int(h) for h in sizes.get("hidden", d.hidden)),
+                   int(sizes.get("top_latent_dim", d.top_latent_dim)),
+                   int(sizes.get("num_flows", d.num_flows)),
+                   int(sizes.get("channels", d.channels)))
+
+
+class DataShape(NamedTuple):
+    """What a builder needs to know of the data."""
+
+    data_dim: int  # features per row
+    image_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None  # None: unlabelled data
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the zoo."""
+
+    build: Callable[[ModelSpec, DataShape, str, str], Any]  # (spec, shape, likelihood, label)
+    default_guide: str
+    likelihoods: tuple[str, ...] = ("bernoulli",)  # "gaussian": real-valued rows
+    takes_labels: bool = False  # model and guide get the labels as y=
+
+
+@dataclass(frozen=True)
+class GuideEntry:
+    """One guide of the zoo."""
+
+    build: Callable[[Any, ModelSpec, DataShape, str], Any]  # (model, spec, shape, label)
+    local_family: str | None = None  # its local q* family in the gap report; None: no report
+    for_models: tuple[str, ...] | None = None  # built from the model object: only these
+    needs_labels: bool = False  # only for a model taking labels, on labelled data
+    point_mass: bool = False  # its 'ELBO' / 'IWAE' are log p(x, z*), not bounds on log p(x)
+
+
+def _side(shape: DataShape, who: str) -> int:
+    side = math.isqrt(shape.data_dim)
+    if shape.image_shape is None or side * side != shape.data_dim or side % 4:
+        raise BuildError(f"'{who}' needs square images with a side divisible by 4; this data "
+                         f"has {shape.data_dim} features per row (image shape "
+                         f"{shape.image_shape})")
+    return side
+
+
+def _vae(spec: ModelSpec, shape: DataShape, likelihood: str, label: str):
+    h = tuple(spec.hidden)
+    if likelihood == "gaussian":
+        return models.VAE(shape.data_dim, spec.latent_dim, h, likelihood="gaussian",
+                          learn_sigma=True, name=label)
+    return models.VAE(shape.data_dim, spec.latent_dim, h, name=label)
+
+
+def _conv_vae(spec: ModelSpec, shape: DataShape, likelihood: str, label: str):
+    return models.ConvVAE(_side(shape, "conv-vae"), spec.latent_dim, spec.channels, name=label)
+
+
+def _cvae(spec: ModelSpec, shape: DataShape, likelihood: str, label: str):
+    return models.CVAE(shape.data_dim, shape.num_classes, spec.latent_dim, tuple(spec.hidden),
+                       name=label)
+
+
+def _hierarchical(spec: ModelSpec, shape: DataShape, likelihood: str, label: str):
+    return models.HierarchicalVAE(shape.data_dim, (spec.latent_dim, spec.top_latent_dim),
+                                  tuple(spec.hidden), name=label)
+
+
+def _autoencoder(spec: ModelSpec, shape: DataShape, likelihood: str, label: str):
+    return models.Autoencoder(shape.data_dim, spec.latent_dim, tuple(spec.hidden),
+                              prior="normal", name=label)
+
+
+def _encoder(cls, **options) -> Callable[[Any, ModelSpec, DataShape, str], Any]:
+    """Builder of an MLP-style encoder ``cls(data_dim, latent_dim, hidden reversed, ...)``."""
+
+    def build(model, spec: ModelSpec, shape: DataShape, label: str):
+        extra = {k: getattr(spec, v) for k, v in options.items()}
+        return cls(shape.data_dim, spec.latent_dim, tuple(reversed(spec.hidden)), **extra,
+                   name=label)
+
+    return build
+
+
+def _conv(model, spec: ModelSpec, shape: DataShape, label: str):
+    return guides.ConvEncoder(_side(shape, "conv"), spec.latent_dim, spec.channels, name=label)
+
+
+def _conditional(model, spec: ModelSpec, shape: DataShape, label: str):
+    return guides.ConditionalEncoder(shape.data_dim, shape.num_classes, spec.latent_dim,
+                                     tuple(reversed(spec.hidden)), name=label)
+
+
+def _bottom_up(model, spec: ModelSpec, shape: DataShape, label: str):
+    return guides.BottomUpGuide(shape.data_dim, (spec.latent_dim, spec.top_latent_dim),
+                                tuple(reversed(spec.hidden)), name=label)
+
+
+def _ladder(model, spec: ModelSpec, shape: DataShape, label: str):
+    return guides.LadderGuide(model, (spec.hidden[-1], 64), name=label)
+
+
+MODELS: Mapping[str, ModelEntry] = MappingProxyType({
+    "vae": ModelEntry(_vae, "diag", likelihoods=("bernoulli", "gaussian")),
+    "conv-vae": ModelEntry(_conv_vae, "conv"),
+    "cvae": ModelEntry(_cvae, "conditional", takes_labels=True),
+    "hierarchical": ModelEntry(_hierarchical, "bottom-up"),
+    "autoencoder": ModelEntry(_autoencoder, "delta"),
+})
+
+GUIDES: Mapping[str, GuideEntry] = MappingProxyType({
+    "diag": GuideEntry(_encoder(guides.MLPEncoder), local_family="diag"),
+    "full": GuideEntry(_encoder(guides.FullCovEncoder), local_family="full"),
+    "flow": GuideEntry(_encoder(guides.FlowEncoder, num_flows="num_flows"),
+                       local_family="flow"),
+    "conv": GuideEntry(_conv, local_family="diag"),
+    "conditional": GuideEntry(_conditional, local_family="diag", needs_labels=True),
+    "bottom-up": GuideEntry(_bottom_up),
+    "ladder": GuideEntry(_ladder, for_models=("hierarchical",)),
+    "delta": GuideEntry(_encoder(guides.DeltaEncoder), point_mass=True),
+})
+
+OBJECTIVES: Mapping[str, Callable[[Mapping[str, Any]], objectives.Objective]] = (
+    MappingProxyType({
+        "elbo": lambda t: objectives.ELBO(t.get("particles", 1)),
+        "iwae": lambda t: objectives.IWAE(t.get("iwae_k", 5)),
+        "beta": lambda t: objectives.beta_vae(t.get("beta", 2.0)),
+        "kl-warmup": lambda t: objectives.kl_warmup(t.get("warmup_steps", 500)),
+        "mean-field": lambda t: objectives.mean_field(t.get("particles", 1)),
+    }))
+
+
+def default_guide(model: str) -> str:
+    """The usual guide of ``model`` (``diag`` for a name the zoo does not know)."""
+    entry = MODELS.get(model)
+    return "diag" if entry is None else entry.default_guide
+
+
+def make_objective(train: Mapping[str, Any]) -> objectives.Objective:
+    """The objective of a run's ``[train]`` table (``objective``, default ``elbo``)."""
+    name = train.get("objective", "elbo")
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective '{name}'; choose one of: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name](train)
+
 
 def check_names(model: str, guide: str) -> None:
     """Raise :class:`BuildError` for an unknown model or guide name, or a guide that needs
@@ -58,116 +218,39 @@ def check_names(model: str, guide: str) -> None:
         raise BuildError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
     if guide not in GUIDES:
         raise BuildError(f"unknown guide '{guide}'; choose one of: {', '.join(GUIDES)}")
-    needs = _GUIDE_NEEDS.get(guide)
+    needs = GUIDES[guide].for_models
     if needs is not None and model not in needs:
         raise BuildError(f"guide '{guide}' does not fit model '{model}' (it needs model "
                          f"{' or '.join(needs)}); guides for '{model}': "
-                         f"{', '.join(g for g in GUIDES if g not in _GUIDE_NEEDS)}")
+                         f"{', '.join(g for g, e in GUIDES.items() if e.for_models is None)}")
 
 
-def _side(data_dim: int, image_shape, who: str) -> int:
-    side = math.isqrt(data_dim)
-    if image_shape is None or side * side != data_dim or side % 4:
-        raise BuildError(f"'{who}' needs square images with a side divisible by 4; this data "
-                         f"has {data_dim} features per row (image shape {image_shape})")
-    return side
-
-
-def build_model(name: str, spec: ModelSpec, data_dim: int, *, image_shape=None,
-                num_classes: int | None = None, binary: bool = True, label: str = "model"):
-    """The model ``name`` for data rows of ``data_dim`` features. ``binary``: the data are 0/1
-    (Bernoulli likelihood); otherwise the VAE gets a Gaussian likelihood with learned scale
-    and the other models, Bernoulli only, are refused."""
-    from ppvae import models
-
-    h = tuple(spec.hidden)
-    if name == "vae":
-        if not binary:
-            return models.VAE(data_dim, spec.latent_dim, h, likelihood="gaussian",
-                              learn_sigma=True, name=label)
-        return models.VAE(data_dim, spec.latent_dim, h, name=label)
-    if not binary and name in MODELS:
+def build_model(name: str, spec: ModelSpec, shape: DataShape, *, binary: bool = True,
+                label: str = "model"):
+    """The model ``name`` for data of ``shape``. ``binary``: the data are 0/1 (Bernoulli
+    likelihood); otherwise a model with a Gaussian likelihood gets it and the others, Bernoulli
+    only, are refused."""
+    if name not in MODELS:
+        raise BuildError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
+    entry = MODELS[name]
+    likelihood = "bernoulli" if binary else "gaussian"
+    if likelihood not in entry.likelihoods:
+        real = " or ".join(f"'{m}'" for m, e in MODELS.items() if likelihood in e.likelihoods)
         raise BuildError(f"model '{name}' has a Bernoulli likelihood and needs 0/1 data; "
-                         "binarize the data (--binarize static) or use model 'vae' (Gaussian "
-                         "likelihood for real-valued data)")
-    if name == "conv-vae":
-        return models.ConvVAE(_side(data_dim, image_shape, name), spec.latent_dim,
-                              spec.channels, name=label)
-    if name == "cvae":
-        if not num_classes:
-            raise BuildError("model 'cvae' needs labelled data (digits, mnist, fashion-mnist)")
-        return models.CVAE(data_dim, num_classes, spec.latent_dim, h, name=label)
-    if name == "hierarchical":
-        return models.HierarchicalVAE(data_dim, (spec.latent_dim, spec.top_latent_dim), h,
-                                      name=label)
-    if name == "autoencoder":
-        return models.Autoencoder(data_dim, spec.latent_dim, h, prior="normal", name=label)
-    raise BuildError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
+                         f"binarize the data (--binarize static) or use model {real} "
+                         "(Gaussian likelihood for real-valued data)")
+    if entry.takes_labels and not shape.num_classes:
+        raise BuildError(f"model '{name}' needs labelled data (digits, mnist, fashion-mnist)")
+    return entry.build(spec, shape, likelihood, label)
 
 
-def build_guide(name: str, model, model_name: str, spec: ModelSpec, data_dim: int, *,
-                image_shape=None, num_classes: int | None = None, label: str = "guide"):
-    """The guide ``name`` for ``model`` (built as ``model_name``)."""
-    from ppvae import guides
-
+def build_guide(name: str, model, model_name: str, spec: ModelSpec, shape: DataShape, *,
+                label: str = "guide"):
+    """The guide ``name`` for ``model`` (built as ``model_name``) and data of ``shape``."""
     check_names(model_name, name)
-    h, k = tuple(reversed(spec.hidden)), spec.latent_dim
-    if name == "diag":
-        return guides.MLPEncoder(data_dim, k, h, name=label)
-    if name == "full":
-        return guides.FullCovEncoder(data_dim, k, h, name=label)
-    if name == "flow":
-        return guides.FlowEncoder(data_dim, k, h, num_flows=spec.num_flows, name=label)
-    if name == "conv":
-        return guides.ConvEncoder(_side(data_dim, image_shape, name), k, spec.channels,
-                                  name=label)
-    if name == "conditional":
-        if not num_classes or model_name != "cvae":
-            raise BuildError(f"guide 'conditional' needs model 'cvae' with labelled data; for "
-                             f"'{model_name}' use {DEFAULT_GUIDE.get(model_name, 'diag')}")
-        return guides.ConditionalEncoder(data_dim, num_classes, k, h, name=label)
-    if name == "bottom-up":
-        return guides.BottomUpGuide(data_dim, (k, spec.top_latent_dim), h, name=label)
-    if name == "ladder":
-        return guides.LadderGuide(model, (h[0], 64), name=label)
-    if name == "delta":
-        return guides.DeltaEncoder(data_dim, k, h, name=label)
-    raise BuildError(f"unknown guide '{name}'; choose one of: {', '.join(GUIDES)}")
-
-
-def _split_file(x: torch.Tensor, seed: int):
-    """80 / 10 / 10 seeded split of a user's matrix."""
-    n = x.shape[0]
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_hold = max(1, n // 10)
-    return x[perm[2 * n_hold:]], x[perm[:n_hold]], x[perm[n_hold:2 * n_hold]]
-
-
-def build_data(name: str, *, binarize: str | None = None, path: str | None = None,
-               seed: int = 0, download: bool = True, load_matrix=None):
-    """A :class:`ppvae.data.Dataset` from a data set name or a ``.npy`` / ``.csv`` file.
-
-    ``load_matrix(path) -> [N, D] tensor`` reads user files (the CLI's checked reader);
-    a file's rows are split 80 / 10 / 10 with ``seed``.
-    """
-    from ..data import DATASETS, Dataset, load_dataset
-    from ..data import binarize as binarize_images
-
-    if name in DATASETS:
-        try:
-            return load_dataset(name, binarize=binarize, path=path, seed=seed,
-                                download=download)
-        except FileNotFoundError as e:
-            raise BuildError(f"data file missing: {e}") from e
-        except (ValueError, RuntimeError) as e:
-            raise BuildError(f"data set '{name}': {e}") from e
-    if Path(name).suffix in (".npy", ".csv", ".txt") and load_matrix is not None:
-        x = load_matrix(name).to(torch.float32)
-        if binarize is not None and binarize != "dynamic":
-            if not bool(((x >= 0) & (x <= 1)).all()):
-                raise BuildError(f"{name}: binarize needs values in [0, 1]")
-            x = binarize_images(x, binarize, seed=seed)
-        train, valid, test = _split_file(x, seed)
-        return Dataset(Path(name).name, train, valid, test, None, None, None, None, binarize)
-    raise BuildError(f"unknown data set '{name}'; choose one of: {', '.join(DATASETS)}, or a "
-                     ".npy / .csv file of rows")
+    entry = GUIDES[name]
+    if entry.needs_labels and not (shape.num_classes and MODELS[model_name].takes_labels):
+        labelled = " or ".join(f"'{m}'" for m, e in MODELS.items() if e.takes_labels)
+        raise BuildError(f"guide '{name}' needs model {labelled} with labelled data; for "
+                         f"'{model_name}' use {default_guide(model_name)}")
+    return entry.build(model, spec, shape, label)

@@ -1,0 +1,90 @@
+"""``ppvae evaluate``: the ELBO and log p-hat(x) of a trained run on a split, and reconstructions.
+
+:func:`evaluate_run` estimates log p(x) by IWAE (Burda et al. 2016) or AIS (Neal 2001) from the
+run's guide, writes the report's evaluation section and the reconstructions figure, and returns
+the numbers; :func:`main` is the command, printing them in one line. For a point-mass guide
+(the zoo's ``point_mass``) the report says that its 'ELBO' and 'IWAE' are the MAP objective
+log p(x, z*), not bounds on log p(x).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pyro
+import torch
+
+from .trained import Trained, label_kw, open_run
+from .zoo import GUIDES
+
+__all__ = ["ESTIMATORS", "add_arguments", "evaluate_run", "main"]
+
+ESTIMATORS = ("iwae", "ais", "both")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of ``ppvae evaluate``."""
+    p.add_argument("run", help="run directory")
+    p.add_argument("--split", choices=("test", "valid", "train"), default="test")
+    p.add_argument("--estimator", choices=ESTIMATORS, default="iwae")
+    p.add_argument("--k", type=int, default=1000, help="IWAE samples per datapoint")
+    p.add_argument("--ais-steps", type=int, default=200)
+    p.add_argument("--num-data", type=int, help="first N rows of the split (default all)")
+
+
+def main(args) -> int:
+    """Run ``ppvae evaluate``; returns the exit code."""
+    tr = open_run(args.run)
+    out = evaluate_run(tr, split=args.split, estimator=args.estimator, k=args.k,
+                       num_data=args.num_data, ais_steps=args.ais_steps)
+    print(f"{out['split']} (N = {out['num_data']}): ELBO {out['elbo']:.3f} ± "
+          f"{out['elbo_se']:.3f}" + "".join(f", log p(x) {r['log_px']:.3f} ± "
+                                            f"{r['log_px_se']:.3f} ({r['estimator']})"
+                                            for r in out["estimates"]))
+    print(f"report: {tr.run.file('report.md')}")
+    return 0
+
+
+def evaluate_run(tr: Trained, *, split: str = "test", estimator: str = "iwae", k: int = 1000,
+                 num_data: int | None = None, ais_steps: int = 200) -> dict:
+    """ELBO and log p-hat(x) on a split by ``estimator`` ("iwae", "ais" or "both"); writes the
+    report's evaluation section and the reconstructions figure. Returns the numbers."""
+    from ..analysis.plots import reconstructions
+    from ..core.bounds import elbo, iwae
+    from ..infer.ais import ais
+
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator '{estimator}'; choose iwae, ais or both")
+    pyro.set_rng_seed(tr.config.get("seed", 0))
+    x = getattr(tr.data, split)[:num_data]
+    kw = label_kw(tr.config, tr.data, split, slice(0, num_data))
+    n, rows = x.shape[0], []
+    with torch.no_grad():
+        e = elbo(tr.model, tr.guide, x, 100, model_kwargs=kw)
+        if estimator in ("iwae", "both"):
+            b = iwae(tr.model, tr.guide, x, k, model_kwargs=kw)
+            rows.append((f"IWAE_{k} from the guide", b.per_datapoint, b.stderr))
+        if estimator in ("ais", "both"):
+            r = ais(tr.model, x, num_steps=ais_steps, guide=tr.guide, model_kwargs=kw)
+            rows.append((f"AIS, {ais_steps} steps from the guide", r.per_datapoint, r.stderr))
+    fig = reconstructions(tr.model, tr.guide, x[:10], image_shape=tr.data.image_shape,
+                          model_kwargs={kk: v[:10] for kk, v in kw.items()})
+    tr.run.save_figure(fig, "reconstructions")
+    est = [{"estimator": label, "log_px": float(lp.mean()),
+            "log_px_se": float(se.pow(2).sum().sqrt() / n)} for label, lp, se in rows]
+    out = {"split": split, "num_data": n, "elbo": e.mean, "elbo_se": e.mean_stderr,
+           **est[0], "estimates": est}
+    tr.run.set_section("evaluate", "Evaluation", _markdown(
+        out, point_mass=GUIDES[tr.config["guide"]].point_mass), out)
+    return out
+
+
+def _markdown(out: dict, *, point_mass: bool) -> str:
+    """The evaluation section: one table row per estimator."""
+    split, n = out["split"], out["num_data"]
+    return ("| split | N | ELBO | log p̂(x) | estimator |\n|---|---|---|---|---|\n" + "".join(
+        f"| {split} | {n} | {out['elbo']:.3f} ± {out['elbo_se']:.3f} | {r['log_px']:.3f} ± "
+        f"{r['log_px_se']:.3f} | {r['estimator']} |\n" for r in out["estimates"])
+        + "\nNats per datapoint, mean ± Monte Carlo s.e. Reconstructions: `reconstructions.png`."
+        + ("\n\nThe guide is a point mass: its 'ELBO' and 'IWAE' are the MAP objective "
+           "log p(x, z*), not bounds on log p(x)." if point_mass else ""))
