@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from ..core.bounds import Bound, elbo, iwae
-from ..core.contract import check_pair
+from ..core.contract import check_pair, is_latent
+from ..core.trace import trace_fn
 from ..infer.ais import ais_log_px
 from ..infer.local.families import FAMILIES
 from ..infer.local.vi import LocalGuide, fit_local
@@ -45,7 +46,7 @@ def iwae_log_px(model, x, proposal, model_kwargs, *, k: int = 1000, num_estimate
                 chunk_size: int | None = None) -> LogPx:
     """log p(x) by the IWAE_k bound with ``proposal`` as the importance distribution."""
     b = iwae(model, proposal, x, k, num_estimates=num_estimates, chunk_size=chunk_size,
-             **model_kwargs)
+             model_kwargs=model_kwargs)
     source = (f"local {proposal.family} q*" if isinstance(proposal, LocalGuide)
               else type(proposal).__name__)
     return LogPx(b.per_datapoint, b.stderr, f"IWAE_{k} from {source}")
@@ -56,24 +57,48 @@ LOG_PX: Mapping[str, Callable[..., LogPx]] = MappingProxyType(
     {"iwae": iwae_log_px, "ais": ais_log_px})
 
 
-def infer_family(guide, x: torch.Tensor) -> str:
-    """The local family matching an amortized guide's q(z | x): "diag", "full" or "flow"."""
-    if isinstance(guide, LocalGuide):
-        return guide.family
-    if not hasattr(guide, "distribution"):
-        raise ValueError(f"cannot tell the family of {type(guide).__name__} (it has no "
-                         ".distribution(x)); pass families={name: 'diag' | 'full' | 'flow'}")
-    with torch.no_grad():
-        q = guide.distribution(x[:1])
+def _family_of(q) -> str | None:
+    """"diag", "full" or "flow" for one guide site's distribution, None for anything else."""
+    while isinstance(q, torch.distributions.Independent) and not isinstance(
+            q.base_dist, torch.distributions.Normal):
+        q = q.base_dist
     if isinstance(q, torch.distributions.MultivariateNormal):
         return "full"
-    if isinstance(q, torch.distributions.Independent) and isinstance(
-            q.base_dist, torch.distributions.Normal):
+    if isinstance(q, torch.distributions.Normal) or (
+            isinstance(q, torch.distributions.Independent)
+            and isinstance(q.base_dist, torch.distributions.Normal)):
         return "diag"
     if isinstance(q, torch.distributions.TransformedDistribution):
         return "flow"
-    raise ValueError(f"{type(guide).__name__}.distribution(x) is a {type(q).__name__}; pass "
-                     "families={name: 'diag' | 'full' | 'flow'} to choose q*'s family")
+    return None
+
+
+def infer_family(guide, x: torch.Tensor, model_kwargs: Mapping[str, Any] | None = None) -> str:
+    """The local family matching an amortized guide's q(z | x): "diag", "full" or "flow".
+
+    Read from ``guide.distribution(x)`` when the guide has one, else from one trace of the
+    guide: Normal sites (with ``.to_event``) are "diag", MultivariateNormal "full", transformed
+    distributions "flow". Raises ``ValueError`` naming the guide and its sites otherwise.
+    """
+    if isinstance(guide, LocalGuide):
+        return guide.family
+    label = getattr(guide, "__name__", None) or type(guide).__name__
+    with torch.no_grad():
+        if hasattr(guide, "distribution"):
+            sites = {"distribution(x)": guide.distribution(x[:1])}
+        else:
+            tr = trace_fn(guide, x, model_kwargs)
+            sites = {n: s["fn"] for n, s in tr.nodes.items()
+                     if s["type"] == "sample" and is_latent(s)}
+    kinds = {n: _family_of(q) for n, q in sites.items()}
+    found = set(kinds.values())
+    if None not in found and len(found) == 1:
+        return found.pop()
+    if found == {"diag", "full"}:
+        return "full"  # a full-covariance q* contains every diagonal site
+    listed = ", ".join(f"'{n}': {type(q).__name__}" for n, q in sites.items())
+    raise ValueError(f"cannot tell the local family of guide {label} from its sites ({listed}); "
+                     "pass families={name: 'diag' | 'full' | 'flow'} to choose q*'s family")
 
 
 def _as_log_px(value) -> LogPx:
@@ -112,7 +137,7 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
     for name, guide in guides.items():
         check_pair(model, guide, x,
                    model_kwargs=kwargs)  # bad x or a broken pair: a named error first
-        family = families.get(name) or infer_family(guide, x)
+        family = families.get(name) or infer_family(guide, x, kwargs)
         if family not in FAMILIES:
             raise ValueError(f"family for guide '{name}' must be one of {FAMILIES}, "
                              f"got {family!r}")

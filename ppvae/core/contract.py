@@ -36,6 +36,7 @@ __all__ = [
     "ContractError",
     "PairInfo",
     "check_pair",
+    "find_data_plate",
     "guide_latent_names",
     "is_latent",
     "is_observed",
@@ -58,6 +59,7 @@ class PairInfo(NamedTuple):
     observed: tuple[str, ...]  # observed site names in the model
     max_plate_nesting: int  # plates enclosing any site (>= 1: the data plate)
     discrete: tuple[str, ...] = ()  # latent sites whose model distribution has discrete support
+    data_plate: str = DATA_PLATE  # the name of the per-datapoint plate (found, not demanded)
 
     @property
     def particle_dim(self) -> int:
@@ -122,11 +124,41 @@ def per_datapoint(lp: torch.Tensor, particle_dim: int, shape: torch.Size) -> tor
     return lp.expand(shape)
 
 
-def _data_frame(site: dict):
+def _data_frame(site: dict, plate: str = DATA_PLATE):
     for frame in site["cond_indep_stack"]:
-        if frame.name == DATA_PLATE:
+        if frame.name == plate:
             return frame
     return None
+
+
+def _describe(frame) -> str:
+    sub = (f", a subsample of {frame.size} of {frame.full_size}"
+           if frame.full_size is not None and frame.full_size != frame.size else "")
+    return f"'{frame.name}' (size {frame.full_size or frame.size}, dim {frame.dim}{sub})"
+
+
+def find_data_plate(sites: list[dict], n: int) -> str:
+    """The per-datapoint plate among the plates enclosing ``sites``: the plate named "data" if
+    there is one, otherwise the one plate at dim -1 whose batch size is N = ``x.shape[0]``.
+
+    Raises :class:`ContractError` listing the plates found (name, size, dim, subsample) when
+    there is none or more than one.
+    """
+    frames = {f.name: f for s in sites for f in s["cond_indep_stack"] if f.vectorized}
+    if DATA_PLATE in frames:
+        return DATA_PLATE
+    found = [f for f in frames.values() if f.dim == -1 and f.size == n]
+    if len(found) == 1:
+        return found[0].name
+    listed = ", ".join(_describe(f) for f in frames.values()) or "none"
+    if not found:
+        raise ContractError(
+            f"no plate of size N = x.shape[0] = {n} at dim -1 encloses the sites (plates found: "
+            f"{listed}); wrap the per-datapoint sample statements of model and guide in "
+            f"pyro.plate(name, x.shape[0], dim=-1)")
+    raise ContractError(
+        f"several plates could be the per-datapoint plate ({listed}); name it 'data' to say "
+        "which one indexes the datapoints")
 
 
 def _nesting(site: dict) -> int:
@@ -158,32 +190,35 @@ def _trace(fn, role: str, x, kwargs, owner=None):
                             f"{type(e).__name__}: {e}") from e
 
 
-def _check_site(role: str, name: str, site: dict, n: int, nesting: int) -> None:
-    frame = _data_frame(site)
+def _check_site(role: str, name: str, site: dict, n: int, nesting: int,
+                plate: str = DATA_PLATE) -> None:
+    frame = _data_frame(site, plate)
     kind = "observed" if site["is_observed"] else "latent"
     if frame is None:
         raise ContractError(
-            f"{role} {kind} site '{name}' is outside pyro.plate('{DATA_PLATE}', N, dim=-1): every "
+            f"{role} {kind} site '{name}' is outside pyro.plate('{plate}', N, dim=-1): every "
             "per-datapoint site must be inside the data plate"
             + ("; a global latent (e.g. Bayesian decoder weights) must first be fixed with "
                "ppvae.fix_globals (see ppvae/globals.py)" if kind == "latent" else "")
         )
     if frame.dim != -1:
         raise ContractError(
-            f"{role} site '{name}': plate '{DATA_PLATE}' has dim={frame.dim}; the contract needs "
+            f"{role} site '{name}': plate '{plate}' has dim={frame.dim}; the contract needs "
             "dim=-1 (the engine puts its particle plate to the left of every plate)"
         )
     batch_shape = tuple(site["fn"].batch_shape)
     full = frame.full_size if frame.full_size is not None else frame.size
     if not batch_shape or batch_shape[-1] != n:
         if frame.size != n:
+            what = (f"a subsample of size {frame.size} of a plate of size {full}"
+                    if full != frame.size else f"size {frame.size}")
             raise ContractError(
-                f"{role} site '{name}': plate '{DATA_PLATE}' has size {frame.size} but x has "
-                f"N = x.shape[0] = {n} rows; read the plate size from x"
+                f"{role} site '{name}': plate '{plate}' has {what} but x has "
+                f"N = x.shape[0] = {n} rows; read the plate (or subsample) size from x"
             )
         raise ContractError(
             f"{role} {kind} site '{name}' has batch shape {batch_shape}; inside plate "
-            f"'{DATA_PLATE}' (size {full}) its last batch dimension must be N = {n}"
+            f"'{plate}' (size {full}) its last batch dimension must be N = {n}"
         )
     if len(batch_shape) > nesting:
         raise ContractError(
@@ -263,14 +298,10 @@ def check_pair(model, guide, x: torch.Tensor, *,
     sites = [("model", n_, s) for n_, s in model_tr.nodes.items() if s["type"] == "sample"]
     sites += [("guide", n_, guide_tr.nodes[n_]) for n_ in guide_latent]
     sites = [(r, n_, s) for r, n_, s in sites if not _is_deterministic(s)]
-    if not any(_data_frame(s) is not None for _, _, s in sites):
-        raise ContractError(
-            f"no site is inside pyro.plate('{DATA_PLATE}', N, dim=-1): wrap the per-datapoint "
-            "sample statements of model and guide in that plate"
-        )
+    plate = find_data_plate([s for _, _, s in sites], n)
     nesting = max(_nesting(s) for _, _, s in sites)
     for role, name, site in sites:
-        _check_site(role, name, site, n, _nesting(site))
+        _check_site(role, name, site, n, _nesting(site), plate)
 
     for name in guide_latent:
         g_ev = tuple(guide_tr.nodes[name]["fn"].event_shape)
@@ -285,5 +316,5 @@ def check_pair(model, guide, x: torch.Tensor, *,
         for role, name, site in sites:
             _check_finite(role, name, site)
     discrete = tuple(n_ for n_ in guide_latent if _is_discrete(model_tr.nodes[n_]["fn"]))
-    return PairInfo(n, tuple(guide_latent), tuple(observed), max(nesting, 1), discrete)
+    return PairInfo(n, tuple(guide_latent), tuple(observed), max(nesting, 1), discrete, plate)
 

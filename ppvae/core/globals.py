@@ -69,8 +69,10 @@ def fix_globals(fn: Callable, values: Values) -> Callable:
     return fixed
 
 
-def _in_data_plate(site: dict) -> bool:
-    return any(f.name == DATA_PLATE for f in site["cond_indep_stack"])
+def _in_data_plate(site: dict, n: int) -> bool:
+    """Inside the per-datapoint plate: one named "data", or at dim -1 with batch size N."""
+    return any(f.name == DATA_PLATE or (f.dim == -1 and f.size == n)
+               for f in site["cond_indep_stack"])
 
 
 def global_latent_names(guide: Callable, x: torch.Tensor, *,
@@ -79,8 +81,9 @@ def global_latent_names(guide: Callable, x: torch.Tensor, *,
     kwargs = dict(model_kwargs or {})
     with torch.no_grad():
         tr = prune_subsample_sites(poutine.trace(guide).get_trace(x, **kwargs))
-    return tuple(n for n, s in tr.nodes.items()
-                 if s["type"] == "sample" and is_latent(s) and not _in_data_plate(s))
+    n = int(x.shape[0])
+    return tuple(name for name, s in tr.nodes.items()
+                 if s["type"] == "sample" and is_latent(s) and not _in_data_plate(s, n))
 
 
 def global_values(guide: Callable, x: torch.Tensor, how: str = "mean", *,
@@ -99,7 +102,8 @@ def global_values(guide: Callable, x: torch.Tensor, how: str = "mean", *,
         tr = prune_subsample_sites(poutine.trace(guide).get_trace(x, **kwargs))
     out = {}
     for name, site in tr.nodes.items():
-        if site["type"] == "sample" and is_latent(site) and not _in_data_plate(site):
+        if (site["type"] == "sample" and is_latent(site)
+                and not _in_data_plate(site, int(x.shape[0]))):
             out[name] = (site["fn"].mean if how == "mean" else site["value"]).detach()
     if not out:
         raise ValueError("the guide samples no latent site outside pyro.plate('data'): "

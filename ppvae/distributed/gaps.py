@@ -75,7 +75,8 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
     ``local`` q* must cover all N rows. Every rank returns the whole report."""
     kwargs = dict(model_kwargs or {})
     guides, families = named_guides(guides, families)
-    fams = {name: families.get(name) or infer_family(g, x) for name, g in guides.items()}
+    fams = {name: families.get(name) or infer_family(g, x, kwargs)
+            for name, g in guides.items()}
     n = x.shape[0]
 
     qstar, fit_seconds = dict(local or {}), {}

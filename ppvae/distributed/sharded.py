@@ -167,7 +167,7 @@ def sharded_ais(model, x: torch.Tensor, *, seed: int = 0, block_size: int = 256,
 
 
 def _local_guide(sites, family: str, params: list[dict[str, torch.Tensor]],
-                 fit: LocalFit | None) -> LocalGuide:
+                 fit: LocalFit | None, plate: str) -> LocalGuide:
     """A :class:`LocalGuide` whose families carry the given per-datapoint parameters."""
     families = []
     for site, p in zip(sites, params, strict=True):
@@ -179,7 +179,7 @@ def _local_guide(sites, family: str, params: list[dict[str, torch.Tensor]],
             setattr(fam, name, torch.nn.Parameter(t.detach()))
         fam.num_data = ref.shape[0]
         families.append(fam)
-    guide = LocalGuide(tuple(sites), families)
+    guide = LocalGuide(tuple(sites), families, plate=plate)
     guide.fit = fit
     return guide
 
@@ -188,7 +188,8 @@ def local_guide_rows(guide: LocalGuide, start: int, stop: int) -> LocalGuide:
     """The local guide of rows ``[start, stop)`` of a fitted :class:`LocalGuide` (its
     parameters are views; its ``fit`` is the whole guide's)."""
     return _local_guide(guide.sites, guide.family, [
-        {n: p[start:stop] for n, p in f.named_parameters()} for f in guide.families], guide.fit)
+        {n: p[start:stop] for n, p in f.named_parameters()} for f in guide.families], guide.fit,
+        guide.plate)
 
 
 def _merge_fits(fits: list[LocalFit], rows: list[int]) -> LocalFit:
@@ -228,4 +229,5 @@ def sharded_fit_local(model, x: torch.Tensor, family: str = "diag", init="prior"
     params = [{n: gather_blocks([g.families[j].get_parameter(n).detach() for g in parts])
                for n in fam_names} for j, fam_names in enumerate(names)]
     fit = _merge_fits([g.fit for g in parts], [g.num_data for g in parts])
-    return _local_guide(sites, family, params, fit)
+    plate = gather_block_meta([g.plate for g in parts])[0]  # the model's data plate, any rank
+    return _local_guide(sites, family, params, fit, plate)

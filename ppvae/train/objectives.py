@@ -35,7 +35,7 @@ from pyro.poutine.util import site_is_subsample
 from torch.distributions import Independent, Normal
 
 from ..core.bounds import logmeanexp
-from ..core.contract import DATA_PLATE, PairInfo, is_latent, is_observed
+from ..core.contract import PairInfo, is_latent, is_observed
 from ..core.trace import particle_plate, trace_pair
 from ..core.weights import log_weights
 from .speedup.recorder import StepRecorder
@@ -49,6 +49,7 @@ __all__ = [
     "SiteScale",
     "as_objective",
     "beta_vae",
+    "in_plate",
     "kl_warmup",
     "mean_field",
 ]
@@ -72,8 +73,11 @@ def _only_own_handlers() -> bool:
     return all(type(frame) is SiteScale for frame in _PYRO_STACK)
 
 
-def _in_data_plate(msg) -> bool:
-    return any(f.name == DATA_PLATE for f in msg["cond_indep_stack"])
+def in_plate(plate: str) -> Callable[[dict], bool]:
+    """A site filter: is the message's site inside the plate named ``plate``?"""
+    def inside(msg) -> bool:
+        return any(f.name == plate for f in msg["cond_indep_stack"])
+    return inside
 
 
 def _latent(msg) -> bool:
@@ -114,15 +118,15 @@ class ELBO(Objective):
             guide = particle_plate(guide, p, info.particle_dim, x.device)
             model = particle_plate(model, p, info.particle_dim, x.device)
         if not _only_own_handlers():  # outer handlers must see every message: Pyro's handlers
-            with SiteScale(data_scale, _in_data_plate):
+            with SiteScale(data_scale, in_plate(info.data_plate)):
                 guide_tr, model_tr = trace_pair(model, guide, x, kwargs, prune=False)
             guide_sites = {n: s for n, s in guide_tr.nodes.items() if s["type"] == "sample"}
             model_sites = {n: s for n, s in model_tr.nodes.items() if s["type"] == "sample"}
         else:  # the same semantics in one frame (ppvae.recorder)
-            with StepRecorder(data_scale) as rec:
+            with StepRecorder(data_scale, plate=info.data_plate) as rec:
                 guide(x, **kwargs)
             guide_sites = rec.sites
-            with StepRecorder(data_scale, replay=guide_sites) as rec:
+            with StepRecorder(data_scale, replay=guide_sites, plate=info.data_plate) as rec:
                 model(x, **kwargs)
             model_sites = rec.sites
         terms = _ScaledSum()
@@ -204,7 +208,7 @@ class PyroObjective(Objective):
         want = info.max_plate_nesting + int(vectorized)
         if self.elbo.max_plate_nesting == float("inf") or self.elbo.max_plate_nesting < want:
             self.elbo.max_plate_nesting = want
-        with SiteScale(data_scale, _in_data_plate):
+        with SiteScale(data_scale, in_plate(info.data_plate)):
             return self.elbo.differentiable_loss(model, guide, x, **(kwargs or {}))
 
 

@@ -13,7 +13,7 @@ from stats import z_threshold
 import ppvae
 from ppvae.guides import AmortizedLinearGaussian
 from ppvae.models import PPCA, VAE
-from ppvae.train.objectives import SiteScale, _in_data_plate
+from ppvae.train.objectives import SiteScale, in_plate
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def test_elbo_equals_pyro_trace_elbo(pair):
     model, guide, data, info = pair
     ours = _loss(ppvae.ELBO(), model, guide, data.x, info, data_scale=2.5)
     pyro.set_rng_seed(0)
-    with SiteScale(2.5, _in_data_plate):
+    with SiteScale(2.5, in_plate("data")):
         theirs = pyro.infer.Trace_ELBO().differentiable_loss(model, guide, data.x)
     assert torch.allclose(ours, theirs)
 
@@ -128,7 +128,7 @@ def test_site_scale_touches_only_data_plate_sites():
         with pyro.plate("data", 3):
             pyro.sample("z", dist.Normal(0.0, 1.0))
 
-    with SiteScale(5.0, _in_data_plate):
+    with SiteScale(5.0, in_plate("data")):
         tr = poutine.trace(fn).get_trace()
     assert tr.nodes["g"]["scale"] == 1.0 and tr.nodes["z"]["scale"] == 5.0
 

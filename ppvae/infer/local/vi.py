@@ -100,14 +100,16 @@ def latent_sites(model, x: torch.Tensor, *,
 class LocalGuide(nn.Module):
     """A guide with one variational distribution per datapoint, keeping the ppvae contract.
 
-    ``guide(x, **kwargs)`` samples every latent site inside ``pyro.plate("data", N)``; x must
+    ``guide(x, **kwargs)`` samples every latent site inside the model's per-datapoint plate
+    (``plate``, "data" unless the model names it otherwise); x must
     have the N rows it was fitted on. Its parameters are plain torch parameters (not in Pyro's
     parameter store); :func:`fit_local` trains them and sets :attr:`fit`.
     """
 
-    def __init__(self, sites: tuple[LatentSite, ...], families: list[LocalFamily]):
+    def __init__(self, sites: tuple[LatentSite, ...], families: list[LocalFamily], *,
+                 plate: str = DATA_PLATE):
         super().__init__()
-        self.sites = sites
+        self.sites, self.plate = sites, plate
         self.families = nn.ModuleList(families)
         self.family = families[0].family
         self.num_data = families[0].num_data
@@ -151,7 +153,7 @@ class LocalGuide(nn.Module):
     def forward(self, x: torch.Tensor, **kwargs) -> None:
         self._check_rows(x)
         qs = self.distributions()
-        with pyro.plate(DATA_PLATE, x.shape[0], dim=-1):
+        with pyro.plate(self.plate, x.shape[0], dim=-1):
             for name, q in qs.items():
                 pyro.sample(name, q)
 
@@ -248,7 +250,7 @@ def _initial_guide(model, x, family, init, num_flows, num_init_samples, kwargs
             init, x, sites, num_init_samples, info.particle_dim, kwargs)
         label = type(init).__name__
     guide = LocalGuide(sites, [LocalFamily(family, m.to(x.dtype), L.to(x.dtype), num_flows)
-                               for m, L in moments])
+                               for m, L in moments], plate=info.data_plate)
     return guide, label
 
 

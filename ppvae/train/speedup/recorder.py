@@ -39,15 +39,16 @@ __all__ = ["StepRecorder"]
 class StepRecorder(Messenger):
     """Record the sample sites of one run; scale data-plate sites; optionally replay latents."""
 
-    def __init__(self, data_scale: float = 1.0, replay: dict[str, dict] | None = None):
+    def __init__(self, data_scale: float = 1.0, replay: dict[str, dict] | None = None, *,
+                 plate: str = DATA_PLATE):
         super().__init__()
-        self.data_scale = data_scale
+        self.data_scale, self.plate = data_scale, plate
         self.replay = replay
         self.sites: dict[str, dict] = {}
         self._store = pyro.get_param_store()
 
     def _pyro_sample(self, msg) -> None:
-        if self.data_scale != 1.0 and any(f.name == DATA_PLATE for f in msg["cond_indep_stack"]):
+        if self.data_scale != 1.0 and any(f.name == self.plate for f in msg["cond_indep_stack"]):
             msg["scale"] = self.data_scale * msg["scale"]
         if self.replay is None or msg["is_observed"]:
             return
