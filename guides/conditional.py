@@ -41,6 +41,7 @@ class ConditionalEncoder(PyroModule):
         self.net = mlp([data_dim + num_classes, *hidden, 2 * latent_dim])
 
     def distribution(self, x: torch.Tensor, y: torch.Tensor) -> dist.TorchDistribution:
+        """q(z | x_n, c_n) for labels ``y [N]``: batch shape [N], event shape [K]."""
         flat = x.reshape(x.shape[0], -1)  # [N, D]
         if flat.shape[1] != self.data_dim:
             raise ValueError(f"ConditionalEncoder expects {self.data_dim} features per "
@@ -50,6 +51,7 @@ class ConditionalEncoder(PyroModule):
         return dist.Normal(loc, nn.functional.softplus(raw) + self.min_scale).to_event(1)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Sample the latent from q(z | x, c) inside the ``"data"`` plate."""
         q = self.distribution(x, y)
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample(self.latent, q)

@@ -66,6 +66,7 @@ class ConvEncoder(PyroModule):
         return dist.Normal(loc, nn.functional.softplus(raw) + self.min_scale).to_event(1)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample the latent from q(z | x) inside the ``"data"`` plate."""
         q = self.distribution(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample(self.latent, q)

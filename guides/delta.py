@@ -53,6 +53,7 @@ class DeltaEncoder(PyroModule):
         return dist.Delta(self.encode(x), event_dim=1)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample the latent at the point f(x) inside the ``"data"`` plate."""
         q = self.distribution(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample(self.latent, q)

@@ -1,6 +1,7 @@
-"""Amortized normalizing-flow encoder: a Gaussian from an MLP, refined by conditional inverse
-autoregressive flows (Kingma et al. 2016, "Improved variational inference with inverse
-autoregressive flow"; Rezende and Mohamed 2015).
+"""Amortized normalizing-flow encoder: an MLP's Gaussian refined by conditional IAF layers.
+
+A Gaussian from an MLP, refined by conditional inverse autoregressive flows (Kingma et al. 2016,
+"Improved variational inference with inverse autoregressive flow"; Rezende and Mohamed 2015):
 
     z0 ~ N(mu(x), diag sigma(x)^2),   z = f_L(... f_1(z0; h(x)) ...; h(x)),
 
@@ -73,6 +74,7 @@ class FlowEncoder(PyroModule):
         return dist.TransformedDistribution(base, [f.condition(context) for f in self.flows])
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample the latent from the flow q(z | x) inside the ``"data"`` plate."""
         q = self.distribution(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample(self.latent, q)

@@ -59,6 +59,7 @@ class FullCovEncoder(PyroModule):
         return dist.MultivariateNormal(loc, scale_tril=tril)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample the latent from q(z | x) inside the ``"data"`` plate."""
         q = self.distribution(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample(self.latent, q)

@@ -45,6 +45,7 @@ class BottomUpGuide(PyroModule):
         self.net2 = mlp([k1, *top_hidden, 2 * k2], nn.Tanh)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample ``"z1"`` from q(z1 | x), then ``"z2"`` from q(z2 | z1), per datapoint."""
         flat = flatten_rows(x, self.data_dim, "BottomUpGuide")
         loc1, scale1 = _gaussian(self.net1(flat), self.min_scale)  # [N, K1] each
         with pyro.plate("data", x.shape[0], dim=-1):
@@ -76,6 +77,7 @@ class LadderGuide(PyroModule):
         self.head2 = nn.Linear(h2, 2 * model.k2)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample ``"z2"`` from q(z2 | x), then ``"z1"`` from q(z1 | z2, x), per datapoint."""
         flat = flatten_rows(x, self.data_dim, "LadderGuide")
         d1 = self.up1(flat)  # [N, H1]
         d2 = self.up2(d1)  # [N, H2]

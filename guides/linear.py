@@ -73,6 +73,7 @@ class AmortizedLinearGaussian(PyroModule):
         return dist.Normal(loc, self.scale).to_event(1)
 
     def forward(self, x: torch.Tensor) -> None:
+        """Sample the latent from q(z | x) inside the ``"data"`` plate (x must be [N, D])."""
         if x.shape[-1] != self.data_dim:
             raise ValueError(
                 f"{type(self).__name__} expects x of shape [N, {self.data_dim}], got "

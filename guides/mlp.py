@@ -48,6 +48,7 @@ class MLPEncoder(PyroModule):
         return dist.Normal(loc, scale).to_event(1)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample the latent from q(z | x) inside the ``"data"`` plate."""
         q = self.distribution(x)
         with pyro.plate("data", x.shape[0], dim=-1):
             pyro.sample(self.latent, q)

@@ -56,6 +56,7 @@ class VQEncoder(PyroModule):
         return self.net(flat).reshape(x.shape[0], *self.shape)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample ``"z"`` at the nearest codes (straight-through) and add the VQ losses."""
         model = self._model
         z_e = self.encode(x)  # [N, P, C]
         if model.ema and model.training and torch.is_grad_enabled():

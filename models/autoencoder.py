@@ -62,6 +62,7 @@ class Autoencoder(PyroModule):
         return dist.Normal(like.new_zeros(n, self.latent_dim), 1.0).to_event(1)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample ``"z"`` from the prior and observe the flattened x under the decoder."""
         flat = flatten_rows(x, self.data_dim, type(self).__name__)  # [N, D]
         with pyro.plate("data", x.shape[0], dim=-1):
             z = pyro.sample("z", self.prior(flat))  # [..., N, K]

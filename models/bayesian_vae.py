@@ -1,6 +1,8 @@
-"""Bayesian VAE: a Gaussian prior over the decoder's weights, a global mean-field guide for them
-and an amortized guide for z (Kingma and Welling 2014, appendix F, "full VB"; Blundell et al.
-2015 for the weight posterior).
+"""Bayesian VAE: a prior over the decoder's weights, a global guide for them, one for z.
+
+A Gaussian prior over the decoder's weights, a global mean-field guide for them and an amortized
+guide for z (Kingma and Welling 2014, appendix F, "full VB"; Blundell et al. 2015 for the weight
+posterior):
 
     W ~ N(0, s^2 I)  (every decoder weight and bias, ``PyroSample``),
     z_n ~ N(0, I_K),    x_n | z_n, W ~ Bernoulli(logits = g_W(z_n)),
@@ -92,6 +94,7 @@ class BayesianVAE(PyroModule):
         return h
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample the decoder weights (global), then ``"z"`` and the observed x per datapoint."""
         flat = x.reshape(x.shape[0], -1)  # [N, D]
         if flat.shape[1] != self.data_dim:
             raise ValueError(f"BayesianVAE expects {self.data_dim} features per datapoint, got "
@@ -148,6 +151,7 @@ class WeightGuide(PyroModule):
         return {site: getattr(self, f"loc_{i}").detach() for i, (site, _) in enumerate(self.sites)}
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample every weight site from its mean-field Gaussian q(W)."""
         for i, (site, event_dim) in enumerate(self.sites):
             loc, scale = getattr(self, f"loc_{i}"), getattr(self, f"scale_{i}")
             pyro.sample(site, dist.Normal(loc, scale).to_event(event_dim))

@@ -1,5 +1,7 @@
-"""Convolutional VAE for square binary images (Kingma and Welling 2014, with the convolutional
-networks standard since Radford et al. 2016 and Gulrajani et al. 2017).
+"""Convolutional VAE for square binary images.
+
+The VAE of Kingma and Welling (2014) with the convolutional networks standard since Radford et
+al. (2016) and Gulrajani et al. (2017):
 
     z_n ~ N(0, I_K),    x_n | z_n ~ Bernoulli(logits = g(z_n)),
 
@@ -54,6 +56,7 @@ class ConvVAE(PyroModule):
         return self.deconv(h).reshape(*batch, self.side * self.side)  # [..., side^2]
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample ``"z"`` from N(0, I) and observe x under the convolutional decoder."""
         if x[0].numel() != self.side**2:
             raise ValueError(
                 f"ConvVAE expects {self.side}x{self.side} images, got x of shape {tuple(x.shape)}"

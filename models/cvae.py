@@ -70,6 +70,7 @@ class CVAE(PyroModule):
         return self.decoder(torch.cat([z, c], dim=-1))  # [..., N, D]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Sample ``"z"`` from p(z | c) and observe the flattened x given z and the labels ``y``."""
         flat = x.reshape(x.shape[0], -1)  # [N, D]
         if flat.shape[1] != self.data_dim:
             raise ValueError(f"CVAE expects {self.data_dim} features per datapoint, got x of "

@@ -1,5 +1,6 @@
-"""Hierarchical VAE with two stochastic layers, z2 -> z1 -> x (Burda, Grosse and Salakhutdinov
-2016, section 5; Sønderby et al. 2016).
+"""Hierarchical VAE with two stochastic layers, z2 -> z1 -> x.
+
+After Burda, Grosse and Salakhutdinov (2016, section 5) and Sønderby et al. (2016):
 
     z2_n ~ N(0, I_K2),    z1_n | z2_n ~ N(mu(z2_n), diag sigma(z2_n)^2),
     x_n | z1_n ~ Bernoulli(logits = g(z1_n)),
@@ -54,6 +55,7 @@ class HierarchicalVAE(PyroModule):
         return loc, nn.functional.softplus(raw) + self.min_scale
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample ``"z2"``, then ``"z1"`` given z2, and observe the flattened x given z1."""
         flat = flatten_rows(x, self.data_dim, type(self).__name__)  # [N, D]
         with pyro.plate("data", x.shape[0], dim=-1):
             z2 = pyro.sample("z2", dist.Normal(flat.new_zeros(self.k2), 1.0).to_event(1))

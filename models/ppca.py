@@ -54,6 +54,7 @@ class PPCA(PyroModule):
             self.sigma = PyroParam(sigma.clone().reshape(()), constraint=constraints.positive)
 
     def forward(self, x: torch.Tensor) -> None:
+        """Sample ``"z"`` from N(0, I) and observe x under N(W z + b, sigma^2 I)."""
         if x.shape[-1] != self.data_dim:
             raise ValueError(f"PPCA expects x of shape [N, {self.data_dim}], got {tuple(x.shape)}")
         W, b, sigma = self.W, self.b, self.sigma

@@ -49,6 +49,7 @@ class SupervisedVAE(PyroModule):
         self.classifier = mlp([latent_dim, *classifier_hidden, num_classes])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Sample ``"z"``, observe x and the labels ``y`` (entries -1 masked out) given z."""
         flat = x.reshape(x.shape[0], -1)  # [N, D]
         if flat.shape[1] != self.data_dim:
             raise ValueError(f"SupervisedVAE expects {self.data_dim} features per datapoint, "

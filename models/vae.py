@@ -98,6 +98,7 @@ class VAE(PyroModule):
         return dist.Normal(out, self.sigma).to_event(1)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample ``"z"`` from N(0, I) and observe the flattened x under the likelihood."""
         flat = flatten_rows(x, self.data_dim, type(self).__name__)  # [N, D]
         decoder = self.decoder  # registered with Pyro here, outside the plate: fewer messages
         prior = dist.Normal(flat.new_zeros(self.latent_dim), 1.0).to_event(1)

@@ -79,18 +79,22 @@ class UniformCodebook(TorchDistribution):
 
     @property
     def support(self) -> constraints.Constraint:
+        """The codebook's rows at each position (within a tolerance relative to its scale)."""
         scale = float(self.codebook.detach().abs().max()) + 1.0
         return _CodebookSupport(self.codebook.detach(), self.tol * scale)
 
     def expand(self, batch_shape, _instance=None):
+        """The same distribution with batch shape ``batch_shape``."""
         return UniformCodebook(self.codebook, self.num_positions, batch_shape, tol=self.tol)
 
     def sample(self, sample_shape=()) -> torch.Tensor:
+        """Uniformly drawn codebook rows, ``[*sample_shape, *batch_shape, P, C]``."""
         shape = torch.Size(sample_shape) + self.batch_shape + (self.num_positions,)
         idx = torch.randint(self.codebook.shape[0], shape, device=self.codebook.device)
         return self.codebook.detach()[idx]  # [*shape, C]
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """-P log K where every position of ``value`` is a codebook row, -inf elsewhere."""
         inside = self.support.check(value)  # [...]
         lp = -self.num_positions * math.log(self.codebook.shape[0])
         out = torch.where(inside, lp, -math.inf).to(value.dtype)
@@ -147,6 +151,7 @@ class VQVAE(PyroModule):
         self.codebook.copy_(self.ema_sum / smoothed.unsqueeze(-1))
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample the codes ``"z"`` uniformly and observe the flattened x given them."""
         flat = x.reshape(x.shape[0], -1)  # [N, D]
         if flat.shape[1] != self.data_dim:
             raise ValueError(f"VQVAE expects {self.data_dim} features per datapoint, got x of "
