@@ -1,2 +1,5 @@
-"""Analyses built on the engine: the gap decomposition and its report, posterior comparison,
-posterior-collapse diagnostics, probabilistic PCA closed forms, and figures."""
+"""Analyses built on the engine.
+
+The gap decomposition and its report, posterior comparison, posterior-collapse diagnostics,
+probabilistic PCA closed forms, and figures.
+"""

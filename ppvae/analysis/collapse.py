@@ -47,6 +47,7 @@ class CollapseReport(NamedTuple):
 
     @property
     def num_active(self) -> int:
+        """The number of active units."""
         return int(self.active.sum())
 
 

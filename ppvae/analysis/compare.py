@@ -26,6 +26,7 @@ __all__ = ["PosteriorComparison", "PosteriorSummary", "compare_posteriors"]
 
 
 class PosteriorSummary(NamedTuple):
+    """One method's posterior summary at the compared datapoints."""
     method: str
     mean: torch.Tensor  # [M, D]
     sd: torch.Tensor  # [M, D]
@@ -36,11 +37,13 @@ class PosteriorSummary(NamedTuple):
 
 
 class PosteriorComparison(NamedTuple):
+    """MCMC and every guide summarized at the same datapoints."""
     datapoints: tuple[int, ...]  # indices into x
     latent_names: tuple[str, ...]  # "site[i]" for each of the D coordinates
     summaries: tuple[PosteriorSummary, ...]  # MCMC first, then the guides in the given order
 
     def to_markdown(self) -> str:
+        """A markdown table: mean, sd and KL to the MCMC fit per datapoint and method."""
         rows = ["| datapoint | method | mean | sd | KL(q ‖ N(MCMC)) |", "|---|---|---|---|---|"]
         fmt = lambda t: "[" + ", ".join(f"{v:.3f}" for v in t.tolist()) + "]"  # noqa: E731
         for j, n in enumerate(self.datapoints):
@@ -51,8 +54,10 @@ class PosteriorComparison(NamedTuple):
         return "\n".join(rows)
 
     def plot(self, path: str, max_dims: int = 4):
-        """ArviZ density overlay of every method, one panel per (datapoint, coordinate) for the
-        first ``max_dims`` coordinates, saved to ``path`` (PNG). Returns the figure."""
+        """ArviZ density overlay of every method, saved to ``path`` (PNG); returns the figure.
+
+        One panel per (datapoint, coordinate) for the first ``max_dims`` coordinates.
+        """
         az = import_arviz()
         datas = [to_inference_data({"z": s.samples[..., :max_dims].unsqueeze(0)},
                                    datapoints=self.datapoints) for s in self.summaries]
@@ -90,6 +95,8 @@ def compare_posteriors(model, x: torch.Tensor, mcmc, guides: Mapping[str, object
         guides: name -> guide (amortized, local q*, ...); each is run on the whole ``x``.
         datapoints: indices to compare (default all).
         num_samples: draws per datapoint from each guide.
+        mcmc_name: the method name of the MCMC reference in the summaries.
+        model_kwargs: the model's own keyword arguments, passed to model and guides.
     """
     kwargs = dict(model_kwargs or {})
     samples = getattr(mcmc, "samples", mcmc)

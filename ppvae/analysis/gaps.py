@@ -44,7 +44,7 @@ __all__ = [
 
 def iwae_log_px(model, x, proposal, model_kwargs, *, k: int = 1000, num_estimates: int = 1,
                 chunk_size: int | None = None) -> LogPx:
-    """log p(x) by the IWAE_k bound with ``proposal`` as the importance distribution."""
+    """Log p(x) by the IWAE_k bound with ``proposal`` as the importance distribution."""
     b = iwae(model, proposal, x, k, num_estimates=num_estimates, chunk_size=chunk_size,
              model_kwargs=model_kwargs)
     source = (f"local {proposal.family} q*" if isinstance(proposal, LocalGuide)
@@ -125,7 +125,8 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
             default, "ais"), or a callable (module docstring).
         families: q*'s family per guide (str or mapping); default :func:`infer_family`.
         local: already fitted q* per guide name (skips :func:`fit_local` for those).
-        local_steps, local_options: :func:`fit_local`'s ``num_steps`` and other options.
+        local_steps: :func:`fit_local`'s ``num_steps``.
+        local_options: :func:`fit_local`'s other options.
         num_samples: samples per datapoint for each ELBO.
         log_px_options: options for the log p(x) estimator (for "iwae": ``k``, default 1000,
             ``num_estimates``, ``chunk_size``).
@@ -165,8 +166,11 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
 
 
 def named_guides(guides, families) -> tuple[Mapping[str, Any], dict[str, str]]:
-    """``guides`` as a mapping name -> guide (one guide is named "guide") and ``families`` (a
-    family for all, a mapping, or None) as a mapping name -> family for those given."""
+    """``guides`` and ``families`` as mappings keyed by guide name.
+
+    ``guides`` becomes a mapping name -> guide (one guide is named "guide"); ``families`` (a
+    family for all, a mapping, or None) a mapping name -> family for those given.
+    """
     if not isinstance(guides, Mapping):
         guides = {"guide": guides}
     if isinstance(families, str):
@@ -177,8 +181,10 @@ def named_guides(guides, families) -> tuple[Mapping[str, Any], dict[str, str]]:
 def guide_elbos(model, guide, x: torch.Tensor, family: str, qstar: LocalGuide | None, *,
                 name: str, local_steps: int, local_options: Mapping | None, num_samples: int,
                 kwargs: Mapping) -> tuple[Bound, LocalGuide, Bound, list[tuple[str, float]]]:
-    """One guide's stage of :func:`gaps`: ELBO[q], q* (fitted unless given) and ELBO[q*],
-    with the seconds each took."""
+    """One guide's stage of :func:`gaps`: ELBO[q], q* (fitted unless given) and ELBO[q*].
+
+    Also returns the seconds each took.
+    """
     timings = []
     t = time.perf_counter()
     amortized = elbo(model, guide, x, num_samples, model_kwargs=kwargs)
@@ -196,8 +202,11 @@ def guide_elbos(model, guide, x: torch.Tensor, family: str, qstar: LocalGuide | 
 
 def estimate_log_px(model, x: torch.Tensor, log_px, proposal, kwargs: Mapping,
                     options: Mapping | None = None) -> LogPx:
-    """The log p(x) stage of :func:`gaps`: exact values (a tensor ``[N]``), an estimator of
-    :data:`LOG_PX` by name, or a callable, run with ``proposal`` and ``options``."""
+    """The log p(x) stage of :func:`gaps`.
+
+    ``log_px`` is exact values (a tensor ``[N]``), an estimator of :data:`LOG_PX` by name, or a
+    callable, run with ``proposal`` and ``options``.
+    """
     if isinstance(log_px, torch.Tensor):
         ref = LogPx(log_px.detach(), torch.zeros_like(log_px), "exact")
     else:

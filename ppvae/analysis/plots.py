@@ -241,9 +241,11 @@ def interpolation(model, guide, x: torch.Tensor, *, steps: int = 10, latent: str
 def latent_traversals(model, guide, x: torch.Tensor, *, latent: str = "z", dims=None,
                       span: float = 3.0, steps: int = 9, observed: str = "x",
                       image_shape=None, model_kwargs: Mapping[str, Any] | None = None) -> Figure:
-    """One row per latent dimension: the encoding of ``x[0]`` with that dimension swept over
-    ``[-span, span]`` (prior standard deviations for a standard normal prior), the others fixed.
-    ``model_kwargs`` are per-datapoint (rows of ``x``); the row of ``x[0]`` is used throughout.
+    """One row per latent dimension: the encoding of ``x[0]`` with that dimension swept.
+
+    The dimension runs over ``[-span, span]`` (prior standard deviations for a standard normal
+    prior), the others stay fixed. ``model_kwargs`` are per-datapoint (rows of ``x``); the row
+    of ``x[0]`` is used throughout.
     """
     kwargs = dict(model_kwargs or {})
     one = {k: v[:1] for k, v in kwargs.items()}

@@ -34,6 +34,7 @@ __all__ = [
 
 
 class PPCAParams(NamedTuple):
+    """PPCA parameters: loading matrix W, offset b and noise scale sigma."""
     W: torch.Tensor  # [D, K]
     b: torch.Tensor  # [D]
     sigma: torch.Tensor  # [] noise standard deviation

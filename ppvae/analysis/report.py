@@ -1,6 +1,7 @@
-"""Typed records of the inference-gap decomposition (Cremer, Li and Duvenaud 2018) and their
-renderings: a markdown table, a JSON document that round-trips, and a PNG figure (stacked bars of
-approximation and amortization gaps per guide; per-datapoint amortized vs optimal ELBO).
+"""Typed records of the inference-gap decomposition (Cremer, Li and Duvenaud 2018).
+
+They render as a markdown table, a JSON document that round-trips, and a PNG figure (stacked bars
+of approximation and amortization gaps per guide; per-datapoint amortized vs optimal ELBO).
 
 Per-datapoint values are kept as float64 CPU tensors (a report is a summary, not a computation).
 Means carry two standard errors: ``mc_se``, the Monte Carlo error of the mean for these
@@ -42,6 +43,7 @@ class Estimators(NamedTuple):
 
 
 class Summary(NamedTuple):
+    """A mean over datapoints with its two standard errors (see module docstring)."""
     mean: float
     mc_se: float  # Monte Carlo standard error for these datapoints
     data_se: float  # standard deviation across datapoints / sqrt(N)
@@ -83,14 +85,17 @@ class GapRow(NamedTuple):
 
     @property
     def approximation(self) -> torch.Tensor:
+        """Approximation gap log p(x) - ELBO[q*] per datapoint, ``[N]``."""
         return self.log_px - self.elbo_local  # [N]
 
     @property
     def amortization(self) -> torch.Tensor:
+        """Amortization gap ELBO[q*] - ELBO[q] per datapoint, ``[N]``."""
         return self.elbo_local - self.elbo_amortized  # [N]
 
     @property
     def inference(self) -> torch.Tensor:
+        """Inference gap log p(x) - ELBO[q] per datapoint, ``[N]``."""
         return self.log_px - self.elbo_amortized  # [N]
 
     def summary(self, quantity: str) -> Summary:
@@ -116,12 +121,14 @@ class GapReport(NamedTuple):
     timings: tuple[tuple[str, float], ...]  # (stage, seconds)
 
     def row(self, guide: str) -> GapRow:
+        """The row of guide ``guide`` (``KeyError`` if there is none)."""
         for r in self.rows:
             if r.guide == guide:
                 return r
         raise KeyError(f"no guide {guide!r} in this report; guides: {[r.guide for r in self.rows]}")
 
     def to_markdown(self) -> str:
+        """The report as a markdown table with an estimators list and stage timings."""
         cols = ("log_px", "elbo_local", "elbo_amortized", "approximation", "amortization",
                 "inference")
         out = [f"Inference gaps over N = {self.num_data} datapoints (nats; mean ± Monte Carlo "
@@ -146,6 +153,7 @@ class GapReport(NamedTuple):
         return "\n".join(out) + "\n"
 
     def to_json(self) -> str:
+        """The report as a JSON document (``"format": "ppvae.GapReport/1"``)."""
         rows = [{"guide": r.guide, "family": r.family, "estimators": r.estimators._asdict(),
                  **{k: getattr(r, k).tolist() for k in _TENSORS}} for r in self.rows]
         return json.dumps({"format": "ppvae.GapReport/1", "num_data": self.num_data,
@@ -153,6 +161,7 @@ class GapReport(NamedTuple):
 
     @classmethod
     def from_json(cls, text: str) -> GapReport:
+        """The report from :meth:`to_json`'s document (``ValueError`` for another document)."""
         doc = json.loads(text)
         if not isinstance(doc, dict) or doc.get("format") != "ppvae.GapReport/1":
             raise ValueError("not a ppvae GapReport JSON document (missing format "

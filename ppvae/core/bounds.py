@@ -64,12 +64,16 @@ class Bound(NamedTuple):
 
 
 def logmeanexp(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """``log mean exp`` of ``t`` along ``dim``: logsumexp minus log of that dimension's size."""
     return torch.logsumexp(t, dim=dim) - math.log(t.shape[dim])
 
 
 def delta_stderr(lse1: torch.Tensor, lse2: torch.Tensor, k: int) -> torch.Tensor:
-    """Delta-method s.e. of ``log mean w`` from ``lse1 = logsumexp(log w)`` and
-    ``lse2 = logsumexp(2 log w)`` over ``k`` weights (NaN for ``k < 2``)."""
+    """Delta-method s.e. of ``log mean w`` from two log-sum-exps over ``k`` weights.
+
+    They are ``lse1 = logsumexp(log w)`` and ``lse2 = logsumexp(2 log w)``; the result is NaN
+    for ``k < 2``.
+    """
     # mean(w^2) / mean(w)^2 = exp(lse2 - 2 lse1) * k; unbiased variance factor k / (k - 1)
     if k < 2:
         return torch.full_like(lse1, float("nan"))

@@ -67,8 +67,11 @@ class PairInfo(NamedTuple):
         return -(self.max_plate_nesting + 1)
 
     def require_continuous(self, analysis: str) -> None:
-        """Raise :class:`ContractError` if a latent is discrete; for analyses that move z
-        continuously (local Gaussian VI, HMC, AIS, latent manifolds, traversals)."""
+        """Raise :class:`ContractError` if a latent is discrete.
+
+        For analyses that move z continuously (local Gaussian VI, HMC, AIS, latent manifolds,
+        traversals).
+        """
         if self.discrete:
             raise ContractError(
                 f"{analysis} needs continuous latents, but the model's latent site(s) "
@@ -77,10 +80,12 @@ class PairInfo(NamedTuple):
 
 
 def is_observed(site: dict) -> bool:
+    """True for an observed sample site that is not a ``pyro.deterministic`` record."""
     return site["type"] == "sample" and site["is_observed"] and not _is_deterministic(site)
 
 
 def is_latent(site: dict) -> bool:
+    """True for an unobserved, non-auxiliary sample site."""
     return (
         site["type"] == "sample"
         and not site["is_observed"]
@@ -93,11 +98,12 @@ def _is_deterministic(site: dict) -> bool:
 
 
 def guide_latent_names(guide_trace) -> list[str]:
+    """Names of the latent sites of a guide trace, in trace order."""
     return [name for name, site in guide_trace.nodes.items() if is_latent(site)]
 
 
 def site_log_density(site: dict) -> torch.Tensor:
-    """log density of a sample site at its value, masked but *not* scaled.
+    """Log density of a sample site at its value, masked but *not* scaled.
 
     Scaling (poutine.scale, plate subsampling) is a property of training objectives; per-datapoint
     estimators need the model's own densities.
@@ -138,11 +144,11 @@ def _describe(frame) -> str:
 
 
 def find_data_plate(sites: list[dict], n: int) -> str:
-    """The per-datapoint plate among the plates enclosing ``sites``: the plate named "data" if
-    there is one, otherwise the one plate at dim -1 whose batch size is N = ``x.shape[0]``.
+    """The per-datapoint plate among the plates enclosing ``sites``.
 
-    Raises :class:`ContractError` listing the plates found (name, size, dim, subsample) when
-    there is none or more than one.
+    It is the plate named "data" if there is one, otherwise the one plate at dim -1 whose batch
+    size is N = ``x.shape[0]``. Raises :class:`ContractError` listing the plates found (name,
+    size, dim, subsample) when there is none or more than one.
     """
     frames = {f.name: f for s in sites for f in s["cond_indep_stack"] if f.vectorized}
     if DATA_PLATE in frames:

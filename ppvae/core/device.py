@@ -1,5 +1,7 @@
-"""Device selection: CUDA when it is there, the CPU otherwise, and a clear error when asked for
-a device that does not exist."""
+"""Device selection: CUDA when it is there, the CPU otherwise.
+
+Asking for a device that does not exist is a clear error.
+"""
 
 from __future__ import annotations
 

@@ -94,6 +94,7 @@ def global_values(guide: Callable, x: torch.Tensor, how: str = "mean", *,
         guide: a guide whose global sites (outside the data plate) are to be fixed.
         x: a batch to run the guide on (only the global sites are kept).
         how: ``"mean"`` (the mean of each global site's distribution) or ``"sample"``.
+        model_kwargs: the model's own keyword arguments, passed to the guide.
     """
     kwargs = dict(model_kwargs or {})
     if how not in ("mean", "sample"):

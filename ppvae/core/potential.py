@@ -156,7 +156,7 @@ class Potential:
         return self._sum_sites(tr, latent, shape), self._sum_sites(tr, obs, shape), ldj
 
     def log_guide(self, u: torch.Tensor, values: dict | None = None) -> torch.Tensor:
-        """log q(z(u) | x) ``[C, N]`` of the guide (without the Jacobian)."""
+        """Log q(z(u) | x) ``[C, N]`` of the guide (without the Jacobian)."""
         if self.guide is None:
             raise ValueError("this Potential has no guide")
         values = values if values is not None else self.unflatten(u)[0]
@@ -166,7 +166,7 @@ class Potential:
                                torch.Size((u.shape[0], self.num_data)))
 
     def log_target(self, u: torch.Tensor) -> torch.Tensor:
-        """log p(x_n, z(u)) + log |J|, ``[C, N]``."""
+        """Log p(x_n, z(u)) + log |J|, ``[C, N]``."""
         lp, ll, ldj = self.log_parts(u)
         return lp + ll + ldj
 

@@ -46,10 +46,10 @@ class LatentSite(NamedTuple):
 
 def latent_site(name: str, site: dict, num_data: int, *, leading: int, purpose: str
                 ) -> LatentSite:
-    """The :class:`LatentSite` of a traced model site whose value is
-    ``[*leading dims, *mid, N, *event]`` (``leading`` particle/chain dims: 0 or 1).
+    """The :class:`LatentSite` of a traced model site.
 
-    ``purpose`` names the method in the error for a discrete site ("HMC and AIS").
+    The site's value is ``[*leading dims, *mid, N, *event]`` (``leading`` particle/chain dims:
+    0 or 1). ``purpose`` names the method in the error for a discrete site ("HMC and AIS").
     """
     fn = site["fn"]
     if fn.support.is_discrete:

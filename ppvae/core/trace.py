@@ -29,8 +29,10 @@ PARTICLE_PLATE = "_ppvae_particles"
 
 def particle_plate(fn: Callable, size: int, dim: int, device: torch.device | None = None
                    ) -> Callable:
-    """``fn`` run inside an outer plate of ``size`` particles at ``dim`` (a negative dim left of
-    every plate of the pair, i.e. ``-(max_plate_nesting + 1)``)."""
+    """``fn`` run inside an outer plate of ``size`` particles at ``dim``.
+
+    ``dim`` is a negative dim left of every plate of the pair, i.e. ``-(max_plate_nesting + 1)``.
+    """
 
     def wrapped(*args, **kwargs):
         with pyro.plate(PARTICLE_PLATE, size, dim=dim, device=device):

@@ -38,6 +38,7 @@ _PAIRS_PER_CHUNK = 2**15
 
 
 def default_chunk_size(num_data: int) -> int:
+    """Particles per chunk for ``num_data`` datapoints: about 32k pairs, at least 1."""
     return max(1, _PAIRS_PER_CHUNK // max(num_data, 1))
 
 
@@ -102,7 +103,9 @@ def log_weights(
     """Per-datapoint log weights ``log p(x_n, z) - log q(z | x_n)``, z ~ q: ``[num_samples, N]``.
 
     Args:
-        model, guide: a pair keeping the ppvae contract (checked once, see :func:`check_pair`).
+        model: the model of a pair keeping the ppvae contract (checked once, see
+            :func:`check_pair`).
+        guide: the pair's guide.
         x: data, ``[N, ...]``; tensors follow its device and dtype.
         num_samples: particles per datapoint.
         chunk_size: particles traced at once (vectorized over an outer plate); default keeps

@@ -22,8 +22,11 @@ def dynamic_binarize(x: torch.Tensor, generator: torch.Generator) -> torch.Tenso
 
 
 def binarize(x: torch.Tensor, how: str | None, *, seed: int = 0) -> torch.Tensor:
-    """Binarize ``x`` (values in [0, 1]) statically: ``"static"`` (seeded Bernoulli draw),
-    ``"threshold"`` (x > 0.5); ``None`` and ``"dynamic"`` return ``x`` unchanged."""
+    """Binarize ``x`` (values in [0, 1]) statically.
+
+    ``"static"`` is a seeded Bernoulli draw, ``"threshold"`` is x > 0.5; ``None`` and
+    ``"dynamic"`` return ``x`` unchanged.
+    """
     if how not in BINARIZATIONS:
         raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {how!r}")
     if how == "static":

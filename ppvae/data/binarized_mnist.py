@@ -1,5 +1,7 @@
-"""Statically binarized MNIST (Larochelle and Murray 2011): the split used for VAE
-log-likelihood comparisons (Burda et al. 2016 report a VAE at about -89.8 nats on its test set).
+"""Statically binarized MNIST (Larochelle and Murray 2011).
+
+The split used for VAE log-likelihood comparisons (Burda et al. 2016 report a VAE at about
+-89.8 nats on its test set).
 
 Reads, from a path the user gives, either
 

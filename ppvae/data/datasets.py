@@ -36,6 +36,7 @@ DATASETS = ("digits", "binarized-mnist", "mnist", "fashion-mnist", "ppca")
 
 
 class Dataset(NamedTuple):
+    """A data set's train, validation and test splits, with labels and image shape when known."""
     name: str
     train: torch.Tensor  # [N_train, D]
     valid: torch.Tensor  # [N_valid, D]
@@ -48,6 +49,7 @@ class Dataset(NamedTuple):
 
     @property
     def data_dim(self) -> int:
+        """D, the size of one (flattened) datapoint."""
         return int(self.train.shape[1])
 
     def __repr__(self) -> str:
@@ -94,12 +96,15 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, path=None,
     """Load data set ``name`` (one of :data:`DATASETS`) as a :class:`Dataset`.
 
     Args:
+        name: the data set, one of :data:`DATASETS`.
         root: folder for downloaded files (default :func:`default_root`).
         path: for ``"binarized-mnist"``, an ``.npz`` file or a folder with the ``.amat`` files.
         binarize: None, ``"static"``, ``"threshold"`` or ``"dynamic"``. ``"binarized-mnist"`` is
             binary already; ``"ppca"`` is real-valued and takes none.
         download: fetch missing files when online (a clear error otherwise).
         seed: seeds splits and binarization.
+        dtype: dtype of the data tensors (labels are int64).
+        device: device of the data and label tensors.
         options: for ``"ppca"``: ``num_data``, ``data_dim``, ``latent_dim``, ``sigma``.
     """
     if binarize not in BINARIZATIONS:

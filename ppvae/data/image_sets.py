@@ -1,5 +1,6 @@
-"""MNIST (LeCun et al. 1998) and Fashion-MNIST (Xiao, Rasul and Vollgraf 2017) through
-torchvision, as grey levels in [0, 1] with labels.
+"""MNIST and Fashion-MNIST through torchvision, as grey levels in [0, 1] with labels.
+
+MNIST is LeCun et al. (1998), Fashion-MNIST is Xiao, Rasul and Vollgraf (2017).
 
 torchvision reads the IDX files ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``
 (``FashionMNIST`` for Fashion-MNIST) and downloads them when missing and ``download`` is true.

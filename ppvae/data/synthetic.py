@@ -15,6 +15,7 @@ __all__ = ["PPCAData", "ppca_dataset"]
 
 
 class PPCAData(NamedTuple):
+    """A PPCA sample: observations, their latents and the true parameters."""
     x: torch.Tensor  # [N, D] observations
     z: torch.Tensor  # [N, K] the latents that generated them
     W: torch.Tensor  # [D, K]

@@ -1,6 +1,8 @@
-"""Scaling out with torchrun: the process group and its collectives (:mod:`.process`), and
-sharded evaluation of bounds, AIS, per-datapoint VI (:mod:`.sharded`) and gap reports
-(:mod:`.gaps`). Outside torchrun every function answers for a single process."""
+"""Scaling out with torchrun; outside torchrun every function answers for a single process.
+
+The process group and its collectives (:mod:`.process`), and sharded evaluation of bounds, AIS,
+per-datapoint VI (:mod:`.sharded`) and gap reports (:mod:`.gaps`).
+"""
 
 from .gaps import sharded_gaps
 from .process import (

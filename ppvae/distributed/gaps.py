@@ -1,7 +1,9 @@
-"""The inference-gap report of Cremer, Li and Duvenaud (2018) sharded over datapoints across the
-ranks of a torchrun job: :func:`sharded_gaps` returns the :class:`ppvae.GapReport` that
-:func:`ppvae.gaps` returns, with every stage computed by the single-process functions on blocks
-of rows (seeded per block, see :mod:`ppvae.sharded`) and gathered on every rank.
+"""The inference-gap report sharded over datapoints across the ranks of a torchrun job.
+
+The report is that of Cremer, Li and Duvenaud (2018): :func:`sharded_gaps` returns the
+:class:`ppvae.GapReport` that :func:`ppvae.gaps` returns, with every stage computed by the
+single-process functions on blocks of rows (seeded per block, see :mod:`ppvae.sharded`) and
+gathered on every rank.
 
 Stages, in the order of :func:`ppvae.gaps`:
 
@@ -70,9 +72,11 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
                  log_px_options: Mapping | None = None, seed: int = 0, block_size: int = 256,
                  batch_kw: dict | None = None,
                  model_kwargs: Mapping[str, Any] | None = None) -> GapReport:
-    """:func:`ppvae.gaps` sharded over ranks; the same arguments, plus ``seed`` and
-    ``block_size`` (:mod:`ppvae.sharded`) and ``batch_kw`` (per-datapoint model keywords).
-    ``local`` q* must cover all N rows. Every rank returns the whole report."""
+    """:func:`ppvae.gaps` sharded over ranks; every rank returns the whole report.
+
+    The same arguments, plus ``seed`` and ``block_size`` (:mod:`ppvae.sharded`) and
+    ``batch_kw`` (per-datapoint model keywords). ``local`` q* must cover all N rows.
+    """
     kwargs = dict(model_kwargs or {})
     guides, families = named_guides(guides, families)
     fams = {name: families.get(name) or infer_family(g, x, kwargs)

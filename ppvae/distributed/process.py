@@ -74,12 +74,12 @@ def local_rank() -> int:
 
 
 def init_from_env(backend: str | None = None, *, timeout_s: float | None = None) -> bool:
-    """Join the process group torchrun describes in the environment; returns
-    :func:`is_distributed`.
+    """Join the process group torchrun describes in the environment.
 
-    Does nothing when the group already exists or when ``RANK`` / ``WORLD_SIZE`` are not set
-    or ``WORLD_SIZE`` is 1. ``backend`` defaults to ``"nccl"`` when CUDA is available (and then
-    selects GPU ``LOCAL_RANK`` as this process's device) and ``"gloo"`` otherwise.
+    Returns :func:`is_distributed`. Does nothing when the group already exists or when
+    ``RANK`` / ``WORLD_SIZE`` are not set or ``WORLD_SIZE`` is 1. ``backend`` defaults to
+    ``"nccl"`` when CUDA is available (and then selects GPU ``LOCAL_RANK`` as this process's
+    device) and ``"gloo"`` otherwise.
     """
     if not dist.is_available():
         return False
@@ -111,8 +111,10 @@ def shutdown() -> None:
 
 
 def default_device() -> torch.device:
-    """This rank's device: GPU ``LOCAL_RANK`` under NCCL, else
-    :func:`ppvae.core.device.resolve_device`."""
+    """This rank's device.
+
+    GPU ``LOCAL_RANK`` under NCCL, else :func:`ppvae.core.device.resolve_device`.
+    """
     if is_distributed() and dist.get_backend() == "nccl":
         return torch.device("cuda", local_rank())
     return resolve_device(None)
@@ -125,8 +127,11 @@ def barrier() -> None:
 
 
 def shard_bounds(n: int, part: int | None = None, parts: int | None = None) -> tuple[int, int]:
-    """Rows ``[start, stop)`` of ``n`` that rank ``part`` of ``parts`` owns (default: this
-    rank of the world): contiguous ranges whose sizes differ by at most one."""
+    """Rows ``[start, stop)`` of ``n`` that rank ``part`` of ``parts`` owns.
+
+    The default is this rank of the world. The ranges are contiguous and their sizes differ by
+    at most one.
+    """
     part = rank() if part is None else part
     parts = world_size() if parts is None else parts
     return part * n // parts, (part + 1) * n // parts
@@ -154,9 +159,11 @@ def broadcast_tensors(tensors: Iterable[torch.Tensor], src: int = 0) -> None:
 
 def allreduce_gradients(params: Sequence[torch.Tensor], weight: float,
                         failed: bool | None = None) -> bool:
-    """Replace every ``p.grad`` by ``sum_ranks weight_r * grad_r`` (a missing grad counts as
-    zero; every parameter has a grad afterwards). ``weight`` is this rank's share of the
-    minibatch (shard rows / minibatch rows), so a rank with an empty shard passes 0.
+    """Replace every ``p.grad`` by ``sum_ranks weight_r * grad_r``.
+
+    A missing grad counts as zero; every parameter has a grad afterwards. ``weight`` is this
+    rank's share of the minibatch (shard rows / minibatch rows), so a rank with an empty shard
+    passes 0.
 
     ``failed``: this rank's step failed (its grads are then ignored); the return value says
     whether any rank failed. That needs one host sync, so pass None (the default) to skip it.
@@ -193,8 +200,11 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def file_everywhere(path, device=None) -> bool:
-    """Does ``path`` (None: no file) exist? Every rank must agree: a checkpoint that only some
-    ranks can read is an error naming the file."""
+    """Does ``path`` (None: no file) exist?
+
+    Every rank must agree: a checkpoint that only some ranks can read is an error naming the
+    file.
+    """
     found = path is not None and os.path.exists(path)
     if is_distributed():
         seen = int(all_sum(torch.tensor([int(found)], device=device or default_device())))
@@ -223,9 +233,11 @@ def gather_objects(obj) -> list:
 
 
 def gather_rows(t: torch.Tensor | None, dim: int = 0) -> torch.Tensor:
-    """Concatenate every rank's ``t`` along ``dim`` in rank order. Sizes along ``dim`` may
-    differ between ranks (all other dimensions must agree); a rank with nothing to give passes
-    None and still receives the result."""
+    """Concatenate every rank's ``t`` along ``dim`` in rank order.
+
+    Sizes along ``dim`` may differ between ranks (all other dimensions must agree); a rank with
+    nothing to give passes None and still receives the result.
+    """
     if not is_distributed():
         if t is None:
             raise ValueError("gather_rows: no tensor to gather")

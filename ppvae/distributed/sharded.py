@@ -1,5 +1,6 @@
-"""Evaluation sharded over datapoints across the ranks of a torchrun job, gathered into the
-records the single-process functions return.
+"""Evaluation sharded over datapoints across the ranks of a torchrun job.
+
+The results are gathered into the records the single-process functions return.
 
 Every per-datapoint estimator of ppvae treats datapoints independently (log weights, ELBO and
 IWAE bounds, AIS chains, local VI and the gap decomposition of Cremer, Li and Duvenaud 2018), so
@@ -57,8 +58,11 @@ _STAGES = {"log_weights": 1, "elbo": 2, "iwae": 3, "ais": 4, "fit_local": 5, "ga
 
 def block_ranges(n: int, block_size: int, part: int | None = None,
                  parts: int | None = None) -> list[tuple[int, int, int]]:
-    """``(block, start, stop)`` of the blocks rank ``part`` of ``parts`` evaluates (default:
-    this rank of the world): a contiguous range of the ceil(n / block_size) blocks."""
+    """``(block, start, stop)`` of the blocks rank ``part`` of ``parts`` evaluates.
+
+    The default is this rank of the world. The blocks are a contiguous range of the
+    ceil(n / block_size) blocks.
+    """
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     lo, hi = ddp.shard_bounds(math.ceil(n / block_size), part, parts)
@@ -83,6 +87,7 @@ def map_blocks(fn, n: int, block_size: int, seed: int, stage: str) -> list:
 
 
 def block_rows(kw: dict | None, lo: int, hi: int) -> dict:
+    """The rows ``[lo, hi)`` of every per-datapoint keyword argument in ``kw``."""
     return {k: v[lo:hi] for k, v in (kw or {}).items()}
 
 
@@ -147,8 +152,11 @@ def sharded_iwae(model, guide, x: torch.Tensor, k: int, *, num_estimates: int = 
 def sharded_ais(model, x: torch.Tensor, *, seed: int = 0, block_size: int = 256,
                 batch_kw: dict | None = None, model_kwargs: Mapping[str, Any] | None = None,
                 **options) -> AISResult:
-    """:func:`ppvae.ais` sharded over ranks (module docstring); ``options`` are its options,
-    ``model_kwargs`` (fixed) and ``batch_kw`` (per-datapoint, blocked) the model's arguments."""
+    """:func:`ppvae.ais` sharded over ranks (module docstring).
+
+    ``options`` are its options, ``model_kwargs`` (fixed) and ``batch_kw`` (per-datapoint,
+    blocked) the model's arguments.
+    """
     kwargs = dict(model_kwargs or {})
     parts = map_blocks(lambda lo, hi: ais(
         model, x[lo:hi], **options, model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)}),
@@ -185,8 +193,10 @@ def _local_guide(sites, family: str, params: list[dict[str, torch.Tensor]],
 
 
 def local_guide_rows(guide: LocalGuide, start: int, stop: int) -> LocalGuide:
-    """The local guide of rows ``[start, stop)`` of a fitted :class:`LocalGuide` (its
-    parameters are views; its ``fit`` is the whole guide's)."""
+    """The local guide of rows ``[start, stop)`` of a fitted :class:`LocalGuide`.
+
+    Its parameters are views; its ``fit`` is the whole guide's.
+    """
     return _local_guide(guide.sites, guide.family, [
         {n: p[start:stop] for n, p in f.named_parameters()} for f in guide.families], guide.fit,
         guide.plate)
@@ -211,10 +221,12 @@ def _merge_fits(fits: list[LocalFit], rows: list[int]) -> LocalFit:
 def sharded_fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
                       seed: int = 0, block_size: int = 256, batch_kw: dict | None = None,
                       model_kwargs: Mapping[str, Any] | None = None, **options) -> LocalGuide:
-    """:func:`ppvae.fit_local` sharded over ranks: one :class:`LocalGuide` over all N rows on
-    every rank, its ``fit`` merged (per-datapoint fields gathered, ``history`` the
-    row-weighted mean over blocks, ``seconds`` the slowest rank's). ``init`` may be a fitted
-    :class:`LocalGuide` over all N rows (each block starts from its rows)."""
+    """:func:`ppvae.fit_local` sharded over ranks: one :class:`LocalGuide` over all N rows.
+
+    Every rank gets the guide, its ``fit`` merged (per-datapoint fields gathered, ``history``
+    the row-weighted mean over blocks, ``seconds`` the slowest rank's). ``init`` may be a fitted
+    :class:`LocalGuide` over all N rows (each block starts from its rows).
+    """
     kwargs = dict(model_kwargs or {})
 
     def one(lo, hi):

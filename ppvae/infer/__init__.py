@@ -1,2 +1,4 @@
-"""Inference algorithms over any (model, guide) pair: batched HMC and NUTS, AIS and BDMC, MCMC
-diagnostics, and per-datapoint (non-amortized) VI."""
+"""Inference algorithms over any (model, guide) pair.
+
+Batched HMC and NUTS, AIS and BDMC, MCMC diagnostics, and per-datapoint (non-amortized) VI.
+"""

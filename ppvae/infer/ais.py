@@ -82,6 +82,7 @@ class AISResult(NamedTuple):
 
 
 class Annealed(NamedTuple):
+    """The end of one annealing run: final log weights, states, acceptance and step sizes."""
     log_w: torch.Tensor  # [C, N]
     u: torch.Tensor  # [C, N, D] final states
     accept_rate: torch.Tensor  # [C, N]
@@ -128,8 +129,10 @@ def anneal(pot: Potential, u: torch.Tensor, betas: torch.Tensor, *, num_leapfrog
 
 
 def pilot_step_sizes(pot: Potential, betas: torch.Tensor, num_chains: int, **opts) -> torch.Tensor:
-    """Per-datapoint step-size schedule ``[T, 1, N]`` from a pilot AIS run with online
-    per-chain adaptation (geometric mean over its chains)."""
+    """Per-datapoint step-size schedule ``[T, 1, N]`` from a pilot AIS run.
+
+    The pilot adapts each chain online; the schedule is the geometric mean over its chains.
+    """
     pilot = anneal(pot, pot.sample_init(num_chains), betas, **opts)
     return pilot.step_sizes.log().mean(1, keepdim=True).exp()
 
@@ -155,7 +158,9 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16,
         num_chains: independent AIS chains per datapoint (C).
         guide: initial distribution instead of the prior (a guide keeping the contract).
         kind: "sigmoid" or "linear" schedule.
-        num_leapfrog, step_size, target_accept: HMC transitions and their adaptation.
+        num_leapfrog: leapfrog steps per HMC transition.
+        step_size: initial HMC step size, before adaptation.
+        target_accept: acceptance rate the step-size adaptation aims at.
         pilot_chains: chains of a pilot run whose per-chain adapted step sizes (averaged per
             datapoint) fix the schedule of the real run, so that its kernels do not depend on
             its own chains and the estimate stays unbiased; 0 adapts online in the run itself.

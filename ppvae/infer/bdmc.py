@@ -36,11 +36,12 @@ class BDMCResult(NamedTuple):
 
     @property
     def gap(self) -> torch.Tensor:
-        """upper - lower per datapoint ``[N]``."""
+        """The gap ``upper - lower`` per datapoint ``[N]``."""
         return self.upper.per_datapoint - self.lower.per_datapoint
 
     @property
     def mean_gap(self) -> float:
+        """Average of :attr:`gap` over datapoints."""
         return float(self.gap.mean())
 
     def __repr__(self) -> str:
@@ -84,10 +85,16 @@ def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | 
         x: with ``z=None``, a template: data of the same shape are simulated from the model.
             With ``z``, data simulated from the model with latent ``z``.
         z: the generating latents, site -> ``[*mid, N, *event]`` (a tensor for one site).
-        num_steps, num_chains, kind, num_leapfrog, step_size, target_accept, pilot_chains: as
-            in :func:`ppvae.ais`; both directions use the same temperatures and the step sizes
-            of one forward pilot run (per datapoint, fixed), so neither direction adapts on
-            its own chains (online adaptation visibly biases reverse AIS).
+        num_steps: intermediate distributions T, as in :func:`ppvae.ais`.
+        num_chains: AIS chains per datapoint in each direction.
+        kind: "sigmoid" or "linear" schedule, as in :func:`ppvae.ais`.
+        num_leapfrog: leapfrog steps per HMC transition.
+        step_size: initial step size of the pilot run's adaptation.
+        target_accept: acceptance rate the pilot run's adaptation aims at.
+        pilot_chains: chains of the forward pilot run. Both directions use the same
+            temperatures and the pilot's step sizes (per datapoint, fixed), so neither
+            direction adapts on its own chains (online adaptation visibly biases reverse AIS).
+        model_kwargs: passed to the model.
     """
     kwargs = dict(model_kwargs or {})
     if z is None:

@@ -61,10 +61,12 @@ class Diagnostics(NamedTuple):
 
     @property
     def min_ess_bulk(self) -> np.ndarray:
+        """Smallest bulk ESS per datapoint ``[N]``."""
         return self.ess_bulk.min(axis=1)
 
     @property
     def min_ess_tail(self) -> np.ndarray:
+        """Smallest tail ESS per datapoint ``[N]``."""
         return self.ess_tail.min(axis=1)
 
 

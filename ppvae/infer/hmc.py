@@ -83,6 +83,7 @@ class _DualAveraging:
 
 
 class HMCResult(NamedTuple):
+    """Draws of batched HMC with its tuned step sizes and mass matrices."""
     samples: dict[str, torch.Tensor]  # site -> [C, S, N, size], constrained, per datapoint
     accept_prob: torch.Tensor  # [C, S, N] acceptance probability of each kept transition
     step_size: torch.Tensor  # [C, N] tuned step sizes
@@ -90,6 +91,7 @@ class HMCResult(NamedTuple):
     num_leapfrog: int
 
     def to_inference_data(self):
+        """The draws (and acceptance probabilities) as ArviZ ``InferenceData``."""
         return to_inference_data(self.samples, {"acceptance_rate": self.accept_prob})
 
 

@@ -26,12 +26,14 @@ __all__ = ["NUTSResult", "nuts"]
 
 
 class NUTSResult(NamedTuple):
+    """Draws of Pyro's NUTS with each chain's step size and divergence count."""
     samples: dict[str, torch.Tensor]  # site -> [C, S, N, size], constrained, per datapoint
     step_size: torch.Tensor  # [C] adapted step size of each chain
     divergences: torch.Tensor  # [C] divergent transitions after warm-up
     seconds: float  # wall time of all chains (warm-up and sampling)
 
     def to_inference_data(self):
+        """The draws as ArviZ ``InferenceData``."""
         return to_inference_data(self.samples)
 
 
@@ -43,9 +45,12 @@ def nuts(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
     Args:
         model: a model keeping the ppvae contract (checked first; continuous latents).
         x: data ``[N, ...]``.
-        num_chains, num_warmup, num_samples: chains (run sequentially), warm-up and kept draws.
-        target_accept, max_tree_depth, full_mass: passed to :class:`pyro.infer.mcmc.NUTS`
-            (diagonal mass matrix by default).
+        num_chains: chains, run sequentially.
+        num_warmup: warm-up iterations per chain.
+        num_samples: kept draws per chain.
+        target_accept: passed to :class:`pyro.infer.mcmc.NUTS` as ``target_accept_prob``.
+        max_tree_depth: passed to :class:`pyro.infer.mcmc.NUTS`.
+        full_mass: passed to :class:`pyro.infer.mcmc.NUTS` (diagonal mass matrix by default).
         model_kwargs: passed to the model.
     """
     kwargs = dict(model_kwargs or {})

@@ -103,6 +103,7 @@ class LocalAutoregressive(Transform):
         return y
 
     def log_abs_det_jacobian(self, x, y):
+        """The log |det J| of the forward map at ``x``."""
         return self._forward_with_logdet(x)[1]
 
 
@@ -162,9 +163,12 @@ class LocalFamily(nn.Module):
 
 
 class PathDerivative(dist.TorchDistribution):
-    """Samples from ``q`` (reparameterized) but scores with ``q_detached``: the "sticking the
-    landing" gradient of Roeder, Wu and Duvenaud (2017), which drops the score term whose
-    expectation is zero, so the gradient's variance vanishes where q equals the posterior."""
+    """Samples from ``q`` (reparameterized) but scores with ``q_detached``.
+
+    This is the "sticking the landing" gradient of Roeder, Wu and Duvenaud (2017), which drops
+    the score term whose expectation is zero, so the gradient's variance vanishes where q equals
+    the posterior.
+    """
 
     arg_constraints: dict = {}  # noqa: RUF012 (torch's class attribute)
     has_rsample = True
@@ -175,25 +179,32 @@ class PathDerivative(dist.TorchDistribution):
 
     @property
     def support(self):
+        """The support of ``q``."""
         return self.q.support
 
     def expand(self, batch_shape, _instance=None):
+        """The same pair of distributions with batch shape ``batch_shape``."""
         return PathDerivative(self.q.expand(batch_shape), self.q_detached.expand(batch_shape))
 
     def rsample(self, sample_shape=()):
+        """Reparameterized draws from ``q``."""
         return self.q.rsample(sample_shape)
 
     def sample(self, sample_shape=()):
+        """Draws from ``q`` without gradients."""
         with torch.no_grad():
             return self.q.rsample(sample_shape)
 
     def log_prob(self, value):
+        """Log density of ``value`` under ``q_detached``."""
         return self.q_detached.log_prob(value)
 
 
 def gaussian_moments(q, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Mean [N, K] and Cholesky factor [N, K, K] of a Gaussian q with batch [N], event [K]
-    (a full-covariance or an independent-Normal one); None for any other distribution."""
+    """Mean [N, K] and Cholesky factor [N, K, K] of a Gaussian q with batch [N], event [K].
+
+    q is a full-covariance or an independent-Normal Gaussian; any other distribution gives None.
+    """
     if isinstance(q, torch.distributions.MultivariateNormal):
         return q.loc.expand(n, k), q.scale_tril.expand(n, k, k)
     if (isinstance(q, torch.distributions.Independent) and q.reinterpreted_batch_ndims == 1
@@ -204,8 +215,10 @@ def gaussian_moments(q, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor] | N
 
 
 def sampled_moments(fn, x, sites, num_samples: int, particle_dim: int, kwargs):
-    """Mean [N, K] and Cholesky [N, K, K] of each latent site's unconstrained samples under
-    ``fn`` (the sites are :class:`ppvae.local.LatentSite` records)."""
+    """Mean [N, K] and Cholesky [N, K, K] of each latent site's unconstrained samples under fn.
+
+    The sites are :class:`ppvae.local.LatentSite` records.
+    """
     with torch.no_grad():
         tr = trace_fn(fn, x, kwargs, particles=num_samples, particle_dim=particle_dim)
     n, out = int(x.shape[0]), []

@@ -66,6 +66,7 @@ class LocalFit(NamedTuple):
 
     @property
     def num_converged(self) -> int:
+        """The number of datapoints that converged."""
         return int(self.converged.sum())
 
     def __repr__(self) -> str:
@@ -151,6 +152,7 @@ class LocalGuide(nn.Module):
                                 f"but x has {int(x.shape[0])} rows; it is tied to those rows")
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
+        """Sample every latent site from its q_n inside the model's per-datapoint plate."""
         self._check_rows(x)
         qs = self.distributions()
         with pyro.plate(self.plate, x.shape[0], dim=-1):
@@ -175,9 +177,12 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
             otherwise), or a fitted :class:`LocalGuide`.
         num_steps: maximum optimizer steps (0 returns the initialization).
         num_particles: reparameterized particles per datapoint and step (vectorized).
-        lr, lr_decay: ClippedAdam learning rate (divided by K for the Cholesky and flow
-            matrices), decayed geometrically to ``lr * lr_decay`` over ``num_steps``.
-        tol, window, patience: the per-datapoint convergence rule (module docstring).
+        lr: ClippedAdam learning rate (divided by K for the Cholesky and flow matrices).
+        lr_decay: the learning rate decays geometrically to ``lr * lr_decay`` over
+            ``num_steps``.
+        tol: the improvement of a window's mean ELBO that counts (module docstring).
+        window: steps per window of the convergence rule.
+        patience: windows without an improvement above ``tol`` before a datapoint converges.
         freeze_converged: stop updating a datapoint once it has converged (default: keep
             refining it until every datapoint has converged or ``num_steps`` is reached).
         num_flows: layers of the "flow" family.
@@ -264,8 +269,11 @@ def _optimizer(guide: LocalGuide, params, lr: float, lr_decay: float, num_steps:
 
 
 class _Convergence:
-    """The per-datapoint stopping rule: a datapoint converges when its window-mean ELBO has not
-    improved by more than ``tol`` for ``patience`` windows (all state ``[N]`` tensors)."""
+    """The per-datapoint stopping rule (all state ``[N]`` tensors).
+
+    A datapoint converges when its window-mean ELBO has not improved by more than ``tol`` for
+    ``patience`` windows.
+    """
 
     def __init__(self, n, num_steps, tol, window, patience, freeze, dtype, device):
         self.tol, self.window, self.patience, self.freeze = tol, window, patience, freeze
@@ -280,8 +288,10 @@ class _Convergence:
         self.any_frozen = False
 
     def update(self, elbo_n: torch.Tensor, step: int) -> bool:
-        """Add one step's ELBOs; at a window's end, apply the rule. True: every datapoint is
-        frozen (only with ``freeze``), so the loop can stop."""
+        """Add one step's ELBOs; at a window's end, apply the rule.
+
+        True: every datapoint is frozen (only with ``freeze``), so the loop can stop.
+        """
         self.acc += elbo_n
         if step % self.window and step != self.num_steps:
             return False
