@@ -1,2 +1,4 @@
-"""Training: objectives, ``fit`` and its state, checkpoints, interrupt handling, and the speed-up
-layer (``train.speedup``), the one place that touches Pyro internals."""
+"""Training: objectives, ``fit`` and its state, checkpoints, interrupt handling, speed-ups.
+
+The speed-up layer (``train.speedup``) is the one place that touches Pyro internals.
+"""

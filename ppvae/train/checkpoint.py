@@ -43,6 +43,7 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointMeta(NamedTuple):
+    """What a checkpoint records besides the tensors: progress, versions, settings, state."""
     epoch: int  # epochs completed
     step: int  # optimizer steps completed
     versions: dict[str, str]  # ppvae, pyro, torch
@@ -194,11 +195,13 @@ RUN_SETTINGS = ("num_data", "objective", "lr", "clip_norm")  # with the seed and
 
 
 def same_run(path, now: dict[str, Any], seed_given: bool) -> Callable[[CheckpointMeta], None]:
-    """A ``check`` for :func:`load_checkpoint` when :func:`ppvae.fit` resumes: refuse a checkpoint
-    written under other settings that decide the run's course (data size, objective, learning
-    rate, clipping, the minibatch seed when one is given, the effective batch ``batch_size x
-    ranks``), since resuming under them would not continue that run. Epochs, patience, device
-    and ``jit`` may change."""
+    """A ``check`` for :func:`load_checkpoint` when :func:`ppvae.fit` resumes.
+
+    It refuses a checkpoint written under other settings that decide the run's course (data
+    size, objective, learning rate, clipping, the minibatch seed when one is given, the
+    effective batch ``batch_size x ranks``), since resuming under them would not continue that
+    run. Epochs, patience, device and ``jit`` may change.
+    """
     def effective(c: dict) -> int:
         return int(c["batch_size"]) * int(c.get("world_size", 1))
 

@@ -1,5 +1,6 @@
-"""The data :func:`ppvae.fit` trains on: accepted forms, placement on the device, and the
-minibatches of each epoch.
+"""The data :func:`ppvae.fit` trains on.
+
+Its accepted forms, placement on the device, and the minibatches of each epoch:
 
 * :func:`unpack_data` takes a tensor, a numpy array or a :class:`ppvae.data.Dataset` record
   (its train and valid splits, and dynamic binarization when the record asks for it) and refuses
@@ -25,8 +26,10 @@ __all__ = ["TrainData", "as_rows", "check_valid", "unpack_data"]
 
 
 def as_rows(t, what: str) -> torch.Tensor:
-    """``t`` as a tensor ``[N, ...]`` with N >= 1 (a numpy array converted), else an error
-    naming ``what``."""
+    """``t`` as a tensor ``[N, ...]`` with N >= 1 (a numpy array converted).
+
+    Anything else is an error naming ``what``.
+    """
     if isinstance(t, np.ndarray):
         t = torch.from_numpy(t)
     if not isinstance(t, torch.Tensor):
@@ -51,8 +54,11 @@ def unpack_data(data, valid, transform):
 
 
 def check_valid(model, guide, valid, fixed_kw, batch_kw, rows) -> None:
-    """The contract check on the validation data's first ``rows``; a failure says it is
-    ``valid`` that does not fit (its shape, dtype or values), not the training data."""
+    """The contract check on the validation data's first ``rows``.
+
+    A failure says it is ``valid`` that does not fit (its shape, dtype or values), not the
+    training data.
+    """
     try:
         check_pair(model, guide, valid[:rows], model_kwargs={
             **fixed_kw, **{k: v[:rows] for k, v in batch_kw.items()}})
@@ -87,8 +93,10 @@ class TrainData:
         return self.x.shape[0]
 
     def epoch(self, seed: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The epoch's (transformed) rows and its row permutation ``[N]``, both from one
-        generator seeded by (seed, epoch)."""
+        """The epoch's (transformed) rows and its row permutation ``[N]``.
+
+        Both come from one generator seeded by (seed, epoch).
+        """
         g = torch.Generator(device=self.device).manual_seed(seed * 100003 + epoch)
         xe = self.transform(self.x, g) if self.transform is not None else self.x
         return xe, torch.randperm(self.n, generator=g, device=self.device)

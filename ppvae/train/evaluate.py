@@ -1,5 +1,6 @@
-"""The pair evaluated off the training step: the held-out ELBO :func:`ppvae.fit` reports per
-epoch, and the diagnosis of a non-finite step.
+"""The pair evaluated off the training step.
+
+The held-out ELBO :func:`ppvae.fit` reports per epoch, and the diagnosis of a non-finite step:
 
 * :func:`heldout_elbo` is the mean per-datapoint ELBO (Kingma and Welling 2014) from
   :func:`ppvae.log_weights`, streamed over rows, as a 0-dim tensor (no host sync).
@@ -49,8 +50,10 @@ def heldout_elbo(model, guide, x: torch.Tensor, info: PairInfo, *, num_samples: 
 
 
 def first_nonfinite_site(model, guide, x: torch.Tensor, kwargs: dict) -> str | None:
-    """Describe the first guide / model site (execution order) whose log density is non-finite
-    on ``x`` at the current parameters, or None when all are finite."""
+    """Describe the first guide / model site whose log density is non-finite on ``x``.
+
+    Sites are taken in execution order, at the current parameters; None when all are finite.
+    """
     bad_rows = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(-1).nonzero().flatten()
     data_note = (f"; the data have non-finite values in batch rows {bad_rows[:5].tolist()}"
                  if len(bad_rows) else "")
@@ -76,9 +79,12 @@ def first_nonfinite_site(model, guide, x: torch.Tensor, kwargs: dict) -> str | N
 
 def describe_failure(step: int, where: str, model, guide, x: torch.Tensor, kwargs: dict,
                      params: dict[str, torch.Tensor], restore, err=None) -> str:
-    """The message for a non-finite step: names the first non-finite parameter, calls
-    ``restore()`` (back to the last finite state), then re-runs the batch there and names the
-    first site with a non-finite log density (or says the update diverged)."""
+    """The message for a non-finite step.
+
+    It names the first non-finite parameter, calls ``restore()`` (back to the last finite
+    state), then re-runs the batch there and names the first site with a non-finite log density
+    (or says the update diverged).
+    """
     bad_param = nonfinite_param(params)
     restore()
     site = first_nonfinite_site(model, guide, x, kwargs)

@@ -1,5 +1,6 @@
-"""``ppvae.fit``: stochastic variational inference (Hoffman et al. 2013; Kingma and Welling 2014)
-for any (model, guide) pair keeping the ppvae contract.
+"""``ppvae.fit``: stochastic variational inference for any pair keeping the ppvae contract.
+
+SVI as in Hoffman et al. (2013) and Kingma and Welling (2014), for any (model, guide) pair.
 
 The loop is Pyro's SVI made lean: the pair is checked once (:func:`ppvae.check_pair`), its
 parameters are collected once (``SVI.step`` does it every step), and each step evaluates the
@@ -65,32 +66,45 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
     """Train ``model`` and ``guide`` on ``data`` by SVI; returns a :class:`FitResult`.
 
     Args:
+        model: a model keeping the ppvae contract.
+        guide: its guide.
         data: training data ``[N, ...]`` (tensor or numpy array), or a :class:`ppvae.data.Dataset`
             (its train and valid splits; dynamic binarization applied when the record asks).
         valid: held-out data for the per-epoch ELBO, early stopping and ``restore_best``.
+        epochs: passes over the training data.
+        batch_size: minibatch rows (per rank under torchrun).
+        lr: learning rate of the default Adam optimizer (also recorded in checkpoints).
         objective: a :mod:`ppvae.objectives` objective (default ``ELBO()``) or a Pyro ELBO.
         optimizer: ``params -> torch.optim.Optimizer`` (default Adam with ``lr``).
         schedule: None, ``"cosine"``, ``"plateau"`` or ``optimizer -> scheduler``; stepped per
             epoch (``ReduceLROnPlateau`` on minus the validation/training value).
-        clip_norm: clip the gradient norm; patience: stop after this many epochs without gain.
+        clip_norm: clip the gradient norm.
+        patience: stop after this many epochs without gain.
         restore_best: at the end, load the parameters of the best validation epoch.
+        valid_samples: samples per datapoint for the validation ELBO.
         seed: seeds Pyro's RNG and the minibatch order (None: not reseeded).
         device: where data, model and guide (``nn.Module`` s) live; default CUDA if available
             (under torchrun with NCCL: GPU ``LOCAL_RANK``).
         nan_policy: ``"stop"`` or ``"rollback"`` (up to ``max_rollbacks`` times, multiplying the
             learning rate by ``rollback_lr_factor``).
+        max_rollbacks: the most rollbacks ``nan_policy="rollback"`` makes.
+        rollback_lr_factor: the factor applied to the learning rate at each rollback.
         check_every: steps between finiteness checks (one host sync each).
         validate: keep distribution validation on in the loop (always on for the pair check).
-        checkpoint: path written atomically after every epoch; ``resume``: a checkpoint to
-            continue from (the same path is fine; a missing file starts fresh).
+        checkpoint: path written atomically after every epoch.
+        resume: a checkpoint to continue from (the same path as ``checkpoint`` is fine; a
+            missing file starts fresh).
         transform: ``(x_train, generator) -> x`` applied once per epoch (e.g. binarization).
-        batch_kw / valid_batch_kw: per-datapoint tensors passed to model and guide, minibatched
-            with the data (labels of a conditional model); fixed_kw: passed unchanged.
+        batch_kw: per-datapoint tensors passed to model and guide, minibatched with the data
+            (labels of a conditional model).
+        valid_batch_kw: the same for the validation rows.
+        fixed_kw: keyword arguments passed to model and guide unchanged.
         jit: capture the objective as a graph of tensor operations once per minibatch shape and
             replay it (:mod:`ppvae.capture`): no Pyro handler work per step. Needs a model and
             guide that run the same tensor operations for every minibatch (checked on the first
             replays; a mismatch raises :class:`ppvae.CaptureError`). Not with ``validate``.
-        quiet: no progress bar. on_epoch: called after each epoch (and its checkpoint) as
+        quiet: no progress bar.
+        on_epoch: called after each epoch (and its checkpoint) as
             ``on_epoch(epoch=e, train=..., valid=... or None, lr=..., step=..., seconds=...)``,
             ``e`` counting completed epochs (a run log such as the CLI's metrics.jsonl).
     """
@@ -124,8 +138,10 @@ def place(model, guide, data, valid, transform, batch_kw, valid_batch_kw, fixed_
 
 def start(model, guide, objective: Objective, data: TrainData, world: SingleProcess,
           settings: LoopSettings, *, seed, lr, optimizer, schedule, resume) -> Trainer:
-    """Seed, check the pair, collect its parameters, build optimizer and schedule, resume from
-    a checkpoint, and start every rank from the same parameters."""
+    """Set a run up: seed, check the pair, collect parameters, build optimizer and schedule.
+
+    Also resumes from a checkpoint, and starts every rank from the same parameters.
+    """
     if seed is not None:
         pyro.set_rng_seed(seed)
     first_seed = seed if seed is not None else int(torch.randint(2**31, ()))
@@ -147,8 +163,10 @@ def start(model, guide, objective: Objective, data: TrainData, world: SingleProc
 
 def probe_pair(model, guide, objective: Objective, data: TrainData, batch_size: int,
                seed: int) -> tuple[PairInfo, dict[str, torch.Tensor]]:
-    """Check the pair on the first epoch's first rows (and on the validation rows), then collect
-    its parameters from one evaluation of the objective there."""
+    """Check the pair on the first epoch's first rows (and on the validation rows).
+
+    Then collect its parameters from one evaluation of the objective there.
+    """
     probe = slice(0, min(data.n, batch_size))
     x_probe = data.epoch(seed, 0)[0][probe]
     probe_kw = data.kwargs(probe)
@@ -162,10 +180,12 @@ def probe_pair(model, guide, objective: Objective, data: TrainData, batch_size: 
 
 def resume_state(resume: str | os.PathLike | None, device, config: dict, seed_given: bool,
                  **live) -> TrainState:
-    """A fresh state, or that of the checkpoint ``resume`` when the file exists (on every
-    rank): loaded into the ``live`` parameters, modules, optimizer and scheduler once
+    """A fresh state, or that of the checkpoint ``resume`` when the file exists (on every rank).
+
+    The checkpoint is loaded into the ``live`` parameters, modules, optimizer and scheduler once
     :func:`same_run` agrees it continues this run. The run keeps the checkpoint's seed when
-    none is given (``config["seed"]`` is updated)."""
+    none is given (``config["seed"]`` is updated).
+    """
     if not ddp.file_everywhere(resume, device=device):
         return TrainState()
     meta = load_checkpoint(resume, **live, check=same_run(resume, config, seed_given))

@@ -29,6 +29,10 @@ class DeferredInterrupt:
         self._previous = None
 
     def install(self, enabled: bool = True) -> DeferredInterrupt:
+        """Defer Ctrl-C to :meth:`check`; returns ``self``.
+
+        Only when ``enabled``, in the main thread, and while SIGINT has Python's default handler.
+        """
         if (enabled and threading.current_thread() is threading.main_thread()
                 and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
             self._previous = signal.signal(signal.SIGINT, self._note)
@@ -46,6 +50,7 @@ class DeferredInterrupt:
             raise KeyboardInterrupt
 
     def uninstall(self) -> None:
+        """Put back the SIGINT handler that :meth:`install` replaced, if any."""
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None

@@ -1,6 +1,7 @@
-"""The training loop of :func:`ppvae.fit`, one concern per function: a step, the finiteness
-check closing a window of steps (with rollback), an epoch with validation and early stopping,
-its checkpoint and report.
+"""The training loop of :func:`ppvae.fit`, one concern per function.
+
+A step, the finiteness check closing a window of steps (with rollback), an epoch with validation
+and early stopping, its checkpoint and report.
 
 A step evaluates the objective on this rank's shard of a minibatch, back-propagates, makes the
 gradients those of the whole minibatch (:mod:`ppvae.train.world`), clips and steps the
@@ -41,8 +42,11 @@ __all__ = ["Trainer", "train"]
 
 @dataclass
 class Trainer:
-    """What the loop reads (the pair, its parameters, optimizer, data, ranks, settings) and
-    writes (the state, the snapshots to restore, the training time)."""
+    """What the loop reads and writes.
+
+    It reads the pair, its parameters, optimizer, data, ranks and settings, and writes the
+    state, the snapshots to restore and the training time.
+    """
 
     model: Any
     guide: Any
@@ -80,6 +84,7 @@ class Trainer:
         return self.settings.batch_size * self.world.size
 
     def snapshot(self) -> Snapshot:
+        """A copy of the current parameters, optimizer state and buffers."""
         return Snapshot.take(self.params, self.optimizer, self.buffers)
 
     def diagnose(self, step: int, where: str, x: torch.Tensor, kwargs: dict, err=None) -> str:
@@ -90,8 +95,11 @@ class Trainer:
 
 
 def train(t: Trainer) -> tuple[str, str]:
-    """Epochs until ``epochs``, early stopping or a non-finite step; then the best epoch's
-    parameters when kept. Returns (stopped, message) for :class:`ppvae.FitResult`."""
+    """Epochs until ``epochs``, early stopping or a non-finite step.
+
+    Then the best epoch's parameters when kept. Returns (stopped, message) for
+    :class:`ppvae.FitResult`.
+    """
     s, opts = t.state, t.settings
     outcome = "completed", f"trained {max(0, opts.epochs - s.epoch)} epochs"
     bar = tqdm(total=opts.epochs, initial=s.epoch, disable=opts.quiet or not t.world.is_main,
@@ -128,8 +136,10 @@ def run_epoch(t: Trainer, stop: DeferredInterrupt, bar) -> bool:
 
 
 def train_epoch(t: Trainer, stop: DeferredInterrupt) -> float:
-    """The epoch's steps over a fresh permutation, checked each ``check_every`` steps and at
-    the end; returns the mean per-datapoint objective of the finite windows."""
+    """The epoch's steps over a fresh permutation, checked each ``check_every`` steps and at end.
+
+    Returns the mean per-datapoint objective of the finite windows.
+    """
     xe, perm = t.data.epoch(t.seed, t.state.epoch)
     t.world.seed_epoch(t.seed, t.state.epoch)
     tally, rows, every = EpochTally(), t.minibatch, t.settings.check_every
@@ -147,9 +157,11 @@ def train_epoch(t: Trainer, stop: DeferredInterrupt) -> float:
 
 def train_step(t: Trainer, xe: torch.Tensor, rows: torch.Tensor,
                tally: EpochTally) -> str | None:
-    """One optimizer step on minibatch ``rows`` of ``xe`` (this rank's shard of it). Returns
-    None, or the diagnosis of a step that failed (distribution validation met non-finite
-    values): the parameters are then back at the last finite state."""
+    """One optimizer step on minibatch ``rows`` of ``xe`` (this rank's shard of it).
+
+    Returns None, or the diagnosis of a step that failed (distribution validation met
+    non-finite values): the parameters are then back at the last finite state.
+    """
     shard = t.world.shard(rows)
     xb = xe[shard]
     kw = t.data.kwargs(shard)
@@ -179,9 +191,11 @@ def train_step(t: Trainer, xe: torch.Tensor, rows: torch.Tensor,
 
 def check_window(t: Trainer, xe: torch.Tensor, perm: torch.Tensor, b: int,
                  tally: EpochTally) -> str | None:
-    """The check closing the window that ends at minibatch ``b`` (one host sync). A finite
-    window is counted and its state kept to roll back to; else the diagnosis of its first
-    non-finite minibatch (the parameters are then back at the last finite state)."""
+    """The check closing the window that ends at minibatch ``b`` (one host sync).
+
+    A finite window is counted and its state kept to roll back to; else the diagnosis of its
+    first non-finite minibatch (the parameters are then back at the last finite state).
+    """
     losses, rows = t.world.window_totals(torch.stack(tally.window), tally.window_rows)  # [W]
     finite = torch.isfinite(losses)  # [W]
     if bool(finite.all() & params_finite(t.params)):
@@ -197,8 +211,11 @@ def check_window(t: Trainer, xe: torch.Tensor, perm: torch.Tensor, b: int,
 
 
 def roll_back_or_stop(t: Trainer, failure: str) -> None:
-    """After a failed step (the parameters restored): go on at a smaller learning rate while the
-    policy allows a rollback, else raise :class:`NonFiniteError` with the diagnosis."""
+    """After a failed step (the parameters restored): lower the learning rate, or raise.
+
+    Training goes on at a smaller learning rate while the policy allows a rollback, else
+    :class:`NonFiniteError` is raised with the diagnosis.
+    """
     nan, s = t.settings.nan, t.state
     if nan.rolls_back and s.rollbacks < nan.max_rollbacks:
         s.rollbacks += 1
@@ -210,8 +227,10 @@ def roll_back_or_stop(t: Trainer, failure: str) -> None:
 
 
 def end_epoch(t: Trainer, train_value: float, t0: float, bar) -> bool:
-    """Record the epoch, validate, track the best epoch, step the schedule, checkpoint and
-    report. True when ``patience`` epochs have passed without improvement."""
+    """Record the epoch, validate, track the best epoch, step the schedule, checkpoint, report.
+
+    True when ``patience`` epochs have passed without improvement.
+    """
     h = t.state.history
     h.train.append(train_value)
     h.lr.append(t.optimizer.param_groups[0]["lr"])

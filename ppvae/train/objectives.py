@@ -1,5 +1,6 @@
-"""Training objectives for :func:`ppvae.fit`: the ELBO, its analytic-KL variant, the IWAE bound,
-and beta / KL warm-up wrappers.
+"""Training objectives for :func:`ppvae.fit`.
+
+The ELBO, its analytic-KL variant, the IWAE bound, and beta / KL warm-up wrappers:
 
 * :class:`ELBO` — the reparameterized Monte Carlo ELBO of Kingma and Welling (2014), the same
   estimator as Pyro's ``Trace_ELBO`` computed from one guide trace and one replayed model trace,
@@ -91,12 +92,15 @@ class Objective:
 
     def loss(self, model, guide, x: torch.Tensor, *, info: PairInfo, data_scale: float = 1.0,
              step: int = 0, kwargs: dict | None = None) -> torch.Tensor:
+        """Minus the objective of minibatch ``x`` times ``data_scale``: a scalar to minimize."""
         raise NotImplementedError
 
     def scalars(self, step: int) -> tuple[float, ...]:
-        """The objective's quantities that change with ``step`` (default none). ``fit(jit=True)``
-        feeds them to its captured graph as inputs, in this order, through ``loss(...,
-        scalars=...)``; an objective that declares any must accept that argument."""
+        """The objective's quantities that change with ``step`` (default none).
+
+        ``fit(jit=True)`` feeds them to its captured graph as inputs, in this order, through
+        ``loss(..., scalars=...)``; an objective that declares any must accept that argument.
+        """
         return ()
 
 
@@ -112,6 +116,7 @@ class ELBO(Objective):
             raise ValueError(f"num_particles must be >= 1, got {self.num_particles}")
 
     def loss(self, model, guide, x, *, info, data_scale=1.0, step=0, kwargs=None):
+        """Minus the ELBO summed over the minibatch (mean over particles) times ``data_scale``."""
         kwargs = kwargs or {}
         p = self.num_particles
         if p > 1:
@@ -160,8 +165,11 @@ def _normal_log_prob_sum(fn: Normal, value: torch.Tensor) -> torch.Tensor:
 
 
 class _ScaledSum:
-    """sum over sites of sign * scale * log density, summed over every dimension. Sites with the
-    same numeric scale are added first and multiplied once (fewer autograd nodes per step)."""
+    """Sum over sites of sign * scale * log density, summed over every dimension.
+
+    Sites with the same numeric scale are added first and multiplied once (fewer autograd nodes
+    per step).
+    """
 
     def __init__(self):
         self.groups: dict[float, torch.Tensor] = {}
@@ -197,13 +205,17 @@ class _ScaledSum:
 
 @dataclass(frozen=True)
 class PyroObjective(Objective):
-    """Any Pyro ELBO (``Trace_ELBO``, ``TraceGraph_ELBO``, ``TraceMeanField_ELBO`` ...) through its
-    ``differentiable_loss``. Slower than :class:`ELBO` (Pyro syncs to the host per site)."""
+    """Any Pyro ELBO through its ``differentiable_loss``.
+
+    ``Trace_ELBO``, ``TraceGraph_ELBO``, ``TraceMeanField_ELBO`` ... Slower than :class:`ELBO`
+    (Pyro syncs to the host per site).
+    """
 
     elbo: PyroELBO
     name = "pyro"
 
     def loss(self, model, guide, x, *, info, data_scale=1.0, step=0, kwargs=None):
+        """The Pyro ELBO's ``differentiable_loss``, data-plate sites scaled by ``data_scale``."""
         vectorized = self.elbo.vectorize_particles and self.elbo.num_particles > 1
         want = info.max_plate_nesting + int(vectorized)
         if self.elbo.max_plate_nesting == float("inf") or self.elbo.max_plate_nesting < want:
@@ -230,6 +242,7 @@ class IWAE(Objective):
             raise ValueError(f"k must be >= 1, got {self.k}")
 
     def loss(self, model, guide, x, *, info, data_scale=1.0, step=0, kwargs=None):
+        """Minus the IWAE_k bound summed over the minibatch, times ``data_scale``."""
         lw = log_weights(model, guide, x, self.k, chunk_size=self.k, info=info,
                          model_kwargs=kwargs)  # [k, B]
         return -data_scale * logmeanexp(lw, dim=0).sum()
@@ -250,9 +263,11 @@ class ScaledLatents(Objective):
 
     @property
     def name(self) -> str:
+        """The label and the base objective's name, e.g. ``"beta-elbo"``."""
         return f"{self.label}-{self.base.name}"
 
     def scalars(self, step: int) -> tuple[float, ...]:
+        """``beta(step)`` followed by the base objective's scalars."""
         return (float(self.beta(step)), *self.base.scalars(step))
 
     def loss(self, model, guide, x, *, info, data_scale=1.0, step=0, kwargs=None, scalars=None):
@@ -283,8 +298,11 @@ def kl_warmup(steps: int, start: float = 0.01, base: Objective | None = None) ->
 
 
 def as_objective(objective) -> Objective:
-    """What :func:`ppvae.fit` trains with: ``None`` is :class:`ELBO`, a Pyro ELBO instance
-    (``Trace_ELBO()`` ...) is wrapped in :class:`PyroObjective`; anything else is refused."""
+    """What :func:`ppvae.fit` trains with.
+
+    ``None`` is :class:`ELBO`, a Pyro ELBO instance (``Trace_ELBO()`` ...) is wrapped in
+    :class:`PyroObjective`; anything else is refused.
+    """
     if objective is None:
         return ELBO()
     if isinstance(objective, Objective):

@@ -1,5 +1,7 @@
-"""The tensors :func:`ppvae.fit` trains and restores: the pair's parameters, the modules' buffers,
-and in-memory snapshots of both (with the optimizer state) for rollback and best-epoch restore.
+"""The tensors :func:`ppvae.fit` trains and restores.
+
+The pair's parameters, the modules' buffers, and in-memory snapshots of both (with the optimizer
+state) for rollback and best-epoch restore:
 
 * :func:`collect_params` traces one objective evaluation with ``poutine.trace(param_only=True)``
   (as Pyro's ``SVI.step`` does, but once, not every step) and returns the live unconstrained
@@ -60,8 +62,10 @@ def module_buffers(*modules) -> list[torch.Tensor]:
 
 
 class Snapshot(NamedTuple):
-    """A copy of parameter values, module buffers (running statistics, EMA codebooks) and
-    optimizer state, restorable in place."""
+    """A copy of parameter values, module buffers and optimizer state, restorable in place.
+
+    The buffers are running statistics, EMA codebooks and the like.
+    """
 
     values: list[torch.Tensor]
     optimizer: dict
@@ -70,6 +74,7 @@ class Snapshot(NamedTuple):
     @classmethod
     def take(cls, params: dict[str, torch.Tensor], optimizer,
              buffers: Sequence[torch.Tensor] = ()) -> Snapshot:
+        """Copy the parameters' values, the optimizer state and the buffers."""
         with torch.no_grad():
             values = [p.detach().clone() for p in params.values()]
             saved = [b.detach().clone() for b in buffers]
@@ -77,6 +82,7 @@ class Snapshot(NamedTuple):
 
     def restore(self, params: dict[str, torch.Tensor], optimizer,
                 buffers: Sequence[torch.Tensor] = ()) -> None:
+        """Copy the saved values back in place, keeping the optimizer's current learning rates."""
         with torch.no_grad():
             for p, v in zip(params.values(), self.values, strict=True):
                 p.copy_(v)

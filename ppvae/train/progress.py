@@ -1,5 +1,7 @@
-"""How far a :func:`ppvae.fit` run has come, as typed records: the state a checkpoint carries
-between calls, the running sums of one epoch, and the result fit returns.
+"""How far a :func:`ppvae.fit` run has come, as typed records.
+
+The state a checkpoint carries between calls, the running sums of one epoch, and the result fit
+returns:
 
 * :class:`TrainState`: epochs and optimizer steps completed, rollbacks taken, the best epoch so
   far (:class:`Best`, for early stopping and ``restore_best``) and the per-epoch
@@ -80,6 +82,7 @@ class EpochTally:
     rows: int = 0  # rows in the kept windows
 
     def add(self, loss: torch.Tensor, rows: int) -> None:
+        """Add one minibatch's loss and row count to the open window."""
         self.window.append(loss)
         self.window_rows += rows
 
@@ -90,6 +93,7 @@ class EpochTally:
         self.drop_window()
 
     def drop_window(self) -> None:
+        """Forget the open window (after a check, or a rollback)."""
         self.window, self.window_rows = [], 0
 
     def train_value(self) -> float:
@@ -114,6 +118,7 @@ class FitResult(NamedTuple):
 
     @property
     def best_value(self) -> float:
+        """The validation ELBO (else training objective) of the best epoch; NaN without epochs."""
         values = self.valid_elbo or self.train_objective
         return values[self.best_epoch] if values else float("nan")
 

@@ -1,5 +1,7 @@
-"""The settings of one :func:`ppvae.fit` call, checked before anything runs, and what is built
-from them: the optimizer, the learning-rate schedule, and the configuration a checkpoint records.
+"""The settings of one :func:`ppvae.fit` call, checked before anything runs.
+
+And what is built from them: the optimizer, the learning-rate schedule, and the configuration a
+checkpoint records.
 
 * :class:`LoopSettings` (with its :class:`NanPolicy`) groups fit's keyword arguments that steer
   the loop; constructing one refuses values that would train wrongly or not at all, by name
@@ -32,8 +34,11 @@ __all__ = [
 
 @dataclass(frozen=True)
 class NanPolicy:
-    """What a non-finite step does: ``"stop"``, or ``"rollback"`` to the last finite state up to
-    ``max_rollbacks`` times, multiplying the learning rate by ``lr_factor`` each time."""
+    """What a non-finite step does: ``"stop"``, or ``"rollback"`` to the last finite state.
+
+    A rollback happens up to ``max_rollbacks`` times, multiplying the learning rate by
+    ``lr_factor`` each time.
+    """
 
     policy: str = "stop"
     max_rollbacks: int = 3
@@ -41,6 +46,7 @@ class NanPolicy:
 
     @property
     def rolls_back(self) -> bool:
+        """True for ``"rollback"``."""
         return self.policy == "rollback"
 
 

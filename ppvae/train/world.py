@@ -1,5 +1,6 @@
-"""Where one process and data-parallel ranks differ in :func:`ppvae.fit`: the one place that
-asks how many ranks there are.
+"""Where one process and data-parallel ranks differ in :func:`ppvae.fit`.
+
+This is the one place that asks how many ranks there are.
 
 :func:`join_world` joins the process group torchrun describes (:mod:`ppvae.distributed`) and
 returns a :class:`SingleProcess` or a :class:`DataParallel`; the loop then calls the same methods
@@ -25,8 +26,11 @@ __all__ = ["DataParallel", "SingleProcess", "join_world", "rank_seed"]
 
 
 def rank_seed(seed: int, epoch: int, rank: int) -> int:
-    """A seed for one rank's draws in one epoch (distinct across ranks and epochs), below
-    2**32 as ``pyro.set_rng_seed`` needs (NumPy's legacy seeding refuses larger ones)."""
+    """A seed for one rank's draws in one epoch (distinct across ranks and epochs).
+
+    It is below 2**32 as ``pyro.set_rng_seed`` needs (NumPy's legacy seeding refuses larger
+    ones).
+    """
     return (seed * 1_000_003 + epoch * 8191 + rank * 131_071 + 1) % 2**32
 
 
@@ -84,32 +88,40 @@ class DataParallel(SingleProcess):
         self.is_main = ddp.is_main()
 
     def config(self) -> dict:
+        """The world size, for the run's checkpoint configuration."""
         return {"world_size": self.size}
 
     def shared_seed(self, seed: int, device) -> int:
+        """Rank 0's seed, broadcast to every rank."""
         return ddp.broadcast_int(seed, device=device)  # the same permutations everywhere
 
     def start_together(self, tensors: list[torch.Tensor]) -> None:
+        """Overwrite the tensors with rank 0's values."""
         ddp.broadcast_tensors(tensors)  # rank 0's parameters and buffers
 
     def seed_epoch(self, seed: int, epoch: int) -> None:
+        """Seed Pyro's RNGs from (seed, epoch, this rank)."""
         pyro.set_rng_seed(rank_seed(seed, epoch, ddp.rank()))
 
     def shard(self, rows: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous share of the minibatch's row indices."""
         return rows[slice(*ddp.shard_bounds(len(rows)))]
 
     def reduce_gradients(self, params, shard, rows, failed, validate):
+        """Sum the gradients over ranks by shard weight; did a rank fail (under validation)?"""
         # the failure flag costs a host sync, so it is shared only under validation (where a
         # rank's step can fail on its own); a rank with an empty shard has weight 0
         return ddp.allreduce_gradients(params, len(shard) / len(rows),
                                        failed if validate else None)
 
     def window_totals(self, losses, rows):
+        """The window's per-minibatch losses and its row count, summed over ranks."""
         summed = ddp.all_sum(torch.cat([losses.double(), losses.new_tensor(
             [rows], dtype=torch.float64)]))  # [W + 1]: the minibatches' totals, the rows
         return summed[:-1], int(summed[-1])
 
     def valid_elbo(self, model, guide, valid, info, samples, batch_kw, fixed_kw):
+        """The mean validation ELBO, each rank scoring its share of the rows."""
         rows = slice(*ddp.shard_bounds(valid.shape[0]))  # each rank scores its share
         total = valid.new_zeros((), dtype=torch.float64)
         if rows.stop > rows.start:
@@ -120,6 +132,7 @@ class DataParallel(SingleProcess):
         return float(ddp.all_sum(total)) / valid.shape[0]
 
     def after_checkpoint(self) -> None:
+        """Wait for every rank, so that the checkpoint file is complete before any goes on."""
         ddp.barrier()  # the file is complete before any rank goes on
 
 

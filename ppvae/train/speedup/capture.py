@@ -52,8 +52,10 @@ class CaptureError(RuntimeError):
 
 def training_loss(objective, model, guide, info, params: Sequence[torch.Tensor],
                   buffers: Sequence[torch.Tensor], *, jit: bool, validate: bool) -> Callable:
-    """The training step's loss as ``f(x, kwargs, data_scale, step)``: the objective run
-    eagerly, or (``jit``) a :class:`CapturedLoss`."""
+    """The training step's loss as ``f(x, kwargs, data_scale, step)``.
+
+    It is the objective run eagerly, or (``jit``) a :class:`CapturedLoss`.
+    """
     if not jit:
         def eager(x, kwargs, data_scale, step):
             return objective.loss(model, guide, x, info=info._replace(num_data=x.shape[0]),
@@ -109,6 +111,7 @@ class CapturedLoss:
     graphs: dict = field(default_factory=dict)
 
     def __call__(self, x: torch.Tensor, kwargs: dict, data_scale: float, step: int):
+        """The loss of minibatch ``x``: replayed from its signature's graph once verified."""
         tensor_kw = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
         scalars = self.objective.scalars(step)
         key = (_sig(x), *(_sig(kwargs[k]) for k in tensor_kw),
@@ -164,8 +167,10 @@ class CapturedLoss:
         return simplify_graph(gm, inputs).forward
 
     def _verified(self, graph: _Graph, run, inputs, key) -> torch.Tensor:
-        """Replay ``graph`` and check its loss and parameter gradients against the eager
-        objective under the same random numbers and buffers."""
+        """Replay ``graph`` and check its loss and parameter gradients against the eager objective.
+
+        Both run under the same random numbers and buffers.
+        """
         wrt = [p for p in self.params if p.requires_grad]
         saved = [b.detach().clone() for b in self.buffers]
         with _forked_rng(inputs[0].device):  # grad mode as in the step: forward may check it

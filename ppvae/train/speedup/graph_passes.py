@@ -23,9 +23,11 @@ _NO_OP_SHAPES = {torch.ops.aten.expand.default, torch.ops.aten.view.default,
 
 def simplify_graph(gm: torch.fx.GraphModule, inputs: Sequence | None = None
                    ) -> torch.fx.GraphModule:
-    """Drop dead nodes and no-ops: ``expand``/``view``/``alias`` to the input's own shape and
-    strides, ``broadcast_tensors`` of tensors that already share one shape, and ``detach_`` of
-    a fresh constant copy (Pyro's ``broadcast_all`` makes those from Python numbers). With the
+    """Drop dead nodes and no-ops from a captured graph; fold constants when given ``inputs``.
+
+    The no-ops are ``expand``/``view``/``alias`` to the input's own shape and strides,
+    ``broadcast_tensors`` of tensors that already share one shape, and ``detach_`` of a fresh
+    constant copy (Pyro's ``broadcast_all`` makes those from Python numbers). With the
     capture's ``inputs``, also fold the parts that do not depend on input values (a standard
     normal prior's zeros and ones, their logarithms) into constants, and drop additions of zeros
     and multiplications by ones, which are exact identities.
@@ -64,9 +66,11 @@ def simplify_graph(gm: torch.fx.GraphModule, inputs: Sequence | None = None
 
 
 def _negate_after_sum(graph: torch.fx.Graph) -> None:
-    """``sum(-x)`` -> ``-sum(x)`` (a Bernoulli log density is ``-bce``): one scalar negation in
-    place of one over every pixel, forward and backward. Exact: negation commutes with every
-    rounded addition."""
+    """``sum(-x)`` -> ``-sum(x)`` (a Bernoulli log density is ``-bce``).
+
+    One scalar negation in place of one over every pixel, forward and backward. Exact: negation
+    commutes with every rounded addition.
+    """
     for node in list(graph.nodes):
         arg = node.args[0] if node.op == "call_function" and node.args else None
         if node.target is not _aten.sum.default or len(node.args) != 1 or node.kwargs or \
@@ -92,10 +96,12 @@ _UNINITIALIZED = {_aten.empty.memory_format, _aten.new_empty.default, _aten.empt
 
 
 def _fold_constants(gm: torch.fx.GraphModule, inputs: Sequence) -> dict[str, torch.Tensor]:
-    """Evaluate the nodes whose values do not depend on the graph's input values once, and
-    make each one that feeds the rest of the graph an attribute; returns those attributes. Not
-    done when an in-place operation writes into anything derived from such a node (a shared
-    constant must not change between calls)."""
+    """Evaluate once the nodes whose values do not depend on the graph's input values.
+
+    Each one that feeds the rest of the graph becomes an attribute; returns those attributes.
+    Not done when an in-place operation writes into anything derived from such a node (a shared
+    constant must not change between calls).
+    """
     graph = gm.graph
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     real = dict(zip(placeholders, inputs, strict=True))
@@ -160,8 +166,11 @@ _IDENTITY = {_aten.add.Tensor: (0.0, (0, 1)), _aten.sub.Tensor: (0.0, (1,)),
 
 
 def _drop_identities(graph: torch.fx.Graph, values: dict[str, torch.Tensor]) -> None:
-    """``x + 0``, ``x - 0``, ``x * 1``, ``x / 1`` with a folded constant of zeros (ones) that
-    neither broadcasts ``x`` nor changes its dtype: exactly ``x``."""
+    """Replace ``x + 0``, ``x - 0``, ``x * 1``, ``x / 1`` by ``x``, which they equal exactly.
+
+    Only for a folded constant of zeros (ones) that neither broadcasts ``x`` nor changes its
+    dtype.
+    """
     for node in list(graph.nodes):
         rule = _IDENTITY.get(node.target) if node.op == "call_function" else None
         if rule is None or len(node.args) != 2 or node.kwargs:

@@ -1,5 +1,6 @@
-"""A one-frame stand-in for ``poutine.trace`` + ``poutine.replay`` + data scaling in the training
-step of :class:`ppvae.objectives.ELBO`.
+"""A one-frame stand-in for ``poutine.trace`` + ``poutine.replay`` + data scaling.
+
+It serves the training step of :class:`ppvae.objectives.ELBO`.
 
 Each training step runs the guide and the model replayed on the guide's latents. With Pyro's own
 handlers that is a ``ScaleMessenger``, a ``TraceMessenger`` (a ``Trace`` graph with input and
