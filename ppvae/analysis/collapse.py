@@ -26,6 +26,7 @@ import torch
 from torch.distributions import kl_divergence
 
 from ..core.contract import check_pair
+from ..core.modes import evaluates
 from ..core.trace import trace_pair
 
 __all__ = ["CollapseReport", "base_distribution", "gaussian_marginals", "posterior_collapse"]
@@ -78,6 +79,7 @@ def _per_datapoint(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1, *t.shape[-2:]).mean(0)
 
 
+@evaluates
 def posterior_collapse(model, guide, x: torch.Tensor, *, latent: str = "z",
                        num_samples: int = 16, threshold: float = 1e-2,
                        model_kwargs: Mapping[str, Any] | None = None) -> CollapseReport:

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.distributions import MultivariateNormal
 
+from ..core.modes import evaluates
 from ..core.potential import Potential
 from ..infer.diagnostics import import_arviz, to_inference_data
 
@@ -81,6 +82,7 @@ def _flat(samples: Mapping[str, torch.Tensor], names) -> torch.Tensor:
     return torch.cat([samples[n] for n in names], dim=-1)
 
 
+@evaluates
 def compare_posteriors(model, x: torch.Tensor, mcmc, guides: Mapping[str, object] | None = None,
                        datapoints: Sequence[int] | None = None, *, num_samples: int = 2000,
                        mcmc_name: str = "mcmc",

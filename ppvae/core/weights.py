@@ -16,6 +16,7 @@ functions of these weights.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -28,6 +29,7 @@ from .contract import (
     per_datapoint,
     site_log_density,
 )
+from .modes import evaluation
 from .trace import trace_pair
 
 __all__ = ["default_chunk_size", "iter_log_weights", "log_weights"]
@@ -72,22 +74,30 @@ def iter_log_weights(
     chunk_size: int | None = None,
     info: PairInfo | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    eval_modules: bool = True,
 ) -> Iterator[torch.Tensor]:
     """Yield the log weights of :func:`log_weights` chunk by chunk, each ``[chunk, N]``.
 
     Streaming estimators (IWAE with large k) consume this so that only one chunk is alive.
-    ``info`` skips the contract check when the caller has already run it.
+    ``info`` skips the contract check when the caller has already run it. With
+    ``eval_modules`` (the default) the pair's networks run in eval mode, so a datapoint's
+    weights do not depend on the rest of the batch (:mod:`ppvae.core.modes`); training
+    objectives pass False.
     """
     kwargs = dict(model_kwargs or {})
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    modes = evaluation(model, guide) if eval_modules else nullcontext()
     if info is None:
-        info = check_pair(model, guide, x, model_kwargs=kwargs)
+        with modes:
+            info = check_pair(model, guide, x, model_kwargs=kwargs)
     chunk = chunk_size or default_chunk_size(info.num_data)
     if chunk < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     for size in _chunk_sizes(num_samples, chunk):
-        yield _chunk(model, guide, x, size, info, kwargs)
+        with evaluation(model, guide) if eval_modules else nullcontext():
+            lw = _chunk(model, guide, x, size, info, kwargs)
+        yield lw
 
 
 def log_weights(
@@ -99,6 +109,7 @@ def log_weights(
     chunk_size: int | None = None,
     info: PairInfo | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    eval_modules: bool = True,
 ) -> torch.Tensor:
     """Per-datapoint log weights ``log p(x_n, z) - log q(z | x_n)``, z ~ q: ``[num_samples, N]``.
 
@@ -112,6 +123,7 @@ def log_weights(
             ``chunk_size * N`` near 32k.
         info: a :class:`PairInfo` from an earlier check, to skip re-checking in loops.
         model_kwargs: passed to both model and guide (labels for a conditional model, ...).
+        eval_modules: run the pair's networks in eval mode (default; restored afterwards).
 
     Works under ``torch.no_grad()`` for evaluation and with gradients (reparameterized
     samples) for training objectives.
@@ -119,6 +131,6 @@ def log_weights(
     kwargs = dict(model_kwargs or {})
     return torch.cat(
         list(iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size, info=info,
-                              model_kwargs=kwargs)),
+                              model_kwargs=kwargs, eval_modules=eval_modules)),
         dim=0,
     )

@@ -29,6 +29,7 @@ import torch
 
 from ..core.bounds import delta_stderr, logmeanexp
 from ..core.estimate import MEAN, MEAN_STDERR
+from ..core.modes import evaluates
 from ..core.potential import Potential
 from .hmc import hmc_step
 
@@ -145,6 +146,7 @@ def log_mean_weight(log_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return est, se
 
 
+@evaluates
 def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16,
         guide=None, kind: str = "sigmoid", num_leapfrog: int = 10, step_size: float = 0.1,
         target_accept: float = 0.65, pilot_chains: int = 4,

@@ -20,6 +20,7 @@ import torch
 from pyro import poutine
 
 from ..core.contract import ContractError
+from ..core.modes import evaluates
 from ..core.potential import Potential, prior_guide
 from .ais import AISResult, anneal, log_mean_weight, pilot_step_sizes, schedule
 
@@ -74,6 +75,7 @@ def simulate(model, x: torch.Tensor, *, model_kwargs: Mapping[str, Any] | None =
     return x_sim, {n: tr.nodes[n]["value"] for n in latent}
 
 
+@evaluates
 def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | None = None,
          num_steps: int = 500, num_chains: int = 16, kind: str = "sigmoid",
          num_leapfrog: int = 10, step_size: float = 0.1, target_accept: float = 0.65,

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ..core.modes import evaluates
 from ..core.potential import Potential
 from .diagnostics import to_inference_data
 
@@ -95,6 +96,7 @@ class HMCResult(NamedTuple):
         return to_inference_data(self.samples, {"acceptance_rate": self.accept_prob})
 
 
+@evaluates
 def hmc(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 500,
         num_samples: int = 500, num_leapfrog: int = 10, target_accept: float = 0.8,
         jitter: bool = True, init: torch.Tensor | None = None, guide=None,

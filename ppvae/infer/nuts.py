@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from pyro.infer.mcmc import MCMC, NUTS
 
+from ..core.modes import evaluates
 from ..core.potential import Potential
 from .diagnostics import to_inference_data
 
@@ -37,6 +38,7 @@ class NUTSResult(NamedTuple):
         return to_inference_data(self.samples)
 
 
+@evaluates
 def nuts(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
          num_samples: int = 300, target_accept: float = 0.8, max_tree_depth: int = 10,
          full_mass: bool = False, model_kwargs: Mapping[str, Any] | None = None) -> NUTSResult:

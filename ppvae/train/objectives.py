@@ -244,7 +244,7 @@ class IWAE(Objective):
     def loss(self, model, guide, x, *, info, data_scale=1.0, step=0, kwargs=None):
         """Minus the IWAE_k bound summed over the minibatch, times ``data_scale``."""
         lw = log_weights(model, guide, x, self.k, chunk_size=self.k, info=info,
-                         model_kwargs=kwargs)  # [k, B]
+                         model_kwargs=kwargs, eval_modules=False)  # [k, B]: training mode
         return -data_scale * logmeanexp(lw, dim=0).sum()
 
 

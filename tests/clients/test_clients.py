@@ -7,12 +7,13 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
-from clients import CLIENTS
 from pyro.infer import Trace_ELBO
 from stats import z_threshold
 
 import ppvae
+from clients import CLIENTS
 from ppvae.core.contract import ContractError
+from ppvae.core.modes import evaluation
 
 PLATES = {"cvae_masked": "data", "factor_analysis": "obs", "gamma_poisson": "counts",
           "prodlda": "documents", "hierarchical": "data", "logistic_intercept": "subjects"}
@@ -48,9 +49,10 @@ def test_elbo_equals_pyros_trace_elbo_per_datapoint(client):
     with torch.no_grad():
         ours = ppvae.elbo(c.model, c.guide, c.x, s, model_kwargs=c.model_kwargs)
         info = ppvae.check_pair(c.model, c.guide, c.x, model_kwargs=c.model_kwargs)
-        pyro_loss = Trace_ELBO(num_particles=s, vectorize_particles=True,
-                               max_plate_nesting=info.max_plate_nesting).loss(
-            c.model, c.guide, c.x, **c.model_kwargs)
+        with evaluation(c.model, c.guide):  # ppvae evaluates in eval mode: the same networks
+            pyro_loss = Trace_ELBO(num_particles=s, vectorize_particles=True,
+                                   max_plate_nesting=info.max_plate_nesting).loss(
+                c.model, c.guide, c.x, **c.model_kwargs)
     # two independent estimates of the same mean, each with s.e. ours.mean_stderr
     assert abs(ours.mean + pyro_loss / n) < z_threshold(1) * math.sqrt(2) * ours.mean_stderr
 

@@ -37,6 +37,7 @@ from torch import nn
 from torch.distributions.transforms import ReshapeTransform
 
 from ...core.contract import DATA_PLATE, ContractError, check_pair, is_latent
+from ...core.modes import evaluates
 from ...core.sites import LatentSite, latent_site
 from ...core.weights import log_weights
 from .families import (
@@ -160,6 +161,7 @@ class LocalGuide(nn.Module):
                 pyro.sample(name, q)
 
 
+@evaluates
 def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
               num_steps: int = 1000, num_particles: int = 8, lr: float = 0.1,
               lr_decay: float = 1e-3, tol: float = 1e-3, window: int = 100, patience: int = 3,
