@@ -109,3 +109,11 @@ def test_every_module_says_what_it_does_and_what_it_exports(path):
     defines = any(isinstance(n, ast.FunctionDef | ast.ClassDef | ast.ImportFrom)
                   for n in tree.body)
     assert "__all__" in names or not defines, f"{path.relative_to(ROOT)} has no __all__"
+
+
+def test_functions_fit_on_a_screen():
+    """No function in the package is longer than 80 lines (docstring included)."""
+    long = [f"{p.relative_to(ROOT)}:{n.lineno} {n.name} ({n.end_lineno - n.lineno + 1} lines)"
+            for p in _modules() for n in ast.walk(ast.parse(p.read_text()))
+            if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > 80]
+    assert not long, "\n".join(long)
