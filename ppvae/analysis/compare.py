@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch.distributions import MultivariateNormal
@@ -50,7 +50,8 @@ class PosteriorComparison(NamedTuple):
         for j, n in enumerate(self.datapoints):
             for s in self.summaries:
                 kl = "—" if s.kl_to_mcmc is None else (
-                    f"{float(s.kl_to_mcmc[j]):.4f} ± {float(s.kl_stderr[j]):.4f}")
+                    f"{float(s.kl_to_mcmc[j]):.4f} ± "
+                    f"{float(cast(torch.Tensor, s.kl_stderr)[j]):.4f}")  # given with kl_to_mcmc
                 rows.append(f"| {n} | {s.method} | {fmt(s.mean[j])} | {fmt(s.sd[j])} | {kl} |")
         return "\n".join(rows)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -53,8 +53,8 @@ def iwae_log_px(model, x, proposal, model_kwargs, *, k: int = 1000, num_estimate
 
 
 # the estimators ``gaps(..., log_px=name)`` knows by name; any other is passed as a callable
-LOG_PX: Mapping[str, Callable[..., LogPx]] = MappingProxyType(
-    {"iwae": iwae_log_px, "ais": ais_log_px})
+LOG_PX: Mapping[str, Callable[..., LogPx | tuple[torch.Tensor, torch.Tensor, str]]] = (
+    MappingProxyType({"iwae": iwae_log_px, "ais": ais_log_px}))
 
 
 def _family_of(q) -> str | None:
@@ -93,7 +93,7 @@ def infer_family(guide, x: torch.Tensor, model_kwargs: Mapping[str, Any] | None 
     kinds = {n: _family_of(q) for n, q in sites.items()}
     found = set(kinds.values())
     if None not in found and len(found) == 1:
-        return found.pop()
+        return cast(str, found.pop())
     if found == {"diag", "full"}:
         return "full"  # a full-covariance q* contains every diagonal site
     listed = ", ".join(f"'{n}': {type(q).__name__}" for n, q in sites.items())

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..core.estimate import MEAN, MEAN_STDERR, mean_stderr
+from ..core.estimate import mean_stderr, record_mean, record_mean_stderr
 
 __all__ = ["Estimators", "GapReport", "GapRow", "LogPx", "Summary"]
 
@@ -30,8 +30,15 @@ class LogPx(NamedTuple):
     stderr: torch.Tensor  # [N] (zeros for exact values)
     estimator: str  # e.g. "exact", "IWAE_5000 from local diag q*", "AIS ..."
 
-    mean = MEAN
-    mean_stderr = MEAN_STDERR
+    @property
+    def mean(self) -> float:
+        """Average of ``per_datapoint`` over datapoints."""
+        return record_mean(self)
+
+    @property
+    def mean_stderr(self) -> float:
+        """Monte Carlo standard error of :attr:`mean` (independent errors across datapoints)."""
+        return record_mean_stderr(self)
 
 
 class Estimators(NamedTuple):
@@ -166,7 +173,8 @@ class GapReport(NamedTuple):
         if not isinstance(doc, dict) or doc.get("format") != "ppvae.GapReport/1":
             raise ValueError("not a ppvae GapReport JSON document (missing format "
                              "'ppvae.GapReport/1')")
-        rows = tuple(GapRow(r["guide"], r["family"], *(_f64(r[k]) for k in _TENSORS),
+        # mypy cannot count the unpacked columns (the six of _TENSORS)
+        rows = tuple(GapRow(r["guide"], r["family"], *(_f64(r[k]) for k in _TENSORS),  # type: ignore[call-arg, arg-type]
                             Estimators(**r["estimators"])) for r in doc["rows"])
         return cls(rows, int(doc["num_data"]), tuple((k, float(v)) for k, v in doc["timings"]))
 

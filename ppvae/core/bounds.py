@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .contract import check_pair
-from .estimate import MEAN, MEAN_STDERR
+from .estimate import record_mean, record_mean_stderr
 from .weights import default_chunk_size, iter_log_weights
 
 __all__ = [
@@ -52,8 +52,15 @@ class Bound(NamedTuple):
     num_samples: int  # samples drawn per datapoint in total
     ess: torch.Tensor | None = None  # [N] Kish effective sample size (single IWAE estimate)
 
-    mean = MEAN
-    mean_stderr = MEAN_STDERR
+    @property
+    def mean(self) -> float:
+        """Average of ``per_datapoint`` over datapoints."""
+        return record_mean(self)
+
+    @property
+    def mean_stderr(self) -> float:
+        """Monte Carlo standard error of :attr:`mean` (independent errors across datapoints)."""
+        return record_mean_stderr(self)
 
     def __repr__(self) -> str:
         label = "ELBO" if self.name == "elbo" else f"IWAE_{self.k}"
@@ -118,6 +125,8 @@ def elbo(
     kwargs = dict(model_kwargs or {})
     if num_samples < 2:
         raise ValueError("num_samples must be >= 2 to estimate a standard error")
+    mean: torch.Tensor | None
+    m2: torch.Tensor | None
     n_tot, mean, m2 = 0, None, None
     for lw in iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size,
                                model_kwargs=kwargs):
@@ -128,11 +137,13 @@ def elbo(
         if mean is None:
             n_tot, mean, m2 = nb, mb, m2b
             continue
+        assert m2 is not None  # set with mean
         delta = mb - mean  # Chan et al.'s parallel variance update
         tot = n_tot + nb
         mean = mean + delta * nb / tot
         m2 = m2 + m2b + delta**2 * n_tot * nb / tot
         n_tot = tot
+    assert mean is not None and m2 is not None  # num_samples >= 2: at least one chunk
     se = (m2 / (n_tot - 1)).sqrt() / math.sqrt(n_tot)
     return Bound("elbo", 1, mean, se, n_tot)
 
@@ -159,6 +170,8 @@ def iwae(
                          f"num_estimates={num_estimates}")
     info = check_pair(model, guide, x, model_kwargs=kwargs)
     chunk = chunk_size or default_chunk_size(info.num_data)
+    lse1: torch.Tensor | None
+    lse2: torch.Tensor | None
     if k <= chunk:  # whole estimates per chunk: [m * k, N] -> [m, N]
         per_chunk = max(1, chunk // k)
         ests, lse2 = [], None
@@ -184,6 +197,7 @@ def iwae(
                 c1, c2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
                 lse1 = c1 if lse1 is None else torch.logaddexp(lse1, c1)
                 lse2 = c2 if lse2 is None else torch.logaddexp(lse2, c2)
+            assert lse1 is not None  # k >= 1: at least one chunk
             ests.append((lse1 - math.log(k)).unsqueeze(0))
         est = torch.cat(ests, 0)
     ess = None
@@ -192,6 +206,7 @@ def iwae(
     elif k == 1:
         se = torch.full_like(est[0], float("nan"))
     else:
+        assert lse1 is not None and lse2 is not None  # one estimate: both sums are kept
         se = delta_stderr(lse1, lse2, k)
         ess = torch.exp(2 * lse1 - lse2)  # Kish ESS of the k weights: (sum w)^2 / sum w^2
     return Bound("iwae" if k > 1 else "elbo", k, est.mean(0), se, k * num_estimates, ess)

@@ -21,7 +21,7 @@ traces; see ``pyro/infer/trace_elbo.py`` for the pattern).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -79,12 +79,12 @@ class PairInfo(NamedTuple):
             )
 
 
-def is_observed(site: dict) -> bool:
+def is_observed(site: Mapping[str, Any]) -> bool:
     """True for an observed sample site that is not a ``pyro.deterministic`` record."""
     return site["type"] == "sample" and site["is_observed"] and not _is_deterministic(site)
 
 
-def is_latent(site: dict) -> bool:
+def is_latent(site: Mapping[str, Any]) -> bool:
     """True for an unobserved, non-auxiliary sample site."""
     return (
         site["type"] == "sample"
@@ -93,7 +93,7 @@ def is_latent(site: dict) -> bool:
     )
 
 
-def _is_deterministic(site: dict) -> bool:
+def _is_deterministic(site: Mapping[str, Any]) -> bool:
     return bool(site["infer"].get("_deterministic", False))
 
 
@@ -102,7 +102,7 @@ def guide_latent_names(guide_trace) -> list[str]:
     return [name for name, site in guide_trace.nodes.items() if is_latent(site)]
 
 
-def site_log_density(site: dict) -> torch.Tensor:
+def site_log_density(site: Mapping[str, Any]) -> torch.Tensor:
     """Log density of a sample site at its value, masked but *not* scaled.
 
     Scaling (poutine.scale, plate subsampling) is a property of training objectives; per-datapoint
@@ -130,7 +130,7 @@ def per_datapoint(lp: torch.Tensor, particle_dim: int, shape: torch.Size) -> tor
     return lp.expand(shape)
 
 
-def _data_frame(site: dict, plate: str = DATA_PLATE):
+def _data_frame(site: Mapping[str, Any], plate: str = DATA_PLATE):
     for frame in site["cond_indep_stack"]:
         if frame.name == plate:
             return frame
@@ -143,7 +143,7 @@ def _describe(frame) -> str:
     return f"'{frame.name}' (size {frame.full_size or frame.size}, dim {frame.dim}{sub})"
 
 
-def find_data_plate(sites: list[dict], n: int) -> str:
+def find_data_plate(sites: Sequence[Mapping[str, Any]], n: int) -> str:
     """The per-datapoint plate among the plates enclosing ``sites``.
 
     It is the plate named "data" if there is one, otherwise the one plate at dim -1 whose batch
@@ -167,7 +167,7 @@ def find_data_plate(sites: list[dict], n: int) -> str:
         "which one indexes the datapoints")
 
 
-def _nesting(site: dict) -> int:
+def _nesting(site: Mapping[str, Any]) -> int:
     dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
     return max(dims, default=0)
 
@@ -196,7 +196,7 @@ def _trace(fn, role: str, x, kwargs, owner=None):
                             f"{type(e).__name__}: {e}") from e
 
 
-def _check_site(role: str, name: str, site: dict, n: int, nesting: int,
+def _check_site(role: str, name: str, site: Mapping[str, Any], n: int, nesting: int,
                 plate: str = DATA_PLATE) -> None:
     frame = _data_frame(site, plate)
     kind = "observed" if site["is_observed"] else "latent"
@@ -234,7 +234,7 @@ def _check_site(role: str, name: str, site: dict, n: int, nesting: int,
         )
 
 
-def _check_finite(role: str, name: str, site: dict) -> None:
+def _check_finite(role: str, name: str, site: Mapping[str, Any]) -> None:
     try:
         lp = site_log_density(site)
     except ValueError as e:  # e.g. a value outside the distribution's support
@@ -310,8 +310,9 @@ def check_pair(model, guide, x: torch.Tensor, *,
         _check_site(role, name, site, n, _nesting(site), plate)
 
     for name in guide_latent:
-        g_ev = tuple(guide_tr.nodes[name]["fn"].event_shape)
-        m_ev = tuple(model_tr.nodes[name]["fn"].event_shape)
+        # pyro types a site's "fn" as Callable; at a sample site it is a distribution
+        g_ev = tuple(guide_tr.nodes[name]["fn"].event_shape)  # type: ignore[attr-defined]
+        m_ev = tuple(model_tr.nodes[name]["fn"].event_shape)  # type: ignore[attr-defined]
         if g_ev != m_ev:
             raise ContractError(
                 f"latent site '{name}' has event shape {g_ev} in the guide but {m_ev} in the "

@@ -3,14 +3,14 @@
 Bounds (:class:`ppvae.Bound`), AIS results (:class:`ppvae.AISResult`) and log p(x) references
 (:class:`ppvae.LogPx`) are each a record with ``per_datapoint`` and ``stderr`` fields. Their
 averages over datapoints and the Monte Carlo standard error of that average are defined here
-once, as properties the records share.
+once; the records' ``mean`` and ``mean_stderr`` properties return them.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["MEAN", "MEAN_STDERR", "mean_stderr"]
+__all__ = ["mean_stderr", "record_mean", "record_mean_stderr"]
 
 
 def mean_stderr(stderr: torch.Tensor) -> float:
@@ -21,15 +21,11 @@ def mean_stderr(stderr: torch.Tensor) -> float:
     return float(stderr.pow(2).sum().sqrt() / stderr.numel())
 
 
-def _mean(record) -> float:
-    """Average of ``per_datapoint`` over datapoints."""
+def record_mean(record) -> float:
+    """Average of a record's ``per_datapoint`` over datapoints."""
     return float(record.per_datapoint.mean())
 
 
-def _mean_stderr(record) -> float:
-    """Monte Carlo standard error of ``mean`` (independent errors across datapoints)."""
+def record_mean_stderr(record) -> float:
+    """Monte Carlo standard error of :func:`record_mean` (independent errors across datapoints)."""
     return mean_stderr(record.stderr)
-
-
-MEAN = property(_mean)
-MEAN_STDERR = property(_mean_stderr)

@@ -65,11 +65,11 @@ def fix_globals(fn: Callable, values: Values) -> Callable:
             return fn(*args, **kwargs)
 
     fixed.__name__ = f"fix_globals({getattr(fn, '__name__', type(fn).__name__)})"
-    fixed.__wrapped__ = fn
+    fixed.__wrapped__ = fn  # type: ignore[attr-defined]  # functools' attribute, set by hand
     return fixed
 
 
-def _in_data_plate(site: dict, n: int) -> bool:
+def _in_data_plate(site: Mapping[str, Any], n: int) -> bool:
     """Inside the per-datapoint plate: one named "data", or at dim -1 with batch size N."""
     return any(f.name == DATA_PLATE or (f.dim == -1 and f.size == n)
                for f in site["cond_indep_stack"])
@@ -105,7 +105,9 @@ def global_values(guide: Callable, x: torch.Tensor, how: str = "mean", *,
     for name, site in tr.nodes.items():
         if (site["type"] == "sample" and is_latent(site)
                 and not _in_data_plate(site, int(x.shape[0]))):
-            out[name] = (site["fn"].mean if how == "mean" else site["value"]).detach()
+            # pyro types "fn" as Callable and "value" as Optional: a distribution and its draw
+            out[name] = (site["fn"].mean  # type: ignore[attr-defined]
+                         if how == "mean" else site["value"]).detach()  # type: ignore[union-attr]
     if not out:
         raise ValueError("the guide samples no latent site outside pyro.plate('data'): "
                          "there are no global latents to fix")

@@ -18,7 +18,7 @@ geometric path of AIS (Neal 2001).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import pyro
 import torch
@@ -89,6 +89,7 @@ class Potential:
     def unflatten(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``u [C, N, D]`` -> (site values ``[C, *mid, N, *event]``, log |Jacobian| ``[C, N]``)."""
         c = u.shape[0]
+        ldj: torch.Tensor | float  # 0.0, then [C, N] from the first site on
         values, ldj, off = {}, 0.0, 0
         for s in self.sites:
             us = u[..., off : off + s.size].reshape(c, self.num_data, *s.mid_shape,
@@ -99,7 +100,7 @@ class Potential:
             ldj = ldj + per_datapoint(lj, self.particle_dim, torch.Size((c, self.num_data)))
             values[s.name] = v
             off += s.size
-        return values, ldj
+        return values, cast(torch.Tensor, ldj)
 
     def flatten(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """Site values ``[C, *mid, N, *event]`` -> unconstrained ``u [C, N, D]``."""

@@ -10,7 +10,8 @@ the transform back onto its support. :func:`latent_site` reads them from one tra
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch.distributions import biject_to, constraints
@@ -44,8 +45,8 @@ class LatentSite(NamedTuple):
         return t == biject_to(constraints.real)
 
 
-def latent_site(name: str, site: dict, num_data: int, *, leading: int, purpose: str
-                ) -> LatentSite:
+def latent_site(name: str, site: Mapping[str, Any], num_data: int, *, leading: int,
+                purpose: str) -> LatentSite:
     """The :class:`LatentSite` of a traced model site.
 
     The site's value is ``[*leading dims, *mid, N, *event]`` (``leading`` particle/chain dims:

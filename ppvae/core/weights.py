@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -48,14 +48,14 @@ def _chunk(model, guide, x, size: int, info: PairInfo, kwargs) -> torch.Tensor:
     dim = info.particle_dim
     guide_tr, model_tr = trace_pair(model, guide, x, kwargs, particles=size, particle_dim=dim)
     shape = torch.Size((size, info.num_data))
-    lw = 0.0  # becomes [S, N]: every model has an observed site
+    lw: torch.Tensor | float = 0.0  # becomes [S, N]: every model has an observed site
     for site in model_tr.nodes.values():
         if site["type"] == "sample" and (is_observed(site) or is_latent(site)):
             lw = lw + per_datapoint(site_log_density(site), dim, shape)
     for site in guide_tr.nodes.values():
         if site["type"] == "sample" and is_latent(site):
             lw = lw - per_datapoint(site_log_density(site), dim, shape)
-    return lw
+    return cast(torch.Tensor, lw)  # a tensor: the observed site was added
 
 
 def _chunk_sizes(total: int, chunk: int) -> list[int]:

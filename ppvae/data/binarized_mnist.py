@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -80,7 +81,8 @@ def read_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarra
         if missing:
             raise ValueError(f"{path}: missing arrays {missing} (has {z.files}); expected "
                              f"train, valid and test")
-        return tuple(_check(z[s], f"{path}[{s}]") for s in SPLITS)
+        return cast("tuple[np.ndarray, np.ndarray, np.ndarray]",
+                    tuple(_check(z[s], f"{path}[{s}]") for s in SPLITS))
 
 
 def _download(split: str, folder: Path, base_url: str) -> Path:
@@ -120,4 +122,4 @@ def load_binarized_mnist(path: str | os.PathLike | None = None, *, root: str | o
                 raise FileNotFoundError(f"{f} is missing and download=False")
             f = _download(split, p, base_url)
         out.append(read_amat(f))
-    return tuple(out)
+    return cast("tuple[np.ndarray, np.ndarray, np.ndarray]", tuple(out))

@@ -24,14 +24,14 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from ..analysis.gaps import estimate_log_px, gaps, infer_family, named_guides
 from ..analysis.report import GapReport, GapRow
-from ..infer.local.vi import LocalGuide
+from ..infer.local.vi import LocalFit, LocalGuide
 from . import process as ddp
 from .sharded import (
     block_rows,
@@ -92,7 +92,7 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
                                         block_size=block_size, batch_kw=batch_kw,
                                         num_steps=local_steps, **dict(local_options or {}),
                                         model_kwargs=kwargs)
-        fit_seconds[name] = qstar[name].fit.seconds
+        fit_seconds[name] = cast(LocalFit, qstar[name].fit).seconds  # set by sharded_fit_local
     for name, q in qstar.items():
         if q.num_data != n:
             raise ValueError(f"local q* for guide '{name}' covers {q.num_data} rows; "
@@ -142,7 +142,8 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
     else:
         timings += [(k, v) for k, v in stage.items() if k.startswith("log p(x)")]
 
-    rows = tuple(GapRow(name, family, *(c[f] for f in _TENSORS), estimators._replace(
+    # mypy cannot count the unpacked columns (the six of _TENSORS)
+    rows = tuple(GapRow(name, family, *(c[f] for f in _TENSORS), estimators._replace(  # type: ignore[call-arg, arg-type]
         log_px=label if exact is None else estimators.log_px))
         for (name, family, estimators), c in zip(metas, columns, strict=True))
     return GapReport(rows, int(n), tuple(timings))

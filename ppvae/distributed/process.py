@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -99,7 +100,7 @@ def init_from_env(backend: str | None = None, *, timeout_s: float | None = None)
             raise RuntimeError(f"LOCAL_RANK {local_rank()} but only {torch.cuda.device_count()} "
                                "GPU(s) on this node: use --nproc_per_node <= the GPU count")
         torch.cuda.set_device(local_rank())
-    kw = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
+    kw: dict[str, Any] = {"timeout": timedelta(seconds=timeout_s)} if timeout_s is not None else {}
     dist.init_process_group(backend, init_method="env://", **kw)
     return is_distributed()
 
@@ -173,7 +174,7 @@ def allreduce_gradients(params: Sequence[torch.Tensor], weight: float,
     params = list(params)
     groups = list(_groups(params).values())
     for g, idx in enumerate(groups):
-        parts = [(params[i].grad if params[i].grad is not None and not failed
+        parts = [(cast(torch.Tensor, params[i].grad) if params[i].grad is not None and not failed
                   else torch.zeros_like(params[i])).reshape(-1) * weight for i in idx]
         flag = None
         if g == 0 and failed is not None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pyro
@@ -117,7 +117,7 @@ def sharded_log_weights(model, guide, x: torch.Tensor, num_samples: int = 1, *, 
 def _merge_bounds(parts: list[Bound]) -> Bound:
     first = gather_block_meta([(b.name, b.k, b.num_samples, b.ess is not None) for b in parts])[0]
     name, k, num_samples, has_ess = first
-    ess = gather_blocks([b.ess for b in parts]) if has_ess else None
+    ess = gather_blocks(cast("list[torch.Tensor]", [b.ess for b in parts])) if has_ess else None
     return Bound(name, k, gather_blocks([b.per_datapoint for b in parts]),
                  gather_blocks([b.stderr for b in parts]), num_samples, ess)
 

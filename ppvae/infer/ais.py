@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..core.bounds import delta_stderr, logmeanexp
-from ..core.estimate import MEAN, MEAN_STDERR
+from ..core.estimate import record_mean, record_mean_stderr
 from ..core.modes import evaluates
 from ..core.potential import Potential
 from .hmc import hmc_step
@@ -70,10 +70,20 @@ class AISResult(NamedTuple):
     samples: dict[str, torch.Tensor]  # final states, site -> [C, *mid, N, *event]
     num_steps: int  # intermediate distributions T
 
-    name = "ais"
+    @property
+    def name(self) -> str:
+        """The estimator's name, ``"ais"`` (a :class:`ppvae.Bound`'s: ``"elbo"``, ``"iwae"``)."""
+        return "ais"
 
-    mean = MEAN
-    mean_stderr = MEAN_STDERR
+    @property
+    def mean(self) -> float:
+        """Average of ``per_datapoint`` over datapoints."""
+        return record_mean(self)
+
+    @property
+    def mean_stderr(self) -> float:
+        """Monte Carlo standard error of :attr:`mean` (independent errors across datapoints)."""
+        return record_mean_stderr(self)
 
     def __repr__(self) -> str:
         c, n = self.log_weights.shape
@@ -171,7 +181,8 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 500, num_chains: int = 16,
     kwargs = dict(model_kwargs or {})
     pot = Potential(model, x, guide=guide, model_kwargs=kwargs)
     betas = schedule(num_steps, kind, dtype=x.dtype, device=x.device)
-    opts = dict(num_leapfrog=num_leapfrog, step_size=step_size, target_accept=target_accept)
+    opts: dict[str, Any] = dict(num_leapfrog=num_leapfrog, step_size=step_size,
+                                target_accept=target_accept)
     with torch.no_grad():
         steps = pilot_step_sizes(pot, betas, pilot_chains, **opts) if pilot_chains else None
         run = anneal(pot, pot.sample_init(num_chains), betas, step_sizes=steps, **opts)

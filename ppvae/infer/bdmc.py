@@ -111,7 +111,8 @@ def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | 
     if missing:
         raise ValueError(f"z lacks the model's latent site(s) {missing}")
     betas = schedule(num_steps, kind, dtype=x.dtype, device=x.device)
-    opts = dict(num_leapfrog=num_leapfrog, step_size=step_size, target_accept=target_accept)
+    opts: dict[str, Any] = dict(num_leapfrog=num_leapfrog, step_size=step_size,
+                                target_accept=target_accept)
     with torch.no_grad():
         steps = pilot_step_sizes(pot, betas, pilot_chains, **opts)  # [T, 1, N]
         fwd = anneal(pot, pot.sample_init(num_chains), betas, step_sizes=steps, **opts)

@@ -26,7 +26,7 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import pyro
 import torch
@@ -164,9 +164,10 @@ def load_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor],
     meta = _meta(path, payload)
     if check is not None:
         check(meta)
-    modules = [(obj, payload.get(key)) for obj, key in ((model, "model_state"),
-                                                         (guide, "guide_state"))
-               if isinstance(obj, torch.nn.Module) and payload.get(key)]
+    modules = cast("list[tuple[torch.nn.Module, dict]]",  # the states present, so not None
+                   [(obj, payload.get(key)) for obj, key in ((model, "model_state"),
+                                                             (guide, "guide_state"))
+                    if isinstance(obj, torch.nn.Module) and payload.get(key)])
     try:
         _check_shapes(path, payload["params"], params, "parameters")
         for obj, state in modules:

@@ -188,6 +188,7 @@ def resume_state(resume: str | os.PathLike | None, device, config: dict, seed_gi
     """
     if not ddp.file_everywhere(resume, device=device):
         return TrainState()
+    assert resume is not None  # file_everywhere is False for None
     meta = load_checkpoint(resume, **live, check=same_run(resume, config, seed_given))
     config["seed"] = meta.config.get("seed", config["seed"])
     return TrainState.from_checkpoint(meta)

@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 __all__ = ["DeferredInterrupt"]
 
@@ -26,7 +29,7 @@ class DeferredInterrupt:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: Callable[[int, FrameType | None], Any] | int | None = None
 
     def install(self, enabled: bool = True) -> DeferredInterrupt:
         """Defer Ctrl-C to :meth:`check`; returns ``self``.

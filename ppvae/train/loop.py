@@ -247,6 +247,7 @@ def end_epoch(t: Trainer, train_value: float, t0: float, bar) -> bool:
 def validate(t: Trainer) -> float:
     """The epoch's validation ELBO, recorded; a non-finite one stops training."""
     d, s = t.data, t.state
+    assert d.valid is not None  # validate runs only with validation data
     v = t.world.valid_elbo(t.model, t.guide, d.valid, t.info, t.settings.valid_samples,
                            d.valid_batch_kw, d.fixed_kw)
     if not math.isfinite(v):

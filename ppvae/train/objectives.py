@@ -262,7 +262,7 @@ class ScaledLatents(Objective):
                             "no separate KL term to scale")
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]  # read-only here; Objective.name is a default
         """The label and the base objective's name, e.g. ``"beta-elbo"``."""
         return f"{self.label}-{self.base.name}"
 

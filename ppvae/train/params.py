@@ -41,6 +41,7 @@ def collect_params(loss_fn) -> dict[str, torch.Tensor]:
     for name, site in capture.trace.nodes.items():
         if site["type"] != "param":
             continue
+        assert site["value"] is not None  # a param site's value is the store's parameter
         p = site["value"].unconstrained()
         if id(p) not in seen:
             seen.add(id(p))

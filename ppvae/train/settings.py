@@ -73,6 +73,7 @@ class LoopSettings:
 def check_settings(s: LoopSettings) -> None:
     """Refuse loop settings that would train wrongly or not at all, naming the setting."""
     nan = s.nan
+    v: float | None  # the value under check: an int in the first loop, a float in the second
     ints = [("epochs", s.epochs, 0), ("batch_size", s.batch_size, 1),
             ("check_every", s.check_every, 1), ("valid_samples", s.valid_samples, 1),
             ("max_rollbacks", nan.max_rollbacks, 0)]

@@ -224,6 +224,7 @@ def sampled_moments(fn, x, sites, num_samples: int, particle_dim: int, kwargs):
     n, out = int(x.shape[0]), []
     for site in sites:
         v = tr.nodes[site.name]["value"]
+        assert v is not None  # the traced sample
         if not site.is_real:
             v = site.transform.inv(v)
         v = v.reshape(num_samples, n, site.size)  # [S, N, K]

@@ -34,7 +34,7 @@ from pyro import poutine
 from pyro.optim.clipped_adam import ClippedAdam
 from pyro.poutine.util import prune_subsample_sites
 from torch import nn
-from torch.distributions.transforms import ReshapeTransform
+from torch.distributions.transforms import ReshapeTransform, Transform
 
 from ...core.contract import DATA_PLATE, ContractError, check_pair, is_latent
 from ...core.modes import evaluates
@@ -112,7 +112,8 @@ class LocalGuide(nn.Module):
                  plate: str = DATA_PLATE):
         super().__init__()
         self.sites, self.plate = sites, plate
-        self.families = nn.ModuleList(families)
+        # torch's ModuleList is not generic; this one holds the LocalFamily modules
+        self.families: list[LocalFamily] = nn.ModuleList(families)  # type: ignore[assignment]
         self.family = families[0].family
         self.num_data = families[0].num_data
         self.fit: LocalFit | None = None
@@ -121,7 +122,7 @@ class LocalGuide(nn.Module):
     def _site_distribution(self, site: LatentSite, fam: LocalFamily,
                            detach: bool = False) -> dist.TorchDistribution:
         q = fam.distribution(detach)
-        steps = []
+        steps: list[Transform] = []
         if site.unconstrained_event != (site.size,):
             steps.append(ReshapeTransform(torch.Size((site.size,)),
                                           torch.Size(site.unconstrained_event)))
@@ -263,9 +264,10 @@ def _initial_guide(model, x, family, init, num_flows, num_init_samples, kwargs
 
 def _optimizer(guide: LocalGuide, params, lr: float, lr_decay: float, num_steps: int):
     # matrix parameters ([N, ..., K, K]) move K entries that add up in each output: lr / K
-    groups = [{"params": [p for p in params if p.dim() == 2]},
-              {"params": [p for p in params if p.dim() > 2],
-               "lr": lr / max(f.dim for f in guide.families)}]
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in params if p.dim() == 2]},
+        {"params": [p for p in params if p.dim() > 2],
+         "lr": lr / max(f.dim for f in guide.families)}]
     return ClippedAdam([g for g in groups if g["params"]], lr=lr,
                        lrd=lr_decay ** (1.0 / max(num_steps, 1)))
 

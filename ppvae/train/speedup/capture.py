@@ -31,17 +31,23 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from .graph_passes import simplify_graph
 
+if TYPE_CHECKING:
+    from ...core.contract import PairInfo
+    from ..objectives import Objective
+
 __all__ = ["CaptureError", "CapturedLoss", "training_loss"]
 
 # Values read out of tensors during the capture (label range checks, one_hot's own check) are
 # frozen into the graph rather than refused; the replays checked against the eager objective
 # catch control flow that actually depends on them.
+_READ_VALUES: dict[str, Any]
 _READ_VALUES = {"_error_on_data_dependent_ops": False} if "_error_on_data_dependent_ops" in \
     inspect.signature(make_fx).parameters else {}
 
@@ -100,10 +106,10 @@ class CapturedLoss:
             custom backward is far off).
     """
 
-    objective: object
+    objective: Objective
     model: Callable
     guide: Callable
-    info: object
+    info: PairInfo
     params: Sequence[torch.Tensor]
     buffers: Sequence[torch.Tensor] = ()
     verify_calls: int = 2
@@ -216,7 +222,7 @@ def _sig(t: torch.Tensor) -> tuple:
 
 def _attributes(*modules) -> tuple:
     """The identity of every parameter and buffer attribute of the modules."""
-    out = []
+    out: list[tuple[str, int]] = []
     for m in modules:
         if isinstance(m, torch.nn.Module):
             out.extend((name, id(t)) for name, t in m.named_parameters(remove_duplicate=False))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from typing import Any, cast
 
 import torch
 
@@ -72,7 +73,7 @@ def _negate_after_sum(graph: torch.fx.Graph) -> None:
     commutes with every rounded addition.
     """
     for node in list(graph.nodes):
-        arg = node.args[0] if node.op == "call_function" and node.args else None
+        arg: Any = node.args[0] if node.op == "call_function" and node.args else None
         if node.target is not _aten.sum.default or len(node.args) != 1 or node.kwargs or \
                 getattr(arg, "target", None) is not _aten.neg.default or len(arg.users) != 1:
             continue
@@ -129,7 +130,7 @@ def _fold_constants(gm: torch.fx.GraphModule, inputs: Sequence) -> dict[str, tor
                     args, kwargs = torch.fx.node.map_arg(
                         (node.args, node.kwargs), lambda n: env[n] if n in env else real[n])
                     env[node] = node.target(*args, **kwargs)
-    values = {}
+    values: dict[str, torch.Tensor] = {}
     for node in list(graph.nodes):
         if node.op != "call_function" or node not in const or \
                 not isinstance(env[node], torch.Tensor) or all(u in const for u in node.users):
@@ -178,7 +179,8 @@ def _drop_identities(graph: torch.fx.Graph, values: dict[str, torch.Tensor]) -> 
         unit, positions = rule
         for pos in positions:
             c, other = node.args[pos], node.args[1 - pos]
-            value = values.get(c.target) if isinstance(c, torch.fx.Node) and \
+            # a get_attr node's target is its attribute name (torch types it Callable | str)
+            value = values.get(cast(str, c.target)) if isinstance(c, torch.fx.Node) and \
                 c.op == "get_attr" else None
             if value is not None and isinstance(other, torch.fx.Node) and \
                     _same_layout(other, node) and bool((value == unit).all()):
