@@ -1,5 +1,6 @@
-"""The application layer: the ``ppvae`` command line. Only this layer imports ``ppvae.models``
-and ``ppvae.guides``.
+"""The application layer: the ``ppvae`` command line.
+
+Only this layer imports ``ppvae.models`` and ``ppvae.guides``.
 
 * :mod:`~ppvae.app.cli`: the parser and ``main``, dispatching to one module per command;
   :mod:`~ppvae.app.train`, :mod:`~ppvae.app.evaluate`, :mod:`~ppvae.app.gaps`,

@@ -68,8 +68,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse ``argv`` (default: the process's arguments), run the command, return its exit
-    code: 2 with one line on stderr for an error the user can fix, 130 when interrupted."""
+    """Parse ``argv`` (default: the process's arguments), run the command, return its exit code.
+
+    The code is 2 with one line on stderr for an error the user can fix, 130 when interrupted.
+    """
     args = _parser().parse_args(argv)
     try:
         import matplotlib

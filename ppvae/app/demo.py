@@ -27,6 +27,7 @@ __all__ = ["DemoResult", "add_arguments", "demo", "main"]
 
 
 class DemoResult(NamedTuple):
+    """What ``ppvae demo`` made: its run directory, the gap table and the wall time."""
     run: Path
     table: str  # the gap table (markdown)
     seconds: float

@@ -47,8 +47,10 @@ def main(args) -> int:
 
 def evaluate_run(tr: Trained, *, split: str = "test", estimator: str = "iwae", k: int = 1000,
                  num_data: int | None = None, ais_steps: int = 200) -> dict:
-    """ELBO and log p-hat(x) on a split by ``estimator`` ("iwae", "ais" or "both"); writes the
-    report's evaluation section and the reconstructions figure. Returns the numbers."""
+    """ELBO and log p-hat(x) on a split by ``estimator`` ("iwae", "ais" or "both").
+
+    Writes the report's evaluation section and the reconstructions figure. Returns the numbers.
+    """
     from ..analysis.plots import reconstructions
     from ..core.bounds import elbo, iwae
     from ..infer.ais import ais

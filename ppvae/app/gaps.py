@@ -82,8 +82,10 @@ def train_extra_guide(tr: Trained, name: str, *, epochs: int, quiet: bool = True
 
 
 def _plain(guide):
-    """A guide whose ``.distribution`` takes labels is hidden behind a plain function, so that
-    local VI starts from moment-matched samples of its trace (which passes the labels)."""
+    """A guide whose ``.distribution`` takes labels, hidden behind a plain function.
+
+    Local VI then starts from moment-matched samples of its trace (which passes the labels).
+    """
     import inspect
 
     dist_fn = getattr(guide, "distribution", None)
@@ -143,8 +145,10 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300, local_steps: i
 
 
 def _mcmc_section(tr: Trained, guides: dict, x, kw, *, local_steps, warmup, samples) -> None:
-    """Batched HMC on ``x`` against amortized q and local q*: the report's posterior section,
-    ``posterior.png`` and the draws as ArviZ netCDF."""
+    """Batched HMC on ``x`` against amortized q and local q*.
+
+    Writes the report's posterior section, ``posterior.png`` and the draws as ArviZ netCDF.
+    """
     from ..analysis.compare import compare_posteriors
     from ..infer.diagnostics import diagnostics, to_inference_data
     from ..infer.hmc import hmc

@@ -92,8 +92,10 @@ def _merge(base: dict, over: dict, where: str) -> dict:
 
 
 def train_config(args) -> tuple[dict, Path]:
-    """The configuration of ``ppvae train`` from its parsed ``args``, and the run directory
-    (``--out``, default ``runs/<model>-<guide>-<time>``)."""
+    """The configuration of ``ppvae train`` from its parsed ``args``, and the run directory.
+
+    The directory is ``--out``, default ``runs/<model>-<guide>-<time>``.
+    """
     cfg = _merge(_DEFAULTS, {}, "defaults")
     out = Path(args.out) if args.out else None
     if args.resume:

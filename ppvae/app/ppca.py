@@ -57,6 +57,7 @@ def main(args) -> int:
 
 
 class PPCARow(NamedTuple):
+    """One guide's line of the PPCA study: bounds, estimated and exact gaps, training time."""
     guide: str
     elbo: float
     elbo_se: float
@@ -68,6 +69,7 @@ class PPCARow(NamedTuple):
 
 
 class PPCAStudy(NamedTuple):
+    """The PPCA study: data sizes, exact references and one row per guide."""
     num_data: int
     data_dim: int
     latent_dim: int
@@ -78,6 +80,7 @@ class PPCAStudy(NamedTuple):
     rows: list[PPCARow]
 
     def to_markdown(self) -> str:
+        """The study as a header paragraph and a markdown table."""
         head = (
             f"PPCA study: N = {self.num_data}, D = {self.data_dim}, K = {self.latent_dim}; "
             f"model at the {self.params} parameters; exact mean log p(x) = {self.log_px:.4f} "

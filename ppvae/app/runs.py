@@ -61,7 +61,9 @@ def _toml_value(v: Any, where: str) -> str:
 
 def to_toml(config: dict[str, Any]) -> str:
     """TOML text for ``config``: top-level simple values, then one table per nested dict.
-    ``None`` values are left out (TOML has no null)."""
+
+    ``None`` values are left out (TOML has no null).
+    """
     top = [f"{k} = {_toml_value(v, k)}" for k, v in config.items()
            if v is not None and not isinstance(v, dict)]
     out = [*top]
@@ -126,24 +128,30 @@ class RunDir(NamedTuple):
 
     @property
     def config_path(self) -> Path:
+        """The run's ``config.toml``."""
         return self.path / "config.toml"
 
     @property
     def checkpoint(self) -> Path:
+        """The run's ``checkpoint.pt``."""
         return self.path / "checkpoint.pt"
 
     @property
     def metrics_path(self) -> Path:
+        """The run's ``metrics.jsonl``."""
         return self.path / "metrics.jsonl"
 
     def file(self, name: str) -> Path:
+        """The path of file ``name`` inside the run directory."""
         return self.path / name
 
     def write_config(self, config: dict[str, Any]) -> None:
+        """Write ``config`` as the run's config.toml (rank 0 only)."""
         if is_primary():
             self.config_path.write_text(to_toml(config))
 
     def read_config(self) -> dict[str, Any]:
+        """The run's config.toml as a dict."""
         return read_toml(self.config_path)
 
     def append_metrics(self, **row: Any) -> None:
@@ -157,6 +165,7 @@ class RunDir(NamedTuple):
             f.write(json.dumps(clean) + "\n")
 
     def read_metrics(self) -> list[dict[str, Any]]:
+        """Every row of ``metrics.jsonl`` (none when the file is missing)."""
         if not self.metrics_path.is_file():
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
@@ -168,6 +177,7 @@ class RunDir(NamedTuple):
             self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
     def read_report(self) -> dict[str, Any]:
+        """The run's ``report.json`` (an empty report when there is none yet)."""
         p = self.path / "report.json"
         if not p.is_file():
             return {"format": "ppvae.Run/1", "sections": {}}

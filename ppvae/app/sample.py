@@ -37,6 +37,7 @@ def sample_run(tr: Trained, *, num: int = 64) -> str:
 
     template = tr.data.test[:1]
     if MODELS[tr.config["model"]].takes_labels:
+        assert tr.data.train_labels is not None  # build_model refuses a label model without them
         c = int(tr.data.train_labels.max()) + 1
         per = c  # a c x c grid: one row per label
         y = torch.arange(c, device=template.device).repeat_interleave(per)  # [c * per]

@@ -27,9 +27,11 @@ __all__ = ["add_arguments", "guide_posterior", "main", "train_run"]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags of ``ppvae train``. Training options default to None so that a ``--config``
-    TOML file (or, with ``--resume``, the run's own config.toml) supplies them unless a flag
-    is given."""
+    """The flags of ``ppvae train``.
+
+    Training options default to None so that a ``--config`` TOML file (or, with ``--resume``,
+    the run's own config.toml) supplies them unless a flag is given.
+    """
     p.add_argument("--config", help="TOML file with the run's settings (flags override it)")
     p.add_argument("--out", help="run directory (default runs/<model>-<guide>-<time>)")
     p.add_argument("--resume", action="store_true",
@@ -122,8 +124,10 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
     return res
 
 def _prepare_run(cfg: dict, run: RunDir, meta) -> None:
-    """Write the run's config; on resume, bring metrics.jsonl to the checkpoint's epoch; drop
-    extra guides trained on a model that is about to train further."""
+    """Write the run's config; on resume, bring metrics.jsonl to the checkpoint's epoch.
+
+    Also drop extra guides trained on a model that is about to train further.
+    """
     run.write_config(cfg)
     if meta is None or meta.epoch < int(cfg["train"].get("epochs", 30)):
         for stale in run.path.glob("guide-*.pt"):  # trained on the frozen model being replaced
@@ -178,8 +182,10 @@ def _device(module) -> torch.device:
 
 def guide_posterior(model, guide, x, run: RunDir, name: str, num_samples: int = 500,
                     *, model_kwargs=None) -> str | None:
-    """Save ``num_samples`` guide draws per row of ``x`` as ArviZ netCDF; None when the pair
-    has no continuous latent to sample this way (e.g. a point-mass guide)."""
+    """Save ``num_samples`` guide draws per row of ``x`` as ArviZ netCDF.
+
+    None when the pair has no continuous latent to sample this way (e.g. a point-mass guide).
+    """
     from ..core.contract import ContractError
     from ..core.potential import Potential
     from ..infer.diagnostics import to_inference_data

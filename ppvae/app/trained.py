@@ -11,12 +11,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .inputs import build_data
 from .runs import RunDir, RunError
 from .zoo import MODELS, DataShape, ModelSpec, build_guide, build_model
+
+if TYPE_CHECKING:
+    from ..data import Dataset
 
 __all__ = ["Trained", "build", "data_shape", "label_kw", "open_run"]
 
@@ -26,9 +30,9 @@ _TENSORS = ("train", "valid", "test", "train_labels", "valid_labels", "test_labe
 class Trained(NamedTuple):
     """A trained model and guide with their data, configuration and run directory."""
 
-    model: object
-    guide: object
-    data: object  # ppvae.data.Dataset
+    model: Callable[..., Any]
+    guide: Callable[..., Any]
+    data: Dataset
     config: dict
     run: RunDir
 
@@ -40,8 +44,10 @@ def data_shape(data) -> DataShape:
 
 
 def label_kw(cfg: dict, data, split: str, rows=slice(None)) -> dict:
-    """Keyword arguments of model and guide for rows of a split (the labels, if the model
-    takes them)."""
+    """Keyword arguments of model and guide for rows of a split.
+
+    They are the labels, if the model takes them.
+    """
     entry = MODELS.get(cfg["model"])
     if entry is None or not entry.takes_labels:
         return {}

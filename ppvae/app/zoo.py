@@ -212,8 +212,11 @@ def make_objective(train: Mapping[str, Any]) -> objectives.Objective:
 
 
 def check_names(model: str, guide: str) -> None:
-    """Raise :class:`BuildError` for an unknown model or guide name, or a guide that needs
-    another model (before any data are loaded)."""
+    """Raise :class:`BuildError` for an unknown model or guide name, or a mismatched guide.
+
+    A mismatched guide is one that needs another model. The check runs before any data are
+    loaded.
+    """
     if model not in MODELS:
         raise BuildError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
     if guide not in GUIDES:
@@ -227,9 +230,11 @@ def check_names(model: str, guide: str) -> None:
 
 def build_model(name: str, spec: ModelSpec, shape: DataShape, *, binary: bool = True,
                 label: str = "model"):
-    """The model ``name`` for data of ``shape``. ``binary``: the data are 0/1 (Bernoulli
-    likelihood); otherwise a model with a Gaussian likelihood gets it and the others, Bernoulli
-    only, are refused."""
+    """The model ``name`` for data of ``shape``.
+
+    ``binary``: the data are 0/1 (Bernoulli likelihood); otherwise a model with a Gaussian
+    likelihood gets it and the others, Bernoulli only, are refused.
+    """
     if name not in MODELS:
         raise BuildError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
     entry = MODELS[name]
