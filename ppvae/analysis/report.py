@@ -173,8 +173,7 @@ class GapReport(NamedTuple):
         if not isinstance(doc, dict) or doc.get("format") != "ppvae.GapReport/1":
             raise ValueError("not a ppvae GapReport JSON document (missing format "
                              "'ppvae.GapReport/1')")
-        # mypy cannot count the unpacked columns (the six of _TENSORS)
-        rows = tuple(GapRow(r["guide"], r["family"], *(_f64(r[k]) for k in _TENSORS),  # type: ignore[call-arg, arg-type]
+        rows = tuple(GapRow(r["guide"], r["family"], *(_f64(r[k]) for k in _TENSORS),  # type: ignore[call-arg, arg-type]  # mypy cannot count the columns
                             Estimators(**r["estimators"])) for r in doc["rows"])
         return cls(rows, int(doc["num_data"]), tuple((k, float(v)) for k, v in doc["timings"]))
 

@@ -143,6 +143,5 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, path=None,
                    binarize_images(tensors[2], how, seed=seed + 2)]
     labs = [None] * 3 if labels is None else [torch.as_tensor(np.asarray(y), dtype=torch.int64,
                                                               device=device) for y in labels]
-    # mypy cannot count the unpacked lists (3 splits, 3 label sets)
-    return Dataset(name, *tensors, *labs, shape, binarize)  # type: ignore[call-arg, arg-type]
+    return Dataset(name, *tensors, *labs, shape, binarize)  # type: ignore[call-arg, arg-type]  # mypy cannot count the lists
 

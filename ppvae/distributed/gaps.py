@@ -142,8 +142,7 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
     else:
         timings += [(k, v) for k, v in stage.items() if k.startswith("log p(x)")]
 
-    # mypy cannot count the unpacked columns (the six of _TENSORS)
-    rows = tuple(GapRow(name, family, *(c[f] for f in _TENSORS), estimators._replace(  # type: ignore[call-arg, arg-type]
-        log_px=label if exact is None else estimators.log_px))
-        for (name, family, estimators), c in zip(metas, columns, strict=True))
+    rows = tuple(GapRow(name, family, *(c[f] for f in _TENSORS),  # type: ignore[call-arg, arg-type]  # mypy cannot count the columns
+                        estimators._replace(log_px=label if exact is None else estimators.log_px))
+                 for (name, family, estimators), c in zip(metas, columns, strict=True))
     return GapReport(rows, int(n), tuple(timings))
