@@ -60,6 +60,9 @@ class PairInfo(NamedTuple):
     max_plate_nesting: int  # plates enclosing any site (>= 1: the data plate)
     discrete: tuple[str, ...] = ()  # latent sites whose model distribution has discrete support
     data_plate: str = DATA_PLATE  # the name of the per-datapoint plate (found, not demanded)
+    vectorized: bool = True  # the pair broadcasts over the particle plate (else one at a time)
+    enumerated: tuple[str, ...] = ()  # discrete model latents summed out by enumeration
+    globals: tuple[str, ...] = ()  # latent sites outside the data plate (only with allow_globals)
 
     @property
     def particle_dim(self) -> int:
