@@ -27,7 +27,7 @@ from torch.distributions import kl_divergence
 
 from ..core.contract import check_pair
 from ..core.modes import evaluates
-from ..core.trace import trace_pair
+from ..core.trace import particle_groups, trace_pair
 
 __all__ = ["CollapseReport", "base_distribution", "gaussian_marginals", "posterior_collapse"]
 
@@ -96,12 +96,15 @@ def posterior_collapse(model, guide, x: torch.Tensor, *, latent: str = "z",
                          f"{list(info.latent)}")
 
     with torch.no_grad():
-        guide_tr, model_tr = trace_pair(model, guide, x, kwargs, particles=num_samples,
-                                        particle_dim=info.particle_dim)
-        q = gaussian_marginals(guide_tr.nodes[latent]["fn"], latent, "guide")
-        p = gaussian_marginals(model_tr.nodes[latent]["fn"], latent, "model")
-        kl = _per_datapoint(kl_divergence(q, p))  # [N, K] averaged over draws
-        post_mean = _per_datapoint(q.loc)  # [N, K] E_q[z | x], averaged over parent draws
+        kls, means = [], []
+        for group in particle_groups(num_samples, info.vectorized):
+            guide_tr, model_tr = trace_pair(model, guide, x, kwargs, particles=group,
+                                            particle_dim=info.particle_dim)
+            q = gaussian_marginals(guide_tr.nodes[latent]["fn"], latent, "guide")
+            p = gaussian_marginals(model_tr.nodes[latent]["fn"], latent, "model")
+            kls.append(_per_datapoint(kl_divergence(q, p)))  # [N, K] averaged over draws
+            means.append(_per_datapoint(q.loc))  # [N, K] E_q[z | x], averaged over draws
+        kl, post_mean = torch.stack(kls).mean(0), torch.stack(means).mean(0)
     n = info.num_data
     se = kl.std(0) / n**0.5 if n > 1 else torch.full_like(kl[0], float("nan"))
     return CollapseReport(latent, kl.mean(0), se, post_mean.var(0), threshold)

@@ -21,20 +21,27 @@ traces; see ``pyro/infer/trace_elbo.py`` for the pattern).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
-from pyro.poutine.util import prune_subsample_sites
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import prune_subsample_sites, site_is_subsample
+from torch import nn
 
-from .trace import trace_fn
+from .enum import is_enumerated
+from .modes import evaluation, modules_of
+from .trace import particle_plate, trace_fn, trace_pair
 
 __all__ = [
     "DATA_PLATE",
     "ContractError",
     "PairInfo",
+    "ParticleFallbackWarning",
     "check_pair",
     "find_data_plate",
     "guide_latent_names",
@@ -49,6 +56,10 @@ DATA_PLATE = "data"
 
 class ContractError(ValueError):
     """A model or guide does not keep the ppvae model/guide contract."""
+
+
+class ParticleFallbackWarning(UserWarning):
+    """A pair does not broadcast over the particle plate: particles are drawn one at a time."""
 
 
 class PairInfo(NamedTuple):
@@ -251,67 +262,250 @@ def _check_finite(role: str, name: str, site: Mapping[str, Any]) -> None:
         )
 
 
-def check_pair(model, guide, x: torch.Tensor, *,
-               model_kwargs: Mapping[str, Any] | None = None) -> PairInfo:
-    """Trace the guide and the model replayed on it once; check the contract.
+# --- does the pair broadcast over the particle plate? -------------------------------------------
+_PROBE_PARTICLES = 2
 
-    Raises :class:`ContractError` naming the site for: a guide latent the model lacks, a model
-    latent the guide lacks, a per-datapoint site outside the "data" plate, a data plate whose
-    size is not N, no observed site, a site whose batch shape is not [N] (missing ``.to_event``),
-    a latent whose event shape differs between model and guide, and non-finite log densities.
-    Returns a :class:`PairInfo`.
+
+class _LastSite(Messenger):
+    """Remembers the last sample site that finished, to say where a trace failed."""
+
+    def __init__(self):
+        super().__init__()
+        self.last: str | None = None
+
+    def _postprocess_message(self, msg) -> None:
+        if msg["type"] == "sample" and not msg["name"].startswith("_"):
+            self.last = msg["name"]
+
+
+def _culprit(e: BaseException, fns) -> str:
+    """The innermost ``nn.Module`` of the pair that the traceback of ``e`` passes through."""
+    names = {id(sub): name for top in modules_of(*fns) for name, sub in top.named_modules()}
+    module, tb = None, e.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module):
+            module = owner
+        tb = tb.tb_next
+    if module is None:
+        return ""
+    name = names.get(id(module)) or ""
+    return f" in module {name + ' ' if name else ''}({type(module).__name__})"
+
+
+def _site_terms(guide_tr: Trace, model_tr: Trace, dim: int, shape: torch.Size
+                ) -> dict[tuple[str, str], torch.Tensor]:
+    """Each model site's and guide latent's per-datapoint log density, ``shape = [S, N]``."""
+    terms = {}
+    for role, tr in (("model", model_tr), ("guide", guide_tr)):
+        for name, site in tr.nodes.items():
+            if site["type"] == "sample" and not _is_deterministic(site) and (
+                    is_latent(site) or (role == "model" and is_observed(site))):
+                terms[role, name] = per_datapoint(site_log_density(site), dim, shape)
+    return terms
+
+
+def _particle(tr: Trace, s: int, dim: int) -> Trace:
+    """The guide's latent values of particle ``s`` (the particle dimension removed).
+
+    Subsample sites are kept as they are, so that a subsampling plate takes the same rows.
     """
-    kwargs = dict(model_kwargs or {})
+    out = Trace()
+    for name, site in tr.nodes.items():
+        if site["type"] != "sample" or not (is_latent(site) or site_is_subsample(site)):
+            continue
+        value, fn = site["value"], site["fn"]
+        assert isinstance(value, torch.Tensor)  # a traced sample
+        if not site_is_subsample(site):
+            axis = dim - len(fn.event_shape)  # type: ignore[attr-defined]  # a distribution
+            if value.dim() >= -axis:
+                value = value.select(axis, s if value.shape[axis] > 1 else 0)
+        out.add_node(name, **{**site, "value": value})
+    return out
+
+
+def _enumerated_failure(model, guide, x, kwargs, info: PairInfo) -> str | None:
+    """:func:`_broadcast_failure` for a pair with enumerated latents: whole log weights."""
+    from .weights import enumerated_log_weights  # it builds on this module
+
+    dim, role = info.particle_dim, "guide"
+    try:
+        drawn = trace_fn(particle_plate(guide, _PROBE_PARTICLES, dim, x.device), x, kwargs,
+                         prune=False)
+        role = "model or guide, enumerated,"
+        vec = enumerated_log_weights(model, guide, x, _PROBE_PARTICLES, info, kwargs, drawn)
+    except ContractError:
+        raise
+    except Exception as e:  # anything the user's code raises on the extra dimension
+        return f"the {role} fails{_culprit(e, (model, guide))}: {_first_line(e)}"
+    for s in range(_PROBE_PARTICLES):
+        try:
+            one = enumerated_log_weights(model, guide, x, None, info, kwargs,
+                                         _particle(drawn, s, dim))
+        except ContractError:
+            raise
+        except Exception as e:  # the pair does not broadcast over enumerated values either
+            raise ContractError(
+                f"summing out the enumerated site(s) {list(info.enumerated)} failed"
+                f"{_culprit(e, (model, guide))}: {_first_line(e)}. With Pyro's parallel "
+                "enumeration a discrete site's values arrive with extra dimensions on the left "
+                "(e.g. [K, 1, 1] for a Categorical); model and guide must broadcast over them, "
+                "as TraceEnum_ELBO requires (torch.broadcast_tensors before torch.cat)") from e
+        if not torch.allclose(vec[s], one[0], rtol=1e-4, atol=1e-3):
+            return ("the log weights under the particle plate differ from one-particle traces "
+                    f"at the same latent values (largest difference "
+                    f"{(vec[s] - one[0]).abs().max().item():.3g})")
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg[:200]}"
+
+
+def _vectorized_terms(model, guide, x, kwargs, dim: int, n: int):
+    """Per-site terms ``[2, N]`` and the guide trace under the particle plate, or why not."""
+    last, role = _LastSite(), "guide"
+    try:
+        with last:
+            g = trace_fn(particle_plate(guide, _PROBE_PARTICLES, dim, x.device), x, kwargs,
+                         prune=False)
+            role = "model"
+            m = trace_fn(poutine.replay(particle_plate(model, _PROBE_PARTICLES, dim, x.device),
+                                        trace=g), x, kwargs, prune=False)
+        g, m = prune_subsample_sites(g), prune_subsample_sites(m)
+        role = "per-datapoint log densities of the"
+        return _site_terms(g, m, dim, torch.Size((_PROBE_PARTICLES, n))), g
+    except Exception as e:  # anything the user's code raises on the extra dimension
+        where = f" after site '{last.last}'" if last.last else ""
+        return f"the {role} fails{where}{_culprit(e, (model, guide))}: {_first_line(e)}", None
+
+
+def _broadcast_failure(model, guide, x, kwargs, dim: int, n: int) -> str | None:
+    """None when the pair vectorizes over particles; else what went wrong (site, module, error).
+
+    Vectorizing works when the pair, traced under a particle plate of two, gives the log
+    densities of one-particle traces at the same latent values.
+    """
+    vec, g = _vectorized_terms(model, guide, x, kwargs, dim, n)
+    if isinstance(vec, str):
+        return vec
+    for s in range(_PROBE_PARTICLES):
+        replayed = poutine.replay(guide, trace=_particle(g, s, dim))
+        one = _site_terms(*trace_pair(model, replayed, x, kwargs), dim, torch.Size((1, n)))
+        for key, lp in one.items():
+            if key not in vec:
+                return f"the {key[0]}'s site '{key[1]}' is missing under the particle plate"
+            a, b = vec[key][s], lp[0]
+            if not torch.allclose(a, b, rtol=1e-4, atol=1e-3):
+                return (f"the {key[0]}'s site '{key[1]}' has other log densities under the "
+                        f"particle plate than in one-particle traces at the same latent values "
+                        f"(largest difference {(a - b).abs().max().item():.3g}): the particle "
+                        "dimension is mixed with the data dimension")
+    return None
+
+
+_WARNED: set[tuple[str, int, int]] = set()
+
+
+def _identity(fn) -> int:
+    """The same number for every bound method object of one instance (``vae.model``)."""
+    return id(getattr(fn, "__self__", fn)) ^ id(getattr(fn, "__func__", fn))
+
+
+def _warn_fallback(reason: str, model, guide) -> None:
+    """Warn once per (pair, reason) that particles are drawn one trace at a time."""
+    key = (reason, _identity(model), _identity(guide))
+    if key in _WARNED:
+        return
+    _WARNED.add(key)
+    warnings.warn(
+        f"the pair does not broadcast over an extra leading particle dimension ({reason}); "
+        "ppvae draws particles one trace at a time instead (as Pyro's vectorize_particles="
+        "False): the same numbers, only slower. To vectorize, let the networks and indexing "
+        "accept any leading batch dimensions (e.g. loc[..., mask] instead of loc[mask], "
+        "torch.cat after expanding both parts).", ParticleFallbackWarning, stacklevel=3)
+
+
+class _ParamOwners(Messenger):
+    """Records which ``nn.Parameter`` each parameter-store name is registered with."""
+
+    def __init__(self):
+        super().__init__()
+        self.owners: dict[str, torch.Tensor] = {}
+        self.clashes: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+
+    def _pyro_param(self, msg) -> None:
+        init = msg["args"][0] if msg["args"] else None
+        if not isinstance(init, nn.Parameter):
+            return
+        first = self.owners.setdefault(msg["name"], init)
+        if first is not init and not any(c[0] == msg["name"] for c in self.clashes):
+            self.clashes.append((msg["name"], first, init))
+
+
+def _raise_clash(clashes, fns) -> None:
+    if not clashes:
+        return
+    owner = {id(p): f"{type(m).__name__} {name or '(top level)'}".strip()
+             for top in modules_of(*fns) for name, m in top.named_modules()
+             for p in m.parameters(recurse=False)}
+    name, a, b = clashes[0]
+    raise ContractError(
+        f"two different modules register the parameter-store name '{name}' "
+        f"({owner.get(id(a), 'a module')} and {owner.get(id(b), 'another module')}): Pyro keeps "
+        "one parameter per name, so one module would not train (or both would share weights). "
+        "Give each module its own name: pyro.module('encoder', enc) and pyro.module('decoder', "
+        "dec), or make both attributes of one PyroModule")
+
+
+def _rows(x) -> int:
     if not isinstance(x, torch.Tensor) or x.dim() < 1:
         raise ContractError(
             f"x must be a tensor with a leading data dimension, got {type(x).__name__}"
             + (f" of shape {tuple(x.shape)}" if isinstance(x, torch.Tensor) else "")
         )
-    n = int(x.shape[0])
-    if n == 0:
+    if x.shape[0] == 0:
         raise ContractError(f"x has no rows (shape {tuple(x.shape)}): it must be [N, ...], N >= 1")
-    with torch.no_grad():
-        guide_tr = _trace(guide, "guide", x, kwargs)
-        model_tr = _trace(poutine.replay(model, trace=guide_tr), "model", x, kwargs, model)
-        guide_tr, model_tr = prune_subsample_sites(guide_tr), prune_subsample_sites(model_tr)
+    return int(x.shape[0])
 
-    guide_latent = [
-        name for name, s in guide_tr.nodes.items() if s["type"] == "sample" and is_latent(s)
-    ]
-    model_latent = [name for name, s in model_tr.nodes.items() if is_latent(s)]
-    observed = [name for name, s in model_tr.nodes.items() if is_observed(s)]
 
+def _sample_names(tr: Trace) -> list[str]:
+    return sorted(n for n, s in tr.nodes.items() if s["type"] == "sample"
+                  and not _is_deterministic(s) and not n.startswith("_"))
+
+
+def _match_sites(guide_tr: Trace, model_tr: Trace) -> tuple[list[str], list[str]]:
+    """(guide latent names, model observed names); errors for sites the other side lacks."""
+    guide_latent = [n for n, s in guide_tr.nodes.items() if s["type"] == "sample" and is_latent(s)]
+    observed = [n for n, s in model_tr.nodes.items() if is_observed(s)]
     for name in guide_latent:
         if name not in model_tr.nodes or model_tr.nodes[name]["type"] != "sample":
             raise ContractError(
                 f"the guide samples latent site '{name}' that the model does not have "
-                f"(model sample sites: {sorted(n for n in model_tr.nodes if n != '_INPUT')})"
-            )
+                f"(the model's sample sites: {_sample_names(model_tr)})")
         if model_tr.nodes[name]["is_observed"]:
             raise ContractError(
                 f"the guide samples site '{name}' but the model observes it (obs=...); "
-                "a guide samples only latent sites"
-            )
-    for name in model_latent:
-        if name not in guide_tr.nodes:
+                "a guide samples only latent sites")
+    for name, site in model_tr.nodes.items():
+        if is_latent(site) and name not in guide_tr.nodes and not is_enumerated(site):
+            hint = (" If it is a discrete latent to be summed out, mark it "
+                    "infer={'enumerate': 'parallel'} (or decorate the model with "
+                    "@config_enumerate) and ppvae sums it out exactly."
+                    if _is_discrete(site["fn"]) else "")
             raise ContractError(
-                f"the model's latent site '{name}' is not sampled by the guide; the guide must "
-                "sample every latent site of the model"
-            )
+                f"the model's latent site '{name}' is not sampled by the guide (the guide's "
+                f"sample sites: {_sample_names(guide_tr)}); the guide must sample every "
+                f"continuous latent site of the model.{hint}")
     if not observed:
         raise ContractError(
             "the model has no observed site: observe the data with "
-            "pyro.sample('x', dist, obs=x) inside pyro.plate('data', N)"
-        )
+            "pyro.sample('x', dist, obs=x) inside pyro.plate('data', N)")
+    return guide_latent, observed
 
-    sites = [("model", n_, s) for n_, s in model_tr.nodes.items() if s["type"] == "sample"]
-    sites += [("guide", n_, guide_tr.nodes[n_]) for n_ in guide_latent]
-    sites = [(r, n_, s) for r, n_, s in sites if not _is_deterministic(s)]
-    plate = find_data_plate([s for _, _, s in sites], n)
-    nesting = max(_nesting(s) for _, _, s in sites)
-    for role, name, site in sites:
-        _check_site(role, name, site, n, _nesting(site), plate)
 
+def _check_events(guide_tr: Trace, model_tr: Trace, guide_latent: list[str]) -> None:
     for name in guide_latent:
         # pyro types a site's "fn" as Callable; at a sample site it is a distribution
         g_ev = tuple(guide_tr.nodes[name]["fn"].event_shape)  # type: ignore[attr-defined]
@@ -319,12 +513,73 @@ def check_pair(model, guide, x: torch.Tensor, *,
         if g_ev != m_ev:
             raise ContractError(
                 f"latent site '{name}' has event shape {g_ev} in the guide but {m_ev} in the "
-                "model; both must declare the same .to_event() dimensions"
-            )
+                "model; both must declare the same .to_event() dimensions")
 
-    with torch.no_grad():
+
+def _check_observation(name: str, site: Mapping[str, Any], x: torch.Tensor) -> None:
+    """An observed value smaller than its distribution is being broadcast: a wrong ``x``."""
+    value, fn = site["value"], site["fn"]
+    full = tuple(fn.batch_shape) + tuple(fn.event_shape)
+    if isinstance(value, torch.Tensor) and value.dim() < len(full):
+        raise ContractError(
+            f"model observed site '{name}': the observed value has shape {tuple(value.shape)} "
+            f"but its distribution has batch shape {tuple(fn.batch_shape)} and event shape "
+            f"{tuple(fn.event_shape)}, so the observation is broadcast. x must be [N, ...] with "
+            f"one row per datapoint (x has shape {tuple(x.shape)}; one datapoint is x[None])")
+
+
+def check_pair(model, guide, x: torch.Tensor, *,
+               model_kwargs: Mapping[str, Any] | None = None,
+               allow_globals: bool = False) -> PairInfo:
+    """Trace the guide and the model replayed on it; check the contract and how to vectorize.
+
+    Raises :class:`ContractError` naming the site for: a guide latent the model lacks, a model
+    latent the guide lacks, a per-datapoint site outside the data plate, a data plate whose
+    size is not N, no observed site, a site whose batch shape is not [N] (missing ``.to_event``),
+    an observation broadcast from a smaller ``x``, a latent whose event shape differs between
+    model and guide, two modules registering the same parameter-store name, and non-finite log
+    densities. Latents outside the data plate (global latents) are an error unless
+    ``allow_globals`` (training only; they are listed in :attr:`PairInfo.globals`).
+
+    The pair is then traced under a particle plate of two particles, as the estimators run it.
+    If it fails there, or its log densities differ from one-particle traces at the same latent
+    values, the returned info has ``vectorized=False`` (particles are drawn one trace at a time)
+    and a :class:`ParticleFallbackWarning` names the site or module. The pair's networks run in
+    eval mode throughout (restored afterwards).
+    """
+    kwargs, n = dict(model_kwargs or {}), _rows(x)
+    params = _ParamOwners()
+    with evaluation(model, guide), torch.no_grad():
+        with params:
+            guide_tr = _trace(guide, "guide", x, kwargs)
+            model_tr = _trace(poutine.replay(model, trace=guide_tr), "model", x, kwargs, model)
+        _raise_clash(params.clashes, (model, guide))
+        guide_tr, model_tr = prune_subsample_sites(guide_tr), prune_subsample_sites(model_tr)
+        guide_latent, observed = _match_sites(guide_tr, model_tr)
+        sites = [("model", n_, s) for n_, s in model_tr.nodes.items() if s["type"] == "sample"]
+        sites += [("guide", n_, guide_tr.nodes[n_]) for n_ in guide_latent]
+        sites = [(r, n_, s) for r, n_, s in sites if not _is_deterministic(s)]
+        plate = find_data_plate([s for _, _, s in sites], n)
+        global_ = [n_ for _, n_, s in sites if allow_globals and not s["is_observed"]
+                   and _data_frame(s, plate) is None]
+        for role, name, site in sites:
+            if name not in global_:
+                _check_site(role, name, site, n, _nesting(site), plate)
+        for name in observed:
+            _check_observation(name, model_tr.nodes[name], x)
+        _check_events(guide_tr, model_tr, guide_latent)
         for role, name, site in sites:
             _check_finite(role, name, site)
-    discrete = tuple(n_ for n_ in guide_latent if _is_discrete(model_tr.nodes[n_]["fn"]))
-    return PairInfo(n, tuple(guide_latent), tuple(observed), max(nesting, 1), discrete, plate)
-
+        nesting = max(1, *(_nesting(s) for _, _, s in sites))
+        enumerated = tuple(n_ for n_, s in model_tr.nodes.items() if is_latent(s) and (
+            is_enumerated(s) if n_ not in guide_tr.nodes else is_enumerated(guide_tr.nodes[n_])))
+        discrete = tuple(n_ for n_ in guide_latent if n_ not in enumerated
+                         and _is_discrete(model_tr.nodes[n_]["fn"]))
+        info = PairInfo(n, tuple(guide_latent), tuple(observed), nesting, discrete, plate,
+                        enumerated=enumerated, globals=tuple(dict.fromkeys(global_)))
+        failure = (_enumerated_failure(model, guide, x, kwargs, info) if enumerated else
+                   _broadcast_failure(model, guide, x, kwargs, info.particle_dim, n))
+    if failure is not None:
+        _warn_fallback(failure, model, guide)
+        return info._replace(vectorized=False)
+    return info

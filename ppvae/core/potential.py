@@ -23,10 +23,11 @@ from typing import Any, NamedTuple, cast
 import pyro
 import torch
 from pyro import poutine
+from pyro.poutine.trace_struct import Trace
 
 from .contract import check_pair, is_observed, per_datapoint, site_log_density
 from .sites import latent_site
-from .trace import trace_fn
+from .trace import particle_groups, trace_fn
 
 __all__ = ["Potential", "PotentialTerms", "prior_guide"]
 
@@ -68,22 +69,46 @@ class Potential:
         if guide is not None:
             g_info = check_pair(model, guide, x, model_kwargs=kwargs)
             info = info._replace(max_plate_nesting=max(info.max_plate_nesting,
-                                                       g_info.max_plate_nesting))
+                                                       g_info.max_plate_nesting),
+                                 vectorized=info.vectorized and g_info.vectorized)
         self.info = info
         self.particle_dim = info.particle_dim
         self.num_data = info.num_data
         with torch.no_grad():
-            tr = self._trace(prior_guide(model), 1, None)
-        self.sites = tuple(latent_site(name, tr.nodes[name], self.num_data, leading=1,
+            ((tr, _),) = self._traces(prior_guide(model), 1, None)
+        leading = 1 if info.vectorized else 0  # the particle plate, or none
+        self.sites = tuple(latent_site(name, tr.nodes[name], self.num_data, leading=leading,
                                        purpose="HMC and AIS") for name in info.latent)
         self.dim = sum(s.size for s in self.sites)
 
-    def _trace(self, fn, num_chains: int, values: dict | None):
-        if values is not None:
-            fn = poutine.condition(fn, data=values)
+    def _traces(self, fn, num_chains: int, values: dict | None) -> list[tuple[Trace, int]]:
+        """Traces of ``fn`` for ``num_chains`` chains (one plate, or one trace per chain).
 
-        return trace_fn(fn, self.x, self.kwargs, particles=num_chains,
-                        particle_dim=self.particle_dim)
+        ``values`` (``[C, *mid, N, *event]``) condition the latent sites. Each entry is
+        (trace, chains in it); a trace without the particle plate holds one chain.
+        """
+        out, start = [], 0
+        for group in particle_groups(num_chains, self.info.vectorized):
+            run = fn
+            if values is not None:
+                run = poutine.condition(fn, data=values if group is not None else
+                                        {k: v[start] for k, v in values.items()})
+            out.append((trace_fn(run, self.x, self.kwargs, particles=group,
+                                 particle_dim=self.particle_dim), group or 1))
+            start += group or 1
+        return out
+
+    def _values(self, traces: list[tuple[Trace, int]]) -> dict[str, torch.Tensor]:
+        """The latent values of ``traces`` as ``[C, *mid, N, *event]``."""
+        out = {}
+        for s in self.sites:
+            parts: list[torch.Tensor] = []
+            for tr, _ in traces:
+                v = tr.nodes[s.name]["value"]
+                assert isinstance(v, torch.Tensor)  # a traced sample
+                parts.append(v if len(traces) == 1 else v.unsqueeze(0))
+            out[s.name] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
+        return out
 
     # --- coordinates -----------------------------------------------------------------------
     def unflatten(self, u: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -134,27 +159,36 @@ class Potential:
         """``u [C, N, D]`` drawn from the initial distribution (prior, or the guide)."""
         fn = self.guide if self.guide is not None else prior_guide(self.model)
         with torch.no_grad():
-            tr = self._trace(fn, num_chains, None)
-        return self.flatten({s.name: tr.nodes[s.name]["value"] for s in self.sites}).detach()
+            traces = self._traces(fn, num_chains, None)
+        return self.flatten(self._values(traces)).detach()
 
-    def _sum_sites(self, tr, names, shape) -> torch.Tensor:
-        total = torch.zeros(shape, dtype=self.x.dtype, device=self.x.device)
-        for name in names:
-            total = total + per_datapoint(site_log_density(tr.nodes[name]), self.particle_dim,
-                                          shape)
-        return total
+    def _sum_sites(self, traces: list[tuple[Trace, int]], names) -> torch.Tensor:
+        """Sum of the named sites' per-datapoint log densities, ``[C, N]``.
+
+        ``names`` is a list, or a function of a trace giving one.
+        """
+        parts = []
+        for tr, k in traces:
+            shape = torch.Size((k, self.num_data))
+            total = torch.zeros(shape, dtype=self.x.dtype, device=self.x.device)
+            for name in (names(tr) if callable(names) else names):
+                total = total + per_datapoint(site_log_density(tr.nodes[name]),
+                                              self.particle_dim, shape)
+            parts.append(total)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
     def log_parts(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log prior, log likelihood, log |J|), each ``[C, N]``, differentiable in ``u``."""
-        c = u.shape[0]
-        shape = torch.Size((c, self.num_data))
         values, ldj = self.unflatten(u)
         with pyro.validation_enabled(False):  # a diverging trajectory gives NaN: rejected later
-            tr = self._trace(self.model, c, values)
+            traces = self._traces(self.model, u.shape[0], values)
         latent = [s.name for s in self.sites]
-        obs = [n for n, site in tr.nodes.items()
-               if site["type"] == "sample" and is_observed(site) and n not in values]
-        return self._sum_sites(tr, latent, shape), self._sum_sites(tr, obs, shape), ldj
+
+        def observed(tr) -> list[str]:
+            return [n for n, site in tr.nodes.items()
+                    if site["type"] == "sample" and is_observed(site) and n not in values]
+
+        return self._sum_sites(traces, latent), self._sum_sites(traces, observed), ldj
 
     def log_guide(self, u: torch.Tensor, values: dict | None = None) -> torch.Tensor:
         """Log q(z(u) | x) ``[C, N]`` of the guide (without the Jacobian)."""
@@ -162,9 +196,8 @@ class Potential:
             raise ValueError("this Potential has no guide")
         values = values if values is not None else self.unflatten(u)[0]
         with pyro.validation_enabled(False):
-            tr = self._trace(self.guide, u.shape[0], values)
-        return self._sum_sites(tr, [s.name for s in self.sites],
-                               torch.Size((u.shape[0], self.num_data)))
+            traces = self._traces(self.guide, u.shape[0], values)
+        return self._sum_sites(traces, [s.name for s in self.sites])
 
     def log_target(self, u: torch.Tensor) -> torch.Tensor:
         """Log p(x_n, z(u)) + log |J|, ``[C, N]``."""

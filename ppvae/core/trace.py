@@ -22,7 +22,8 @@ from pyro import poutine
 from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
 
-__all__ = ["PARTICLE_PLATE", "particle_plate", "trace_fn", "trace_pair"]
+__all__ = ["PARTICLE_PLATE", "particle_groups", "particle_plate", "trace_fn", "trace_pair",
+           "with_leading"]
 
 PARTICLE_PLATE = "_ppvae_particles"
 
@@ -39,6 +40,25 @@ def particle_plate(fn: Callable, size: int, dim: int, device: torch.device | Non
             return fn(*args, **kwargs)
 
     return wrapped
+
+
+def particle_groups(particles: int, vectorized: bool = True) -> list[int | None]:
+    """How ``particles`` particles are traced: one plate of all of them, or one trace each.
+
+    A pair that broadcasts over the particle plate (:attr:`PairInfo.vectorized`) gives
+    ``[particles]``; one that does not gives ``[None] * particles``: that many traces without the
+    particle plate (as Pyro's ``vectorize_particles=False``). Pass each entry as ``particles=`` to
+    :func:`trace_fn` / :func:`trace_pair`; a trace made with ``None`` holds one particle, whose
+    per-datapoint densities :func:`ppvae.core.contract.per_datapoint` reduces to ``[1, N]``.
+    """
+    if particles < 1:
+        raise ValueError(f"the number of particles must be >= 1, got {particles}")
+    return [particles] if vectorized else [None] * particles
+
+
+def with_leading(value: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``value`` with leading size-1 dimensions added until it has ``ndim`` dimensions."""
+    return value.reshape((1,) * (ndim - value.dim()) + tuple(value.shape))
 
 
 def trace_fn(fn: Callable, x: torch.Tensor, kwargs: Mapping[str, Any] | None = None, *,

@@ -20,6 +20,7 @@ from contextlib import nullcontext
 from typing import Any, cast
 
 import torch
+from pyro import poutine
 
 from .contract import (
     PairInfo,
@@ -29,10 +30,11 @@ from .contract import (
     per_datapoint,
     site_log_density,
 )
+from .enum import enum_log_density, replay_continuous
 from .modes import evaluation
-from .trace import trace_pair
+from .trace import particle_groups, trace_fn, trace_pair
 
-__all__ = ["default_chunk_size", "iter_log_weights", "log_weights"]
+__all__ = ["default_chunk_size", "enumerated_log_weights", "iter_log_weights", "log_weights"]
 
 # Datapoint-particle pairs per chunk when the caller gives none: for a 784-pixel model with a
 # 500-unit MLP this keeps each chunk's activations around a few hundred MB.
@@ -44,18 +46,48 @@ def default_chunk_size(num_data: int) -> int:
     return max(1, _PAIRS_PER_CHUNK // max(num_data, 1))
 
 
-def _chunk(model, guide, x, size: int, info: PairInfo, kwargs) -> torch.Tensor:
+def enumerated_log_weights(model, guide, x, particles: int | None, info: PairInfo,
+                           kwargs, drawn=None) -> torch.Tensor:
+    """Log weights ``[particles or 1, N]`` with the pair's enumerated latents summed out.
+
+    The continuous latents are drawn from the guide (or taken from the guide trace ``drawn``)
+    and replayed into the guide and the model, each run with its discrete latents enumerated
+    (:mod:`ppvae.core.enum`).
+    """
     dim = info.particle_dim
-    guide_tr, model_tr = trace_pair(model, guide, x, kwargs, particles=size, particle_dim=dim)
-    shape = torch.Size((size, info.num_data))
-    lw: torch.Tensor | float = 0.0  # becomes [S, N]: every model has an observed site
-    for site in model_tr.nodes.values():
-        if site["type"] == "sample" and (is_observed(site) or is_latent(site)):
-            lw = lw + per_datapoint(site_log_density(site), dim, shape)
-    for site in guide_tr.nodes.values():
-        if site["type"] == "sample" and is_latent(site):
-            lw = lw - per_datapoint(site_log_density(site), dim, shape)
-    return cast(torch.Tensor, lw)  # a tensor: the observed site was added
+    if drawn is None:
+        drawn = trace_fn(guide, x, kwargs, particles=particles, particle_dim=dim, prune=False)
+    replay = replay_continuous(drawn, info.enumerated)
+    common: dict[str, Any] = {"particles": particles, "particle_dim": dim,
+                              "data_plate": info.data_plate, "num_data": info.num_data,
+                              "density": site_log_density}
+    in_guide = [n for n in info.enumerated if n in info.latent]
+    log_q = enum_log_density(poutine.replay(guide, trace=replay), x, kwargs, names=in_guide,
+                             include=is_latent, **common)
+    log_p = enum_log_density(poutine.replay(model, trace=replay), x, kwargs,
+                             names=info.enumerated,
+                             include=lambda s: is_latent(s) or is_observed(s), **common)
+    return log_p - log_q
+
+
+def _chunk(model, guide, x, size: int, info: PairInfo, kwargs) -> torch.Tensor:
+    dim, parts = info.particle_dim, []
+    for group in particle_groups(size, info.vectorized):  # one plate, or one trace per particle
+        if info.enumerated:
+            parts.append(enumerated_log_weights(model, guide, x, group, info, kwargs))
+            continue
+        guide_tr, model_tr = trace_pair(model, guide, x, kwargs, particles=group,
+                                        particle_dim=dim)
+        shape = torch.Size((group or 1, info.num_data))
+        lw: torch.Tensor | float = 0.0  # becomes [S, N]: every model has an observed site
+        for site in model_tr.nodes.values():
+            if site["type"] == "sample" and (is_observed(site) or is_latent(site)):
+                lw = lw + per_datapoint(site_log_density(site), dim, shape)
+        for site in guide_tr.nodes.values():
+            if site["type"] == "sample" and is_latent(site):
+                lw = lw - per_datapoint(site_log_density(site), dim, shape)
+        parts.append(cast(torch.Tensor, lw))  # a tensor: the observed site was added
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
 def _chunk_sizes(total: int, chunk: int) -> list[int]:

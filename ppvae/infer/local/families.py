@@ -35,7 +35,7 @@ from torch import nn
 from torch.distributions import constraints
 from torch.distributions.transforms import Transform
 
-from ...core.trace import trace_fn
+from ...core.trace import particle_groups, trace_fn
 
 __all__ = [
     "FAMILIES", "LocalAutoregressive", "LocalFamily", "PathDerivative", "gaussian_moments",
@@ -214,20 +214,26 @@ def gaussian_moments(q, n: int, k: int) -> tuple[torch.Tensor, torch.Tensor] | N
     return None
 
 
-def sampled_moments(fn, x, sites, num_samples: int, particle_dim: int, kwargs):
+def sampled_moments(fn, x, sites, num_samples: int, particle_dim: int, kwargs,
+                    vectorized: bool = True):
     """Mean [N, K] and Cholesky [N, K, K] of each latent site's unconstrained samples under fn.
 
-    The sites are :class:`ppvae.local.LatentSite` records.
+    The sites are :class:`ppvae.local.LatentSite` records; ``vectorized=False`` draws the
+    samples one trace at a time (a pair that does not broadcast over particles).
     """
     with torch.no_grad():
-        tr = trace_fn(fn, x, kwargs, particles=num_samples, particle_dim=particle_dim)
+        traces = [(trace_fn(fn, x, kwargs, particles=g, particle_dim=particle_dim), g or 1)
+                  for g in particle_groups(num_samples, vectorized)]
     n, out = int(x.shape[0]), []
     for site in sites:
-        v = tr.nodes[site.name]["value"]
-        assert v is not None  # the traced sample
-        if not site.is_real:
-            v = site.transform.inv(v)
-        v = v.reshape(num_samples, n, site.size)  # [S, N, K]
+        parts = []
+        for tr, k in traces:
+            v = tr.nodes[site.name]["value"]
+            assert v is not None  # the traced sample
+            if not site.is_real:
+                v = site.transform.inv(v)
+            parts.append(v.reshape(k, n, site.size))  # [k, N, K]
+        v = torch.cat(parts, dim=0)  # [S, N, K]
         mean = v.mean(0)  # [N, K]
         c = v - mean
         cov = torch.einsum("sni,snj->nij", c, c) / (num_samples - 1)  # [N, K, K]

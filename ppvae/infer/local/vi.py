@@ -251,11 +251,12 @@ def _initial_guide(model, x, family, init, num_flows, num_init_samples, kwargs
     info = check_pair(model, model if isinstance(init, str) else init, x, model_kwargs=kwargs)
     sites = latent_sites(model, x, model_kwargs=kwargs)
     if isinstance(init, str):
-        moments = sampled_moments(model, x, sites, num_init_samples, info.particle_dim, kwargs)
+        moments = sampled_moments(model, x, sites, num_init_samples, info.particle_dim, kwargs,
+                                  info.vectorized)
         label = "prior"
     else:
         moments = guide_moments(init, x, sites) or sampled_moments(
-            init, x, sites, num_init_samples, info.particle_dim, kwargs)
+            init, x, sites, num_init_samples, info.particle_dim, kwargs, info.vectorized)
         label = type(init).__name__
     guide = LocalGuide(sites, [LocalFamily(family, m.to(x.dtype), L.to(x.dtype), num_flows)
                                for m, L in moments], plate=info.data_plate)
