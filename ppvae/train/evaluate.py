@@ -2,8 +2,12 @@
 
 The held-out ELBO :func:`ppvae.fit` reports per epoch, and the diagnosis of a non-finite step:
 
-* :func:`heldout_elbo` is the mean per-datapoint ELBO (Kingma and Welling 2014) from
-  :func:`ppvae.log_weights`, streamed over rows, as a 0-dim tensor (no host sync).
+* :func:`heldout_elbo` sums the per-datapoint ELBO (Kingma and Welling 2014) from
+  :func:`ppvae.log_weights` over a stream of batches, as a 0-dim tensor (no host sync), with
+  the number of rows.
+* :func:`conditional_pair`: a pair with global latents (outside the per-datapoint plate) as the
+  per-datapoint pair of the model conditioned on the global guide's mean
+  (:func:`ppvae.fix_globals`), which the validation ELBO evaluates.
 * :func:`first_nonfinite_site` names the first guide / model site (in execution order) whose log
   density is non-finite, using the per-site log densities of :mod:`ppvae.contract`;
   :func:`describe_failure` writes the message fit reports, naming the step, that site and the
@@ -12,16 +16,20 @@ The held-out ELBO :func:`ppvae.fit` reports per epoch, and the diagnosis of a no
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import pyro
 import torch
 
 from ..core.contract import PairInfo, is_latent, is_observed, site_log_density
+from ..core.globals import fix_globals, global_values
 from ..core.trace import trace_pair
 from ..core.weights import log_weights
 from .params import nonfinite_param
 
 __all__ = [
     "NonFiniteError",
+    "conditional_pair",
     "describe_failure",
     "first_nonfinite_site",
     "heldout_elbo",
@@ -32,21 +40,39 @@ class NonFiniteError(RuntimeError):
     """Raised internally when a step produced a non-finite loss or parameters."""
 
 
-def heldout_elbo(model, guide, x: torch.Tensor, info: PairInfo, *, num_samples: int = 1,
-                 batch_size: int = 1000, batch_kw: dict | None = None,
-                 fixed_kw: dict | None = None) -> torch.Tensor:
-    """Mean per-datapoint ELBO over the rows of ``x`` (a 0-dim tensor; no host sync)."""
-    total = x.new_zeros((), dtype=torch.float64)
+def heldout_elbo(model, guide, batches: Iterable[tuple[torch.Tensor, dict]], info: PairInfo,
+                 *, num_samples: int = 1, fixed_kw: dict | None = None
+                 ) -> tuple[torch.Tensor | None, int]:
+    """The per-datapoint ELBOs over ``batches`` of ``(x, kwargs)`` summed, and the row count.
+
+    The sum is a float64 0-dim tensor (no host sync), None when there are no rows.
+    """
+    total, rows = None, 0
     with torch.no_grad(), pyro.validation_enabled(False):
-        for start in range(0, x.shape[0], batch_size):
-            rows = slice(start, start + batch_size)
-            xb = x[rows]
-            kw = dict(fixed_kw or {})
-            kw.update({k: v[rows] for k, v in (batch_kw or {}).items()})
+        for xb, kw in batches:
             lw = log_weights(model, guide, xb, num_samples, info=info._replace(
-                num_data=xb.shape[0]), model_kwargs=kw)  # [S, B]
-            total = total + lw.mean(0).sum().double()
-    return total / x.shape[0]
+                num_data=xb.shape[0]), model_kwargs={**(fixed_kw or {}), **kw})  # [S, B]
+            part = lw.mean(0).sum().double()
+            total = part if total is None else total + part
+            rows += xb.shape[0]
+    return total, rows
+
+
+def conditional_pair(model, guide, info: PairInfo, x: torch.Tensor, kwargs: dict):
+    """``(model, guide, info)`` with the global latents fixed at the global guide's mean.
+
+    The guide's distribution at each global site is run on ``x``; a distribution without a mean
+    gives one draw instead. The fixed sites are hidden from per-datapoint estimators
+    (:func:`ppvae.fix_globals`), so the ELBO of the returned pair is that of
+    ``p(x, z | W = E_q[W])``, without the globals' KL.
+    """
+    try:
+        values = global_values(guide, x, "mean", model_kwargs=kwargs)
+    except NotImplementedError:  # a distribution without .mean
+        values = global_values(guide, x, "sample", model_kwargs=kwargs)
+    latent = tuple(n for n in info.latent if n not in info.globals)
+    return (fix_globals(model, values), fix_globals(guide, values),
+            info._replace(globals=(), latent=latent))
 
 
 def first_nonfinite_site(model, guide, x: torch.Tensor, kwargs: dict) -> str | None:

@@ -5,9 +5,15 @@ SVI as in Hoffman et al. (2013) and Kingma and Welling (2014), for any (model, g
 The loop is Pyro's SVI made lean: the pair is checked once (:func:`ppvae.check_pair`), its
 parameters are collected once (``SVI.step`` does it every step), and each step evaluates the
 objective (:mod:`ppvae.objectives`, one Pyro handler frame: :mod:`ppvae.recorder`), back-propagates
-and steps one ``torch.optim`` optimizer. Data stay on the device, minibatched by index with a
-permutation seeded per (seed, epoch): a fixed seed reproduces a CPU run exactly and resuming needs
-no data state. The minibatch objective is scaled by N / B (the full data set's gradient).
+and steps one ``torch.optim`` optimizer. Tensor data stay on the device, minibatched by index with
+a permutation seeded per (seed, epoch): a fixed seed reproduces a CPU run exactly and resuming
+needs no data state (:mod:`ppvae.train.data`: also torch Datasets, fetched by index, and
+DataLoaders, streamed).
+
+Scale is the engine's (:mod:`ppvae.train.scaling`): whatever scale the model declares (a
+subsampling plate, ``poutine.scale``, a Pyro ELBO's own), the training loss is minus the
+minibatch's mean per-datapoint objective, global latents counted 1 / N, and every number fit
+reports is per datapoint.
 
 Host syncs happen once per ``check_every`` steps and per epoch, not per step. A non-finite step
 stops training (``nan_policy="stop"``) or rolls back to the last finite state with a smaller
@@ -19,66 +25,105 @@ Under ``torchrun`` the same call trains data parallel (:mod:`ppvae.distributed`)
 its share of every minibatch of ``batch_size * world_size`` rows, gradients are summed across
 ranks weighted by shard size (one process's step on the whole minibatch), rank 0 checkpoints.
 
-This module sets a run up (data on the device, seeds, the pair checked, its parameters,
-optimizer and schedule, the resumed state); :mod:`ppvae.train.loop` trains. The rest of the
-package: :mod:`~ppvae.train.settings` (the checked settings), :mod:`~ppvae.train.data`,
-:mod:`~ppvae.train.params` (parameters and snapshots), :mod:`~ppvae.train.progress` (the typed
-training state and :class:`FitResult`), :mod:`~ppvae.train.evaluate` (validation ELBO, non-finite
-diagnosis) and :mod:`~ppvae.train.world` (one process or data-parallel ranks).
+This module sets a run up (data on the device, seeds, the pair checked, its objective,
+parameters, optimizer and schedule, the resumed state); :mod:`ppvae.train.loop` trains. The rest
+of the package: :mod:`~ppvae.train.settings` (the checked settings, optimizers),
+:mod:`~ppvae.train.data`, :mod:`~ppvae.train.params` (parameters and snapshots),
+:mod:`~ppvae.train.progress` (the typed training state and :class:`FitResult`),
+:mod:`~ppvae.train.evaluate` (validation ELBO, non-finite diagnosis) and
+:mod:`~ppvae.train.world` (one process or data-parallel ranks).
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pyro
 import torch
 
-from ..core.contract import PairInfo, check_pair
+from ..core.contract import PairInfo
 from ..core.device import resolve_device
 from ..distributed import process as ddp
 from .checkpoint import load_checkpoint, same_run
-from .data import TrainData, check_valid, unpack_data
+from .data import TrainData, check_training_pair, check_valid, unpack_data
 from .evaluate import NonFiniteError
 from .loop import Trainer, train
-from .objectives import Objective, as_objective
+from .objectives import Objective, as_objective, for_pair
 from .params import Snapshot, collect_params, module_buffers
 from .progress import FitResult, TrainState, fit_result
-from .settings import LoopSettings, NanPolicy, make_optimizer, make_schedule, run_config
+from .settings import (
+    LoopSettings,
+    NanPolicy,
+    check_optimizer,
+    make_optimizer,
+    make_schedule,
+    run_config,
+)
 from .speedup.capture import training_loss
 from .world import SingleProcess, join_world
 
 __all__ = ["FitResult", "NonFiniteError", "fit"]
 
 
-def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 10,
-        batch_size: int = 128, lr: float = 1e-3, objective: Objective | None = None,
-        optimizer: Callable | None = None, schedule=None, clip_norm: float | None = None,
-        patience: int | None = None, restore_best: bool = True, valid_samples: int = 1,
-        seed: int | None = 0, device=None, nan_policy: str = "stop", max_rollbacks: int = 3,
-        rollback_lr_factor: float = 0.5, check_every: int = 100, validate: bool = False,
-        checkpoint: str | os.PathLike | None = None, resume: str | os.PathLike | None = None,
-        transform: Callable | None = None, batch_kw: dict | None = None,
-        valid_batch_kw: dict | None = None, fixed_kw: dict | None = None, jit: bool = False,
-        quiet: bool = False, on_epoch: Callable[..., None] | None = None) -> FitResult:
+def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 128,
+        lr: float = 1e-3, objective=None, optimizer=None, schedule=None,
+        clip_norm: float | None = None, patience: int | None = None, restore_best: bool = True,
+        valid_samples: int = 1, seed: int | None = 0, device=None, nan_policy: str = "stop",
+        max_rollbacks: int = 3, rollback_lr_factor: float = 0.5, check_every: int = 100,
+        validate: bool = False, checkpoint: str | os.PathLike | None = None,
+        resume: str | os.PathLike | None = None, transform: Callable | None = None,
+        batch_kw: dict | Sequence[str] | None = None,
+        valid_batch_kw: dict | Sequence[str] | None = None, fixed_kw: dict | None = None,
+        data_key: str = "x", jit: bool = False, quiet: bool = False,
+        on_epoch: Callable[..., None] | None = None) -> FitResult:
     """Train ``model`` and ``guide`` on ``data`` by SVI; returns a :class:`FitResult`.
+
+    The loss is minus the minibatch's mean per-datapoint objective on the engine's scale: every
+    scale the model declares (a subsampling plate such as ``pyro.plate("data", N, subsample=idx)``
+    or ``subsample_size=B``, ``poutine.scale``, a Pyro ELBO's own) is replaced, per-datapoint
+    sites weigh 1 / B and global latents (outside the data plate) 1 / N, N the training rows.
+    The training values, validation ELBOs and ``FitResult`` history are per datapoint.
+
+    Global latents: the objective trains them with Pyro's scaling; the validation ELBO is that of
+    the model conditioned on the global guide's mean (``ppvae.fix_globals``; without the
+    globals' KL), since per-datapoint log weights need every latent in the data plate.
 
     Args:
         model: a model keeping the ppvae contract.
         guide: its guide.
-        data: training data ``[N, ...]`` (tensor or numpy array), or a :class:`ppvae.data.Dataset`
-            (its train and valid splits; dynamic binarization applied when the record asks).
-        valid: held-out data for the per-epoch ELBO, early stopping and ``restore_best``.
+        data: the training data: a tensor or numpy array ``[N, ...]``; a
+            :class:`ppvae.data.Dataset` record (its train and valid splits, dynamic
+            binarization when the record asks); a ``torch.utils.data.Dataset`` (map-style:
+            minibatches fetched by index from the seeded permutation, so runs reproduce and
+            resume; a ``TensorDataset`` is used as its tensors); or a
+            ``torch.utils.data.DataLoader`` (streamed once per epoch in the loader's batches and
+            order, for data that do not fit in memory; ``batch_size`` is then the loader's; N is
+            ``len(loader.dataset)``; one process only). Dataset items / loader batches are a
+            tensor x, a tuple ``(x, *rest)`` named by ``batch_kw``, or a dict (x under
+            ``data_key``, other keys passed as keyword arguments).
+        valid: held-out data for the per-epoch ELBO, early stopping and ``restore_best``, in any
+            of the forms of ``data``.
         epochs: passes over the training data.
         batch_size: minibatch rows (per rank under torchrun).
-        lr: learning rate of the default Adam optimizer (also recorded in checkpoints).
-        objective: a :mod:`ppvae.objectives` objective (default ``ELBO()``) or a Pyro ELBO.
-        optimizer: ``params -> torch.optim.Optimizer`` (default Adam with ``lr``).
+        lr: learning rate of the default Adam optimizer, or of an optimizer class; recorded in
+            checkpoints.
+        objective: a :mod:`ppvae.objectives` objective (default ``ELBO()``; ``TraceEnum_ELBO()``
+            when the model enumerates discrete sites, ``FitResult.objective`` says which) or
+            any ``pyro.infer`` ELBO instance: ``Trace_ELBO``, ``TraceMeanField_ELBO``,
+            ``TraceGraph_ELBO`` (score-function gradients), ``TraceEnum_ELBO``, ``RenyiELBO``,
+            ``TraceTailAdaptive_ELBO`` (``vectorize_particles=True``), ``Trace_MMD`` and the Jit
+            variants, each per datapoint.
+        optimizer: None (Adam with ``lr``), a ``torch.optim.Optimizer`` subclass (called with
+            ``lr=lr``), a factory ``params -> torch.optim.Optimizer``, a ``pyro.optim``
+            optimizer (``pyro.optim.Adam({"lr": 1e-3})``, ``pyro.optim.ClippedAdam({...})``;
+            per-parameter arguments become parameter groups), or a ``pyro.optim`` scheduler
+            (``pyro.optim.ExponentialLR({"optimizer": ..., "optim_args": ..., "gamma": ...})``:
+            its optimizer, and its scheduler stepped per epoch; not with ``schedule``).
         schedule: None, ``"cosine"``, ``"plateau"`` or ``optimizer -> scheduler``; stepped per
             epoch (``ReduceLROnPlateau`` on minus the validation/training value).
-        clip_norm: clip the gradient norm.
+        clip_norm: clip the gradient norm (of the per-datapoint mean loss).
         patience: stop after this many epochs without gain.
         restore_best: at the end, load the parameters of the best validation epoch.
         valid_samples: samples per datapoint for the validation ELBO.
@@ -94,15 +139,22 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
         checkpoint: path written atomically after every epoch.
         resume: a checkpoint to continue from (the same path as ``checkpoint`` is fine; a
             missing file starts fresh).
-        transform: ``(x_train, generator) -> x`` applied once per epoch (e.g. binarization).
-        batch_kw: per-datapoint tensors passed to model and guide, minibatched with the data
-            (labels of a conditional model).
-        valid_batch_kw: the same for the validation rows.
+        transform: ``(x_train, generator) -> x`` applied once per epoch (e.g. binarization);
+            tensor data only.
+        batch_kw: per-datapoint keyword arguments of model and guide (labels of a conditional
+            model): with tensor data a dict of tensors ``[N, ...]`` minibatched with the rows;
+            with a torch Dataset / DataLoader the names of the tuple elements after x (e.g.
+            ``("y",)``), or of the dict keys to pass.
+        valid_batch_kw: the same for the validation data (for Dataset / DataLoader validation
+            data the training names by default).
         fixed_kw: keyword arguments passed to model and guide unchanged.
+        data_key: the key holding x in dict items of a Dataset / DataLoader.
         jit: capture the objective as a graph of tensor operations once per minibatch shape and
             replay it (:mod:`ppvae.capture`): no Pyro handler work per step. Needs a model and
             guide that run the same tensor operations for every minibatch (checked on the first
-            replays; a mismatch raises :class:`ppvae.CaptureError`). Not with ``validate``.
+            replays; a mismatch raises :class:`ppvae.CaptureError`). Not with ``validate``, nor
+            with Pyro's Jit ELBOs (they compile themselves) or ELBOs that compute their own
+            gradients (``TraceGraph_ELBO``, ``RenyiELBO``, ``TraceTailAdaptive_ELBO``).
         quiet: no progress bar.
         on_epoch: called after each epoch (and its checkpoint) as
             ``on_epoch(epoch=e, train=..., valid=... or None, lr=..., step=..., seconds=...)``,
@@ -112,24 +164,34 @@ def fit(model, guide, data, *, valid: torch.Tensor | None = None, epochs: int = 
                             valid_samples=valid_samples, patience=patience, clip_norm=clip_norm,
                             restore_best=restore_best, validate=validate, jit=jit, quiet=quiet,
                             nan=NanPolicy(nan_policy, max_rollbacks, rollback_lr_factor))
-    objective, t_start = as_objective(objective), time.perf_counter()
-    placed, world = place(model, guide, data, valid, transform, batch_kw, valid_batch_kw,
-                          fixed_kw, device)
-    t = start(model, guide, objective, placed, world, settings, seed=seed, lr=lr,
-              optimizer=optimizer, schedule=schedule, resume=resume)
+    check_optimizer(optimizer, schedule)
+    chosen, t_start = as_objective(objective), time.perf_counter()
+    placed, world = place(model, guide, data, valid, device, transform=transform,
+                          batch_kw=batch_kw, valid_batch_kw=valid_batch_kw, fixed_kw=fixed_kw,
+                          data_key=data_key)
+    t = start(model, guide, chosen, placed, world, settings, seed=seed, lr=lr,
+              optimizer=optimizer, schedule=schedule, resume=resume,
+              default_objective=objective is None)
     t.checkpoint, t.on_epoch, steps_before = checkpoint, on_epoch, t.state.step
     stopped, message = train(t)
     return fit_result(t.state, steps=t.state.step - steps_before, train_time=t.train_time,
-                      wall_time=time.perf_counter() - t_start, stopped=stopped, message=message)
+                      wall_time=time.perf_counter() - t_start, stopped=stopped, message=message,
+                      objective=t.objective.describe())
 
 
-def place(model, guide, data, valid, transform, batch_kw, valid_batch_kw, fixed_kw,
-          device) -> tuple[TrainData, SingleProcess]:
-    """The data as tensors on the device (model and guide moved there too) and the ranks."""
-    x, valid, transform = unpack_data(data, valid, transform)
+def place(model, guide, data, valid, device, **forms) -> tuple[TrainData, SingleProcess]:
+    """The data as sources on the device (model and guide moved there too) and the ranks.
+
+    ``forms``: ``transform``, ``batch_kw``, ``valid_batch_kw``, ``fixed_kw``, ``data_key``.
+    """
+    data, valid, forms["transform"] = unpack_data(data, valid, forms.get("transform"))
     world = join_world()
     dev = resolve_device(device) if device is not None else ddp.default_device()
-    placed = TrainData.on(dev, x, valid, transform, batch_kw, valid_batch_kw, fixed_kw)
+    placed = TrainData.on(dev, data, valid, **forms)
+    if world.size > 1 and not (placed.train.indexed and (placed.valid is None
+                                                         or placed.valid.indexed)):
+        raise ValueError("a DataLoader is streamed by one process; under torchrun pass a "
+                         "tensor or a map-style torch Dataset, which fit shards itself")
     for m in (model, guide):
         if isinstance(m, torch.nn.Module):
             m.to(dev)
@@ -137,7 +199,8 @@ def place(model, guide, data, valid, transform, batch_kw, valid_batch_kw, fixed_
 
 
 def start(model, guide, objective: Objective, data: TrainData, world: SingleProcess,
-          settings: LoopSettings, *, seed, lr, optimizer, schedule, resume) -> Trainer:
+          settings: LoopSettings, *, seed, lr, optimizer, schedule, resume,
+          default_objective: bool = False) -> Trainer:
     """Set a run up: seed, check the pair, collect parameters, build optimizer and schedule.
 
     Also resumes from a checkpoint, and starts every rank from the same parameters.
@@ -146,36 +209,40 @@ def start(model, guide, objective: Objective, data: TrainData, world: SingleProc
         pyro.set_rng_seed(seed)
     first_seed = seed if seed is not None else int(torch.randint(2**31, ()))
     first_seed = world.shared_seed(first_seed, data.device)  # the same permutations everywhere
-    info, params = probe_pair(model, guide, objective, data, settings.batch_size, first_seed)
-    opt = make_optimizer(list(params.values()), optimizer, lr)
-    sched = make_schedule(schedule, opt, settings.epochs)
+    info, objective, params = probe_pair(model, guide, objective, data, settings.batch_size,
+                                         first_seed, default=default_objective)
+    opt, sched, lr = make_optimizer(params, optimizer, lr)
+    sched = sched if sched is not None else make_schedule(schedule, opt, settings.epochs)
     config = run_config(settings, lr=lr, objective=objective.name, seed=first_seed,
                         num_data=data.n, device=data.device, ranks=world.config())
     state = resume_state(resume, data.device, config, seed is not None, params=params,
                          model=model, guide=guide, optimizer=opt, scheduler=sched)
     buffers = module_buffers(model, guide)  # rolled back with the parameters
     step_loss = training_loss(objective, model, guide, info, list(params.values()), buffers,
-                              jit=settings.jit, validate=settings.validate)
+                              jit=settings.jit, validate=settings.validate, train_size=data.n)
     world.start_together([*params.values(), *buffers])  # rank 0's parameters and buffers
     return Trainer(model, guide, info, params, opt, sched, buffers, step_loss, data, world,
-                   settings, config, state, last_finite=Snapshot.take(params, opt, buffers))
+                   settings, config, state, last_finite=Snapshot.take(params, opt, buffers),
+                   objective=objective)
 
 
 def probe_pair(model, guide, objective: Objective, data: TrainData, batch_size: int,
-               seed: int) -> tuple[PairInfo, dict[str, torch.Tensor]]:
+               seed: int, *, default: bool = False
+               ) -> tuple[PairInfo, Objective, dict[str, torch.Tensor]]:
     """Check the pair on the first epoch's first rows (and on the validation rows).
 
-    Then collect its parameters from one evaluation of the objective there.
+    Then choose the objective for it (:func:`ppvae.train.objectives.for_pair`: ``default``
+    when none was given) and collect its parameters from one evaluation of it there.
     """
-    probe = slice(0, min(data.n, batch_size))
-    x_probe = data.epoch(seed, 0)[0][probe]
-    probe_kw = data.kwargs(probe)
-    info = check_pair(model, guide, x_probe, model_kwargs=probe_kw)
+    x_probe, kw = data.train.head(batch_size, seed)
+    probe_kw = data.kwargs(kw)
+    info = check_training_pair(model, guide, x_probe, probe_kw)
+    objective = for_pair(objective, info, default=default)
     if data.valid is not None:
-        check_valid(model, guide, data.valid, data.fixed_kw, data.valid_batch_kw, batch_size)
+        check_valid(model, guide, data.valid, data.fixed_kw, batch_size)
     params = collect_params(lambda: objective.loss(model, guide, x_probe, info=info,
                                                    kwargs=probe_kw))
-    return info, params
+    return info, objective, params
 
 
 def resume_state(resume: str | os.PathLike | None, device, config: dict, seed_given: bool,

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 
 from ..core.contract import PairInfo
 from .checkpoint import save_checkpoint
-from .data import TrainData
-from .evaluate import NonFiniteError, describe_failure
+from .data import Epoch, Minibatch, TrainData
+from .evaluate import NonFiniteError, conditional_pair, describe_failure
 from .interrupt import DeferredInterrupt
 from .params import Snapshot, params_finite
 from .progress import Best, EpochTally, TrainState
@@ -64,6 +64,7 @@ class Trainer:
     last_finite: Snapshot  # rolled back to after a non-finite step
     checkpoint: str | os.PathLike | None = None
     on_epoch: Callable[..., None] | None = None
+    objective: Any = None  # what trains (FitResult.objective describes it)
     best_params: Snapshot | None = None  # the best epoch's, with validation and restore_best
     train_time: float = 0.0  # seconds in training steps in this call
     param_list: list[torch.Tensor] = field(init=False)
@@ -136,62 +137,78 @@ def run_epoch(t: Trainer, stop: DeferredInterrupt, bar) -> bool:
 
 
 def train_epoch(t: Trainer, stop: DeferredInterrupt) -> float:
-    """The epoch's steps over a fresh permutation, checked each ``check_every`` steps and at end.
+    """The epoch's steps over its minibatches, checked each ``check_every`` steps and at the end.
 
     Returns the mean per-datapoint objective of the finite windows.
     """
-    xe, perm = t.data.epoch(t.seed, t.state.epoch)
+    ep = t.data.train.epoch(t.seed, t.state.epoch)  # a fresh permutation (or one stream pass)
     t.world.seed_epoch(t.seed, t.state.epoch)
-    tally, rows, every = EpochTally(), t.minibatch, t.settings.check_every
-    num_batches = math.ceil(t.data.n / rows)
-    for b in range(num_batches):
+    tally, every = EpochTally(), t.settings.check_every
+    for mb in ep.minibatches(t.minibatch):
         stop.check()
-        failure = train_step(t, xe, perm[b * rows:(b + 1) * rows], tally)
-        if failure is None and (len(tally.window) >= every or b == num_batches - 1):
-            failure = check_window(t, xe, perm, b, tally)
+        failure = train_step(t, ep, mb, tally)
+        if failure is None and len(tally.window) >= every:
+            failure = check_window(t, ep, tally)
+        if failure is not None:
+            tally.drop_window()
+            roll_back_or_stop(t, failure)
+    if tally.window:  # the epoch's last window
+        failure = check_window(t, ep, tally)
         if failure is not None:
             tally.drop_window()
             roll_back_or_stop(t, failure)
     return tally.train_value()
 
 
-def train_step(t: Trainer, xe: torch.Tensor, rows: torch.Tensor,
-               tally: EpochTally) -> str | None:
-    """One optimizer step on minibatch ``rows`` of ``xe`` (this rank's shard of it).
+def whole(t: Trainer, ep: Epoch, mb: Minibatch) -> tuple[torch.Tensor, dict]:
+    """The whole minibatch ``mb`` (all ranks' rows) and its keyword arguments, for a diagnosis."""
+    if mb.rows is None:
+        assert mb.x is not None  # a streamed batch carries its data
+        return mb.x, t.data.kwargs(mb.kwargs or {})
+    x, kw = ep.fetch(mb.rows)
+    return x, t.data.kwargs(kw)
 
-    Returns None, or the diagnosis of a step that failed (distribution validation met
-    non-finite values): the parameters are then back at the last finite state.
+
+def train_step(t: Trainer, ep: Epoch, mb: Minibatch, tally: EpochTally) -> str | None:
+    """One optimizer step on minibatch ``mb`` (this rank's shard of it).
+
+    The loss is minus the shard's mean per-datapoint objective (``data_scale = 1 / rows``,
+    :mod:`ppvae.train.scaling`). Returns None, or the diagnosis of a step that failed
+    (distribution validation met non-finite values): the parameters are then back at the last
+    finite state.
     """
-    shard = t.world.shard(rows)
-    xb = xe[shard]
-    kw = t.data.kwargs(shard)
-    scale = t.data.n / max(xb.shape[0], 1)  # the full data set's gradient
+    shard, xb, kw = None, mb.x, mb.kwargs or {}
+    if mb.rows is not None:
+        shard = t.world.shard(mb.rows)
+        xb, kw = ep.fetch(shard) if len(shard) else (None, {})
+    here = xb.shape[0] if xb is not None else 0
+    kw = t.data.kwargs(kw)
     err, loss = None, None
     t.optimizer.zero_grad(set_to_none=True)
-    if xb.shape[0]:  # a rank's share of a short last minibatch may be empty
+    if here:  # a rank's share of a short last minibatch may be empty
+        assert xb is not None  # rows here
         try:
-            loss = t.step_loss(xb, kw, scale, t.state.step)
+            loss = t.step_loss(xb, kw, 1.0 / here, t.state.step)
             loss.backward()
         except ValueError as e:  # distribution validation met non-finite values
             if bool(torch.isfinite(xb).all()) and bool(params_finite(t.params)):
                 raise
             err = e
     failure = None
-    if t.world.reduce_gradients(t.param_list, shard, rows, err is not None,
+    if t.world.reduce_gradients(t.param_list, shard, mb.rows, err is not None,
                                 t.settings.validate):
-        failure = t.diagnose(t.state.step, "values", xe[rows], t.data.kwargs(rows), err)
+        failure = t.diagnose(t.state.step, "values", *whole(t, ep, mb), err)
     else:
         if t.settings.clip_norm is not None:
             torch.nn.utils.clip_grad_norm_(t.param_list, t.settings.clip_norm)
         t.optimizer.step()
-        tally.add(loss.detach() / scale if loss is not None else t.zero, xb.shape[0])
+        tally.add(loss.detach() * here if loss is not None else t.zero, here, mb)
     t.state.step += 1
     return failure
 
 
-def check_window(t: Trainer, xe: torch.Tensor, perm: torch.Tensor, b: int,
-                 tally: EpochTally) -> str | None:
-    """The check closing the window that ends at minibatch ``b`` (one host sync).
+def check_window(t: Trainer, ep: Epoch, tally: EpochTally) -> str | None:
+    """The check closing the open window of minibatches (one host sync).
 
     A finite window is counted and its state kept to roll back to; else the diagnosis of its
     first non-finite minibatch (the parameters are then back at the last finite state).
@@ -204,10 +221,8 @@ def check_window(t: Trainer, xe: torch.Tensor, perm: torch.Tensor, b: int,
         return None
     size = len(tally.window)
     bad = int((~finite).nonzero()[0, 0]) if not bool(finite.all()) else size - 1
-    first = b - size + 1 + bad  # the first bad minibatch
-    bad_rows = perm[first * t.minibatch:(first + 1) * t.minibatch]
-    return t.diagnose(t.state.step - size + bad, "loss or parameters", xe[bad_rows],
-                      t.data.kwargs(bad_rows))
+    return t.diagnose(t.state.step - size + bad, "loss or parameters",
+                      *whole(t, ep, tally.batches[bad]))
 
 
 def roll_back_or_stop(t: Trainer, failure: str) -> None:
@@ -245,16 +260,22 @@ def end_epoch(t: Trainer, train_value: float, t0: float, bar) -> bool:
 
 
 def validate(t: Trainer) -> float:
-    """The epoch's validation ELBO, recorded; a non-finite one stops training."""
+    """The epoch's validation ELBO, recorded; a non-finite one stops training.
+
+    With global latents it is the ELBO of the model conditioned on the global guide's mean
+    (:func:`ppvae.train.evaluate.conditional_pair`).
+    """
     d, s = t.data, t.state
     assert d.valid is not None  # validate runs only with validation data
-    v = t.world.valid_elbo(t.model, t.guide, d.valid, t.info, t.settings.valid_samples,
-                           d.valid_batch_kw, d.fixed_kw)
+    model, guide, info = t.model, t.guide, t.info
+    if info.globals:
+        x, kw = d.valid.head(1)
+        model, guide, info = conditional_pair(model, guide, info, x, d.kwargs(kw))
+    v = t.world.valid_elbo(model, guide, d.valid, info, t.settings.valid_samples, d.fixed_kw)
     if not math.isfinite(v):
         t.last_finite = t.snapshot()  # finite: checked at the epoch's end
-        rows = slice(None, t.settings.batch_size)
-        raise NonFiniteError(t.diagnose(s.step, "validation ELBO", d.valid[rows],
-                                        d.valid_kwargs(rows)))
+        x, kw = d.valid.head(t.settings.batch_size)
+        raise NonFiniteError(t.diagnose(s.step, "validation ELBO", x, d.kwargs(kw)))
     s.history.valid.append(v)
     return v
 

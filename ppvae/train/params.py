@@ -5,7 +5,9 @@ state) for rollback and best-epoch restore:
 
 * :func:`collect_params` traces one objective evaluation with ``poutine.trace(param_only=True)``
   (as Pyro's ``SVI.step`` does, but once, not every step) and returns the live unconstrained
-  parameter tensors by parameter-store name.
+  parameter tensors by parameter-store name. Gradients stay enabled there: objectives that
+  differentiate inside (``TraceEnum_ELBO`` checks its loss is differentiable, ``TraceGraph_ELBO``
+  calls ``backward``) run as in a training step, and a Jit ELBO compiles a graph with gradients.
 * :func:`module_buffers`: the buffers (running statistics, EMA codebooks) of model and guide,
   which a rollback restores with the parameters.
 * :class:`Snapshot` copies parameter values, module buffers and optimizer state, and restores
@@ -34,7 +36,7 @@ __all__ = [
 
 def collect_params(loss_fn) -> dict[str, torch.Tensor]:
     """Run ``loss_fn()`` once under a param-only trace; return ``{name: unconstrained tensor}``."""
-    with torch.no_grad(), poutine.trace(param_only=True) as capture:
+    with torch.enable_grad(), poutine.trace(param_only=True) as capture:
         loss_fn()
     params: dict[str, torch.Tensor] = {}
     seen: set[int] = set()

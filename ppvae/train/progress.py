@@ -78,13 +78,15 @@ class EpochTally:
 
     window: list[torch.Tensor] = field(default_factory=list)  # minus objective per minibatch
     window_rows: int = 0
+    batches: list = field(default_factory=list)  # the window's minibatches, for a diagnosis
     kept: list[torch.Tensor] = field(default_factory=list)  # a sum per finite window
     rows: int = 0  # rows in the kept windows
 
-    def add(self, loss: torch.Tensor, rows: int) -> None:
-        """Add one minibatch's loss and row count to the open window."""
+    def add(self, loss: torch.Tensor, rows: int, batch=None) -> None:
+        """Add one minibatch's total loss, row count and the minibatch to the open window."""
         self.window.append(loss)
         self.window_rows += rows
+        self.batches.append(batch)
 
     def keep(self, total: torch.Tensor, rows: int) -> None:
         """Count a checked window (its loss total and rows, over all ranks); start a new one."""
@@ -94,7 +96,7 @@ class EpochTally:
 
     def drop_window(self) -> None:
         """Forget the open window (after a check, or a rollback)."""
-        self.window, self.window_rows = [], 0
+        self.window, self.window_rows, self.batches = [], 0, []
 
     def train_value(self) -> float:
         """The epoch's mean per-datapoint objective over the kept rows (NaN: none kept)."""
@@ -115,6 +117,7 @@ class FitResult(NamedTuple):
     stopped: str  # "completed", "early_stopping" or "non_finite"
     message: str  # why it stopped; for non-finite: the step and the offending site
     rollbacks: int  # non-finite steps rolled back
+    objective: str = ""  # what trained, e.g. "elbo" or "TraceEnum_ELBO(num_particles=1)"
 
     @property
     def best_value(self) -> float:
@@ -124,9 +127,9 @@ class FitResult(NamedTuple):
 
 
 def fit_result(state: TrainState, *, steps: int, train_time: float, wall_time: float,
-               stopped: str, message: str) -> FitResult:
+               stopped: str, message: str, objective: str = "") -> FitResult:
     """The result of a call that took ``steps`` steps in ``train_time`` seconds of training."""
     h = state.history
     return FitResult(list(h.train), list(h.valid), list(h.lr), state.best.epoch, state.epoch,
                      state.step, wall_time, steps / train_time if train_time > 0 else 0.0,
-                     stopped, message, state.rollbacks)
+                     stopped, message, state.rollbacks, objective)

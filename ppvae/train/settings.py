@@ -7,23 +7,39 @@ checkpoint records.
   the loop; constructing one refuses values that would train wrongly or not at all, by name
   (:func:`check_settings`: a negative ``clip_norm`` would flip the gradient, ``patience=0``
   would stop after the first epoch).
-* :func:`make_optimizer` (Adam with ``lr`` unless a factory is given) and :func:`make_schedule`
-  (``"cosine"``, ``"plateau"`` or a factory), stepped per epoch by :func:`step_schedule`.
+* :func:`make_optimizer` builds the ``torch.optim`` optimizer fit steps from what ``optimizer=``
+  may be (:func:`check_optimizer` refuses anything else before the run starts): None (Adam with
+  ``lr``), a factory ``params -> torch.optim.Optimizer``, a ``torch.optim.Optimizer`` subclass
+  (called with ``lr=lr``), a ``pyro.optim.PyroOptim`` such as ``pyro.optim.Adam({"lr": 1e-3})``
+  or ``pyro.optim.ClippedAdam({...})`` (its constructor and arguments; per-parameter arguments
+  become parameter groups), or a ``pyro.optim.PyroLRScheduler`` such as
+  ``pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": {...}, "gamma": 0.9})``
+  (the optimizer and its scheduler, stepped per epoch). :func:`make_schedule` (``"cosine"``,
+  ``"plateau"`` or a factory) is stepped per epoch by :func:`step_schedule`.
 * :func:`run_config`: the settings that identify a run, written into every checkpoint and
   compared on resume (:func:`ppvae.train.checkpoint.same_run`).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from pyro.optim import PyroOptim
+from pyro.optim.lr_scheduler import PyroLRScheduler
+from pyro.params.param_store import (
+    module_from_param_with_module_name,
+    normalize_param_name,
+    user_param_name,
+)
 
 __all__ = [
     "LoopSettings",
     "NanPolicy",
+    "check_optimizer",
     "check_settings",
     "make_optimizer",
     "make_schedule",
@@ -90,10 +106,75 @@ def check_settings(s: LoopSettings) -> None:
         raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan.policy!r}")
 
 
-def make_optimizer(params: list[torch.Tensor], factory: Callable | None,
-                   lr: float) -> torch.optim.Optimizer:
-    """``factory(params)``, or Adam with learning rate ``lr``."""
-    return factory(params) if factory else torch.optim.Adam(params, lr=lr)
+def check_optimizer(spec, schedule) -> None:
+    """Refuse an ``optimizer=`` fit does not accept, or a scheduler given twice, by name."""
+    if isinstance(spec, PyroLRScheduler) and schedule is not None:
+        raise ValueError("optimizer= is a pyro.optim scheduler, which brings its own learning-"
+                         f"rate schedule; do not also pass schedule={schedule!r}")
+    if isinstance(spec, PyroOptim):
+        clip = spec.pt_clip_args
+        if callable(clip) or clip:
+            raise ValueError(f"optimizer= has clip_args {clip!r}: fit clips gradients itself, "
+                             "pass clip_norm= to fit instead")
+        return
+    if spec is None or (isinstance(spec, type) and issubclass(spec, torch.optim.Optimizer)):
+        return
+    if callable(spec) and not isinstance(spec, (type, torch.optim.Optimizer)):
+        return
+    raise TypeError(
+        "optimizer must be None (Adam with lr), a torch.optim.Optimizer subclass (e.g. "
+        "torch.optim.SGD, called with lr=lr), a factory params -> torch.optim.Optimizer, a "
+        "pyro.optim optimizer (e.g. pyro.optim.Adam({'lr': 1e-3})) or a pyro.optim scheduler "
+        "(e.g. pyro.optim.ExponentialLR({'optimizer': torch.optim.Adam, 'optim_args': "
+        f"{{'lr': 1e-3}}, 'gamma': 0.9}})), got {spec!r}")
+
+
+def make_optimizer(params: dict[str, torch.Tensor], spec, lr: float
+                   ) -> tuple[torch.optim.Optimizer, Any, float]:
+    """The optimizer ``spec`` describes over ``params`` (by parameter-store name).
+
+    Returns ``(optimizer, scheduler or None, learning rate)``: the scheduler of a
+    ``pyro.optim`` scheduler, and the learning rate a checkpoint records (``lr``, or a
+    ``pyro.optim`` optimizer's own).
+    """
+    check_optimizer(spec, None)
+    tensors = list(params.values())
+    if spec is None:
+        return torch.optim.Adam(tensors, lr=lr), None, lr
+    if isinstance(spec, PyroOptim):
+        opt: torch.optim.Optimizer = _pyro_optimizer(spec, params)
+        sched = spec.pt_scheduler_constructor(opt, **spec.kwargs) if isinstance(
+            spec, PyroLRScheduler) else None
+        return opt, sched, float(opt.param_groups[0].get("lr", lr))
+    if isinstance(spec, type):  # a torch.optim.Optimizer subclass
+        return spec(tensors, lr=lr), None, lr
+    opt = spec(tensors)
+    if not isinstance(opt, torch.optim.Optimizer):
+        raise TypeError(f"optimizer factory {spec!r} returned {type(opt).__name__}, not a "
+                        "torch.optim.Optimizer")
+    return opt, None, lr
+
+
+def _pyro_optimizer(spec: PyroOptim, params: dict[str, torch.Tensor]) -> torch.optim.Optimizer:
+    """A ``pyro.optim`` optimizer's torch optimizer over all of ``params`` at once.
+
+    Per-parameter arguments (``optim_args`` a callable of the parameter's name, or of its module
+    and parameter names, as Pyro calls it) become one parameter group per distinct argument set.
+    """
+    args = spec.pt_optim_args
+    make: Any = spec.pt_optim_constructor  # an Optimizer subclass (typed as Pyro's union)
+    if not callable(args):
+        return make(list(params.values()), **args)
+    argc = len(inspect.signature(args).parameters)
+    groups: dict[str, dict] = {}
+    for name, p in params.items():
+        d = args(normalize_param_name(name)) if argc == 1 else \
+            args(module_from_param_with_module_name(name), user_param_name(name))
+        if not isinstance(d, dict):
+            raise TypeError(f"optimizer's per-parameter optim_args returned {d!r} for parameter "
+                            f"'{name}'; it must return a dict of optimizer arguments")
+        groups.setdefault(repr(sorted(d.items())), {**d, "params": []})["params"].append(p)
+    return make(list(groups.values()))
 
 
 def make_schedule(spec, optimizer, epochs: int):
@@ -118,7 +199,7 @@ def step_schedule(scheduler, value: float) -> None:
         scheduler.step()
 
 
-def run_config(s: LoopSettings, *, lr: float, objective: str, seed: int, num_data: int,
+def run_config(s: LoopSettings, *, lr: float, objective: str, seed: int, num_data: int | None,
                device, ranks: dict) -> dict:
     """The run's configuration as a checkpoint records it (JSON types)."""
     return {"epochs": s.epochs, "batch_size": s.batch_size, "lr": lr, "objective": objective,

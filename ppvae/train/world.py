@@ -20,9 +20,12 @@ import pyro
 import torch
 
 from ..distributed import process as ddp
+from .data import Source
 from .evaluate import heldout_elbo
 
-__all__ = ["DataParallel", "SingleProcess", "join_world", "rank_seed"]
+__all__ = ["VALID_CHUNK", "DataParallel", "SingleProcess", "join_world", "rank_seed"]
+
+VALID_CHUNK = 1000  # validation rows scored at a time
 
 
 def rank_seed(seed: int, epoch: int, rank: int) -> int:
@@ -59,8 +62,8 @@ class SingleProcess:
         """This rank's share of a minibatch's row indices."""
         return rows
 
-    def reduce_gradients(self, params: list[torch.Tensor], shard: torch.Tensor,
-                         rows: torch.Tensor, failed: bool, validate: bool) -> bool:
+    def reduce_gradients(self, params: list[torch.Tensor], shard: torch.Tensor | None,
+                         rows: torch.Tensor | None, failed: bool, validate: bool) -> bool:
         """Make the gradients those of the whole minibatch; did the step fail (on any rank)?"""
         return failed
 
@@ -68,11 +71,12 @@ class SingleProcess:
         """A window's per-minibatch losses ``[W]`` and row count, over all ranks."""
         return losses, rows
 
-    def valid_elbo(self, model, guide, valid: torch.Tensor, info, samples: int,
-                   batch_kw: dict, fixed_kw: dict) -> float:
+    def valid_elbo(self, model, guide, valid: Source, info, samples: int,
+                   fixed_kw: dict) -> float:
         """The mean validation ELBO (one host sync)."""
-        return float(heldout_elbo(model, guide, valid, info, num_samples=samples,
-                                  batch_kw=batch_kw, fixed_kw=fixed_kw))
+        total, rows = heldout_elbo(model, guide, valid.chunks(VALID_CHUNK), info,
+                                   num_samples=samples, fixed_kw=fixed_kw)
+        return float(total) / rows if total is not None else float("nan")
 
     def after_checkpoint(self) -> None:
         """Called on every rank once the checkpoint is written."""
@@ -111,6 +115,7 @@ class DataParallel(SingleProcess):
         """Sum the gradients over ranks by shard weight; did a rank fail (under validation)?"""
         # the failure flag costs a host sync, so it is shared only under validation (where a
         # rank's step can fail on its own); a rank with an empty shard has weight 0
+        assert shard is not None and rows is not None  # streamed data train in one process
         return ddp.allreduce_gradients(params, len(shard) / len(rows),
                                        failed if validate else None)
 
@@ -120,16 +125,16 @@ class DataParallel(SingleProcess):
             [rows], dtype=torch.float64)]))  # [W + 1]: the minibatches' totals, the rows
         return summed[:-1], int(summed[-1])
 
-    def valid_elbo(self, model, guide, valid, info, samples, batch_kw, fixed_kw):
+    def valid_elbo(self, model, guide, valid, info, samples, fixed_kw):
         """The mean validation ELBO, each rank scoring its share of the rows."""
-        rows = slice(*ddp.shard_bounds(valid.shape[0]))  # each rank scores its share
-        total = valid.new_zeros((), dtype=torch.float64)
-        if rows.stop > rows.start:
-            part = heldout_elbo(model, guide, valid[rows], info, num_samples=samples,
-                                batch_kw={k: v[rows] for k, v in batch_kw.items()},
-                                fixed_kw=fixed_kw)
-            total = part * (rows.stop - rows.start)
-        return float(ddp.all_sum(total)) / valid.shape[0]
+        n = int(valid.n)
+        start, stop = ddp.shard_bounds(n)  # each rank scores its share
+        total = torch.zeros((), dtype=torch.float64, device=valid.device)
+        if stop > start:
+            part, _ = heldout_elbo(model, guide, valid.chunks(VALID_CHUNK, start, stop), info,
+                                   num_samples=samples, fixed_kw=fixed_kw)
+            total = part if part is not None else total
+        return float(ddp.all_sum(total)) / n
 
     def after_checkpoint(self) -> None:
         """Wait for every rank, so that the checkpoint file is complete before any goes on."""

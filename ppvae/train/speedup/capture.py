@@ -57,20 +57,26 @@ class CaptureError(RuntimeError):
 
 
 def training_loss(objective, model, guide, info, params: Sequence[torch.Tensor],
-                  buffers: Sequence[torch.Tensor], *, jit: bool, validate: bool) -> Callable:
+                  buffers: Sequence[torch.Tensor], *, jit: bool, validate: bool,
+                  train_size: int | None = None) -> Callable:
     """The training step's loss as ``f(x, kwargs, data_scale, step)``.
 
-    It is the objective run eagerly, or (``jit``) a :class:`CapturedLoss`.
+    It is the objective run eagerly, or (``jit``) a :class:`CapturedLoss`. ``train_size`` is
+    the number of training rows N (global latents count 1 / N, :mod:`ppvae.train.scaling`).
     """
     if not jit:
         def eager(x, kwargs, data_scale, step):
             return objective.loss(model, guide, x, info=info._replace(num_data=x.shape[0]),
-                                  data_scale=data_scale, step=step, kwargs=kwargs)
+                                  data_scale=data_scale, train_size=train_size, step=step,
+                                  kwargs=kwargs)
         return eager
     if validate:
         raise ValueError("jit=True replays a captured graph, which skips the per-step value "
                          "checks of validate=True; use one or the other")
-    return CapturedLoss(objective, model, guide, info, params, buffers)
+    why = objective.jit_capturable()
+    if why is not None:
+        raise ValueError(f"jit=True cannot capture this objective: {why}; train with jit=False")
+    return CapturedLoss(objective, model, guide, info, params, buffers, train_size=train_size)
 
 
 def _static(value):
@@ -104,6 +110,8 @@ class CapturedLoss:
             eager one by ``10 * rtol`` of its largest entry (float32 rounding of the same
             operations in another order is ~1e-6 relative; a different control path or a lost
             custom backward is far off).
+        graphs: the captured graphs by minibatch signature (filled as minibatches come).
+        train_size: the training rows N, passed to the objective (global latents: 1 / N).
     """
 
     objective: Objective
@@ -115,6 +123,7 @@ class CapturedLoss:
     verify_calls: int = 2
     rtol: float = 1e-4
     graphs: dict = field(default_factory=dict)
+    train_size: int | None = None
 
     def __call__(self, x: torch.Tensor, kwargs: dict, data_scale: float, step: int):
         """The loss of minibatch ``x``: replayed from its signature's graph once verified."""
@@ -138,7 +147,8 @@ class CapturedLoss:
             kw = {**static_kw, **dict(zip(tensor_kw, flat[1:1 + n_kw], strict=True))}
             extra = {"scalars": tuple(flat[1 + n_kw:1 + n_kw + n_sc])} if n_sc else {}
             return self.objective.loss(self.model, self.guide, flat[0], info=info,
-                                       data_scale=data_scale, step=step, kwargs=kw, **extra)
+                                       data_scale=data_scale, train_size=self.train_size,
+                                       step=step, kwargs=kw, **extra)
 
         if graph is None:
             graph = self.graphs[key] = _Graph(self._capture(run, inputs, key))

@@ -10,8 +10,9 @@ At small batches that fixed cost is most of the step (``benchmarks/svi_overhead.
 
 :class:`StepRecorder` does the same work in one frame of Pyro's effect stack:
 
-* sample sites inside the ``"data"`` plate get their scale multiplied by ``data_scale`` (as
-  ``poutine.scale`` does, before the site is sampled);
+* every sample site's scale is set to the engine's factor, whatever the model declared (as
+  :class:`ppvae.train.scaling.EngineScale` does, outermost): ``local`` inside the per-datapoint
+  plate, ``global_`` outside it, times ``latent`` at latent sites (beta);
 * with ``replay`` given, latent sites take the guide's value and ``infer`` dict (as
   ``poutine.replay`` does: observed sites are left alone; a name sampled in the guide but
   observed or non-sample there is an error);
@@ -23,34 +24,39 @@ At small batches that fixed cost is most of the step (``benchmarks/svi_overhead.
   A name the store does not hold yet is passed on unchanged (Pyro creates it).
 
 Handlers installed *around* the objective would no longer see parameter messages, so
-:class:`ppvae.objectives.ELBO` uses this recorder only when every active Pyro handler is one of
-its own sample-site scalings (beta, warm-up); otherwise it runs Pyro's trace and replay.
+:class:`ppvae.objectives.ELBO` uses this recorder only when every active Pyro handler is a
+:class:`ppvae.train.scaling.SiteScale`; otherwise it runs Pyro's trace and replay under
+:class:`~ppvae.train.scaling.EngineScale`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import pyro
 from pyro.poutine.messenger import Messenger
 
 from ...core.contract import DATA_PLATE
+from ..scaling import Factor, inside
 
 __all__ = ["StepRecorder"]
 
 
 class StepRecorder(Messenger):
-    """Record the sample sites of one run; scale data-plate sites; optionally replay latents."""
+    """Record the sample sites of one run; set their scale; optionally replay latents."""
 
-    def __init__(self, data_scale: float = 1.0, replay: dict[str, dict] | None = None, *,
-                 plate: str = DATA_PLATE):
+    def __init__(self, local: Factor = 1.0, global_: Factor = 1.0, latent: Factor = 1.0,
+                 replay: dict[str, dict] | None = None, *, plate: str = DATA_PLATE):
         super().__init__()
-        self.data_scale, self.plate = data_scale, plate
+        self.local, self.global_, self.latent, self.plate = local, global_, latent, plate
+        self.beta = not (isinstance(latent, (int, float)) and latent == 1)
         self.replay = replay
-        self.sites: dict[str, dict] = {}
+        self.sites: dict[str, Any] = {}  # sample-site messages by name
         self._store = pyro.get_param_store()
 
     def _pyro_sample(self, msg) -> None:
-        if self.data_scale != 1.0 and any(f.name == self.plate for f in msg["cond_indep_stack"]):
-            msg["scale"] = self.data_scale * msg["scale"]
+        scale = self.local if inside(msg, self.plate) else self.global_
+        msg["scale"] = scale * self.latent if self.beta and not msg["is_observed"] else scale
         if self.replay is None or msg["is_observed"]:
             return
         guide_msg = self.replay.get(msg["name"])
