@@ -14,7 +14,8 @@ from .analysis.gaps import gaps
 from .analysis.ppca import ppca_log_marginal, ppca_mle, ppca_posterior
 from .analysis.report import GapReport, GapRow, LogPx
 from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights
-from .core.contract import ContractError, PairInfo, check_pair
+from .core.contract import ContractError, PairInfo, ParticleFallbackWarning, check_pair
+from .core.enum import enumerate_sites
 from .core.globals import fix_globals
 from .core.weights import log_weights
 from .infer.ais import AISResult, ais
@@ -49,6 +50,7 @@ __all__ = [
     "LogPx",
     "NUTSResult",
     "PairInfo",
+    "ParticleFallbackWarning",
     "PosteriorComparison",
     "PyroObjective",
     "__version__",
@@ -62,6 +64,7 @@ __all__ = [
     "distributed",
     "elbo",
     "elbo_from_log_weights",
+    "enumerate_sites",
     "fit",
     "fit_local",
     "fix_globals",

@@ -193,6 +193,32 @@ def _is_discrete(fn) -> bool:
         return False
 
 
+def _raise_plate_mismatch(e: Exception, role: str) -> None:
+    """Pyro's "Shape mismatch inside plate" told as the missing ``.to_event`` it usually is."""
+    if not isinstance(e, ValueError) or "Shape mismatch inside plate" not in str(e):
+        return
+    msg, tb = None, e.__traceback__
+    while tb is not None:  # the message of the site Pyro's plate was broadcasting
+        local = tb.tb_frame.f_locals.get("msg")
+        if isinstance(local, dict) and "is_observed" in local and "fn" in local:
+            msg = local
+        tb = tb.tb_next
+    if msg is None:
+        return
+    fn, plates = msg["fn"], [f for f in msg["cond_indep_stack"] if f.vectorized]
+    kind = "observed" if msg["is_observed"] else "latent"
+    batch = tuple(getattr(fn, "batch_shape", ()))
+    extra = max(len(batch) - max((-f.dim for f in plates), default=0), 1)
+    listed = ", ".join(f"'{f.name}' (size {f.size}, dim {f.dim})" for f in plates)
+    what = "it an event dimension" if extra == 1 else "them event dimensions"
+    raise ContractError(
+        f"{role} {kind} site '{msg['name']}': its distribution has batch shape {batch}, which "
+        f"does not fit the plate(s) around it ({listed}). If the rightmost "
+        f"{'dimension is' if extra == 1 else f'{extra} dimensions are'} the size of one "
+        f"datapoint's value, declare {what}: "
+        f"{type(fn).__name__}(...).to_event({extra}). (Pyro: {str(e).splitlines()[0]})") from e
+
+
 def _trace(fn, role: str, x, kwargs, owner=None):
     """:func:`trace_fn` of ``fn`` (unpruned), its errors re-raised naming ``role``."""
     try:
@@ -200,6 +226,7 @@ def _trace(fn, role: str, x, kwargs, owner=None):
     except ContractError:
         raise
     except Exception as e:  # re-raised with the role it came from, the original chained
+        _raise_plate_mismatch(e, role)
         owner = fn if owner is None else owner  # the module whose parameters x meets
         params = owner.parameters() if isinstance(owner, torch.nn.Module) else ()
         dtype = next((p.dtype for p in params if p.is_floating_point()), None)
@@ -475,6 +502,17 @@ def _sample_names(tr: Trace) -> list[str]:
                   and not _is_deterministic(s) and not n.startswith("_"))
 
 
+def _summable(site: Mapping[str, Any]) -> bool:
+    """A model latent the guide may leave out, to be summed out exactly.
+
+    Marked for enumeration, or discrete, enumerable and per datapoint (as ``TraceEnum_ELBO``
+    would sum it with the mark).
+    """
+    fn = site["fn"]
+    enumerable = _is_discrete(fn) and getattr(fn, "has_enumerate_support", False)
+    return is_enumerated(site) or (enumerable and len(fn.batch_shape) == 1)
+
+
 def _match_sites(guide_tr: Trace, model_tr: Trace) -> tuple[list[str], list[str]]:
     """(guide latent names, model observed names); errors for sites the other side lacks."""
     guide_latent = [n for n, s in guide_tr.nodes.items() if s["type"] == "sample" and is_latent(s)]
@@ -489,10 +527,9 @@ def _match_sites(guide_tr: Trace, model_tr: Trace) -> tuple[list[str], list[str]
                 f"the guide samples site '{name}' but the model observes it (obs=...); "
                 "a guide samples only latent sites")
     for name, site in model_tr.nodes.items():
-        if is_latent(site) and name not in guide_tr.nodes and not is_enumerated(site):
-            hint = (" If it is a discrete latent to be summed out, mark it "
-                    "infer={'enumerate': 'parallel'} (or decorate the model with "
-                    "@config_enumerate) and ppvae sums it out exactly."
+        if is_latent(site) and name not in guide_tr.nodes and not _summable(site):
+            hint = (" A discrete latent the guide leaves out is summed out when it is "
+                    "enumerable and per datapoint (batch shape [N]); this one is not."
                     if _is_discrete(site["fn"]) else "")
             raise ContractError(
                 f"the model's latent site '{name}' is not sampled by the guide (the guide's "
@@ -562,17 +599,17 @@ def check_pair(model, guide, x: torch.Tensor, *,
         plate = find_data_plate([s for _, _, s in sites], n)
         global_ = [n_ for _, n_, s in sites if allow_globals and not s["is_observed"]
                    and _data_frame(s, plate) is None]
+        for name in observed:
+            _check_observation(name, model_tr.nodes[name], x)
         for role, name, site in sites:
             if name not in global_:
                 _check_site(role, name, site, n, _nesting(site), plate)
-        for name in observed:
-            _check_observation(name, model_tr.nodes[name], x)
         _check_events(guide_tr, model_tr, guide_latent)
         for role, name, site in sites:
             _check_finite(role, name, site)
         nesting = max(1, *(_nesting(s) for _, _, s in sites))
         enumerated = tuple(n_ for n_, s in model_tr.nodes.items() if is_latent(s) and (
-            is_enumerated(s) if n_ not in guide_tr.nodes else is_enumerated(guide_tr.nodes[n_])))
+            _summable(s) if n_ not in guide_tr.nodes else is_enumerated(guide_tr.nodes[n_])))
         discrete = tuple(n_ for n_ in guide_latent if n_ not in enumerated
                          and _is_discrete(model_tr.nodes[n_]["fn"]))
         info = PairInfo(n, tuple(guide_latent), tuple(observed), nesting, discrete, plate,

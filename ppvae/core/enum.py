@@ -33,7 +33,7 @@ from pyro.poutine.util import site_is_subsample
 from .trace import trace_fn, with_leading
 
 __all__ = ["Enumerate", "enum_log_density", "enumerate_sites", "is_enumerated",
-           "replay_continuous"]
+           "replay_continuous", "sum_out_discrete"]
 
 PARALLEL = "parallel"
 
@@ -73,6 +73,32 @@ def enumerate_sites(fn: Callable, names: Collection[str]) -> Callable:
     wrapped.__name__ = getattr(fn, "__name__", "model")
     wrapped.__wrapped__ = fn  # type: ignore[attr-defined]  # modules are found through it
     return wrapped
+
+
+def sum_out_discrete(model: Callable, x: torch.Tensor,
+                     kwargs: Mapping[str, Any] | None = None) -> Callable:
+    """``model`` with its per-datapoint discrete latents marked for enumeration.
+
+    For the tools that have no guide to say what to enumerate (HMC, AIS, local VI): a discrete
+    latent with enumerable support and batch shape [N] (a mixture assignment, an unobserved
+    label) is summed out of the model's density. Others (codes in nested plates, counts) are
+    left as they are, for the tool's own error.
+    """
+    try:
+        with torch.no_grad():
+            tr = trace_fn(model, x, kwargs)
+    except Exception:  # a broken model or x: the contract check that follows names the problem
+        return model
+    names = []
+    for name, site in tr.nodes.items():
+        if site["type"] != "sample" or site["is_observed"] or is_enumerated(site):
+            continue
+        fn = site["fn"]
+        support = getattr(fn, "support", None)
+        if (getattr(support, "is_discrete", False) and getattr(fn, "has_enumerate_support", False)
+                and len(fn.batch_shape) == 1):  # type: ignore[attr-defined]  # a distribution
+            names.append(name)
+    return enumerate_sites(model, names)
 
 
 def replay_continuous(tr: Trace, skip: Collection[str]) -> Trace:

@@ -24,8 +24,10 @@ import pyro
 import torch
 from pyro import poutine
 from pyro.poutine.trace_struct import Trace
+from pyro.poutine.util import site_is_subsample
 
-from .contract import check_pair, is_observed, per_datapoint, site_log_density
+from .contract import ContractError, check_pair, is_observed, per_datapoint, site_log_density
+from .enum import enum_log_density, enumerate_sites, is_enumerated, sum_out_discrete
 from .sites import latent_site
 from .trace import particle_groups, trace_fn
 
@@ -50,6 +52,10 @@ def prior_guide(model):
     return guide
 
 
+def _any_site(site) -> bool:
+    return not site_is_subsample(site)
+
+
 class Potential:
     """The per-datapoint log joint of ``model`` at data ``x`` as a function of ``u [C, N, D]``.
 
@@ -63,23 +69,33 @@ class Potential:
     def __init__(self, model, x: torch.Tensor, guide=None, *,
                  model_kwargs: Mapping[str, Any] | None = None):
         kwargs = dict(model_kwargs or {})
+        g_info = check_pair(model, guide, x, model_kwargs=kwargs) if guide is not None else None
+        if g_info is not None:  # labels the guide enumerates are summed out of the model too
+            model = enumerate_sites(model, g_info.enumerated)
+        model = sum_out_discrete(model, x, kwargs)  # so are the model's own discrete latents
         self.model, self.x, self.kwargs = model, x, kwargs
         self.guide = guide
         info = check_pair(model, prior_guide(model), x, model_kwargs=kwargs)
-        if guide is not None:
-            g_info = check_pair(model, guide, x, model_kwargs=kwargs)
+        if g_info is not None:
             info = info._replace(max_plate_nesting=max(info.max_plate_nesting,
                                                        g_info.max_plate_nesting),
                                  vectorized=info.vectorized and g_info.vectorized)
         self.info = info
+        self.enumerated = info.enumerated  # discrete latents summed out of every density
         self.particle_dim = info.particle_dim
         self.num_data = info.num_data
         with torch.no_grad():
             ((tr, _),) = self._traces(prior_guide(model), 1, None)
         leading = 1 if info.vectorized else 0  # the particle plate, or none
         self.sites = tuple(latent_site(name, tr.nodes[name], self.num_data, leading=leading,
-                                       purpose="HMC and AIS") for name in info.latent)
+                                       purpose="HMC and AIS") for name in info.latent
+                           if name not in info.enumerated)
         self.dim = sum(s.size for s in self.sites)
+        if not self.sites:
+            raise ContractError(
+                "the model has no continuous latent sites"
+                + (f" (its discrete ones {list(info.enumerated)} are summed out)"
+                   if info.enumerated else "") + ": nothing for HMC or AIS to move")
 
     def _traces(self, fn, num_chains: int, values: dict | None) -> list[tuple[Trace, int]]:
         """Traces of ``fn`` for ``num_chains`` chains (one plate, or one trace per chain).
@@ -97,6 +113,20 @@ class Potential:
                                  particle_dim=self.particle_dim), group or 1))
             start += group or 1
         return out
+
+    def _enum_sum(self, fn, values: dict[str, torch.Tensor], names, include) -> torch.Tensor:
+        """``log sum_c exp(sum of included sites)`` at the continuous ``values``: ``[C, N]``."""
+        parts, start = [], 0
+        num_chains = next(iter(values.values())).shape[0]
+        for group in particle_groups(num_chains, self.info.vectorized):
+            at = values if group is not None else {k: v[start] for k, v in values.items()}
+            parts.append(enum_log_density(
+                poutine.condition(fn, data=at), self.x, self.kwargs, names=names,
+                include=include, particles=group, particle_dim=self.particle_dim,
+                data_plate=self.info.data_plate, num_data=self.num_data,
+                density=site_log_density))
+            start += group or 1
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
     def _values(self, traces: list[tuple[Trace, int]]) -> dict[str, torch.Tensor]:
         """The latent values of ``traces`` as ``[C, *mid, N, *event]``."""
@@ -180,9 +210,15 @@ class Potential:
     def log_parts(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(log prior, log likelihood, log |J|), each ``[C, N]``, differentiable in ``u``."""
         values, ldj = self.unflatten(u)
+        latent = [s.name for s in self.sites]
+        if self.enumerated:  # log p(z) and log p(x, z), the discrete latents summed out
+            with pyro.validation_enabled(False):
+                joint = self._enum_sum(self.model, values, self.enumerated, _any_site)
+                prior = self._enum_sum(self.model, values, self.enumerated,
+                                       lambda site: site["name"] in values or is_enumerated(site))
+            return prior, joint - prior, ldj
         with pyro.validation_enabled(False):  # a diverging trajectory gives NaN: rejected later
             traces = self._traces(self.model, u.shape[0], values)
-        latent = [s.name for s in self.sites]
 
         def observed(tr) -> list[str]:
             return [n for n, site in tr.nodes.items()
@@ -195,6 +231,10 @@ class Potential:
         if self.guide is None:
             raise ValueError("this Potential has no guide")
         values = values if values is not None else self.unflatten(u)[0]
+        if self.enumerated:  # log q(z | x), a label the guide enumerates summed out
+            with pyro.validation_enabled(False):
+                return self._enum_sum(self.guide, values, self.enumerated,
+                                      lambda site: site["name"] in values or is_enumerated(site))
         with pyro.validation_enabled(False):
             traces = self._traces(self.guide, u.shape[0], values)
         return self._sum_sites(traces, [s.name for s in self.sites])

@@ -56,8 +56,9 @@ def latent_site(name: str, site: Mapping[str, Any], num_data: int, *, leading: i
     if fn.support.is_discrete:
         raise ContractError(
             f"latent site '{name}' has discrete support {fn.support} ({type(fn).__name__}); "
-            f"{purpose} need continuous latents (sum it out of the model by hand, or use a "
-            "continuous relaxation)")
+            f"{purpose} move continuous latents only. To sum it out exactly, mark it "
+            "infer={'enumerate': 'parallel'} in the model (or pass the model as "
+            f"ppvae.enumerate_sites(model, ['{name}'])); otherwise use a continuous relaxation")
     t = biject_to(fn.support)
     event = tuple(fn.event_shape)
     uev = tuple(t.inverse_shape(torch.Size(event)))

@@ -2,11 +2,13 @@
 at KL ~ 0 from the Gaussian fit of MCMC and the best diagonal guide at the mean-field gap."""
 
 import torch
+from stats import z_threshold
 
 import ppvae
 import ppvae.analysis.ppca
 from ppvae.analysis.compare import PosteriorComparison, compare_posteriors
 from ppvae.guides.linear import AmortizedLinearGaussian
+from ppvae.infer.diagnostics import diagnostics
 from ppvae.infer.hmc import hmc
 from ppvae.models.ppca import PPCA
 
@@ -27,10 +29,12 @@ def test_compare_guides_with_hmc_on_ppca(float64, tmp_path):
     ref, q_full, q_diag = cmp.summaries
     assert ref.mean.shape == (3, 2) and ref.corr.shape == (3, 2, 2) and ref.kl_to_mcmc is None
     mean, cov = ppvae.ppca_posterior(data.W, data.b, data.sigma, data.x[[0, 3, 5]])
-    # means: MCMC and the exact guide agree with the closed form; 4000 q draws: se = sd / 63
+    # means: MCMC (within its ArviZ MCSE) and the exact guide (4000 draws: se = sd / 63) agree
+    # with the closed form
     sd = cov.diagonal().sqrt()
     assert ((q_full.mean - mean) / (sd / 4000**0.5)).abs().max() < 4
-    assert ((ref.mean - mean) / sd).abs().max() < 0.1
+    mcse = torch.as_tensor(diagnostics(mc.to_inference_data()).mcse_mean)[[0, 3, 5]]
+    assert ((ref.mean - mean) / mcse).abs().max() < z_threshold(6), (ref.mean - mean) / mcse
     true_corr = cov[0, 1] / (sd[0] * sd[1])
     assert (q_full.corr[:, 0, 1] - true_corr).abs().max() < 0.05
     assert q_diag.corr[:, 0, 1].abs().max() < 0.05

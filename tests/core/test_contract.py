@@ -115,13 +115,38 @@ def test_missing_to_event_names_site():
         ppvae.check_pair(model, guide, x)
 
 
-def test_pyro_shape_error_is_wrapped_with_role(x):
+def test_forgotten_to_event_is_named(x):
     def guide(x):
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(x[..., :K], 1.0))  # batch [N, K] vs plate N: Pyro raises
 
+    with pytest.raises(ContractError, match=r"guide latent site 'z': its distribution has batch "
+                                            rf"shape \({x.shape[0]}, {K}\).*Normal\(\.\.\.\)"
+                                            r"\.to_event\(1\)"):
+        ppvae.check_pair(good_model, guide, x)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], K), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z.sum(-1, keepdim=True).expand(x.shape), 1.0), obs=x)
+
+    with pytest.raises(ContractError, match=r"model observed site 'x'.*to_event\(1\)"):
+        ppvae.check_pair(model, good_guide, x)
+
+
+def test_other_pyro_errors_are_wrapped_with_role(x):
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(x[..., :K] @ x.new_ones(K + 1, K), 1.0).to_event(1))
+
     with pytest.raises(ContractError, match="running the guide on x of shape"):
         ppvae.check_pair(good_model, guide, x)
+
+
+def test_one_datapoint_given_as_a_vector_is_refused(x):
+    with pytest.raises(ContractError, match=r"model observed site 'x': the observed value has "
+                                            rf"shape \({D},\).*x must be \[N, \.\.\.\]"):
+        ppvae.check_pair(good_model, good_guide, x[0])
 
 
 def test_non_finite_log_density(x):

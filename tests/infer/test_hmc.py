@@ -98,11 +98,20 @@ def test_hmc_handles_constrained_latents(float64):
     assert abs(err).max() < 4, err
 
 
-def test_discrete_latent_is_refused():
-    def model(x):
+def test_discrete_latents_are_summed_out_or_refused():
+    def mixture(x):  # a per-datapoint assignment only: summed out, nothing left to move
         with pyro.plate("data", x.shape[0]):
             c = pyro.sample("c", dist.Bernoulli(0.5 * x.new_ones(())))
             pyro.sample("x", dist.Normal(c.unsqueeze(-1), 1.0).to_event(1), obs=x)
 
-    with pytest.raises(ppvae.ContractError, match="'c' has discrete support"):
-        hmc(model, torch.zeros(3, 2), num_warmup=20, num_samples=1)
+    with pytest.raises(ppvae.ContractError, match=r"no continuous latent sites \(its discrete "
+                                                  r"ones \['c'\] are summed out\)"):
+        hmc(mixture, torch.zeros(3, 2), num_warmup=20, num_samples=1)
+
+    def counts(x):  # a Poisson latent has no finite support to sum over
+        with pyro.plate("data", x.shape[0]):
+            k = pyro.sample("k", dist.Poisson(3.0 * x.new_ones(())))
+            pyro.sample("x", dist.Normal(k.unsqueeze(-1), 1.0).to_event(1), obs=x)
+
+    with pytest.raises(ppvae.ContractError, match=r"'k' has discrete support.*enumerate"):
+        hmc(counts, torch.zeros(3, 2), num_warmup=20, num_samples=1)

@@ -33,11 +33,11 @@ def test_bayesian_vae_fixed_log_weights_by_hand():
     bvae = e.train_model
     values = ppvae.core.globals.global_values(e.train_guide, e.x, how="sample")
     fixed = ppvae.fix_globals(bvae, values)
+    info = ppvae.check_pair(fixed, e.guide, e.x)  # checked first: its draws are not replayed
     torch.manual_seed(3)
-    lw = ppvae.log_weights(fixed, e.guide, e.x, 1)[0]  # [N]
-    torch.manual_seed(3)  # replay the draws: check_pair's guide trace, then one particle
+    lw = ppvae.log_weights(fixed, e.guide, e.x, 1, info=info)[0]  # [N]
+    torch.manual_seed(3)  # replay the draw of the one particle
     q = e.guide.distribution(e.x)
-    q.rsample()
     z = q.rsample((1,))[0]  # [N, K]
     weights = [(values[f"reg_bvae.layers.{i}.weight"], values[f"reg_bvae.layers.{i}.bias"])
                for i in range(2)]

@@ -37,6 +37,7 @@ from torch import nn
 from torch.distributions.transforms import ReshapeTransform, Transform
 
 from ...core.contract import DATA_PLATE, ContractError, check_pair, is_latent
+from ...core.enum import is_enumerated, sum_out_discrete
 from ...core.modes import evaluates
 from ...core.sites import LatentSite, latent_site
 from ...core.weights import log_weights
@@ -85,7 +86,7 @@ def latent_sites(model, x: torch.Tensor, *,
         tr = prune_subsample_sites(poutine.trace(model).get_trace(x, **kwargs))
     n, sites = int(x.shape[0]), []
     for name, site in tr.nodes.items():
-        if not is_latent(site):
+        if not is_latent(site) or is_enumerated(site):  # enumerated: summed out, not fitted
             continue
         s = latent_site(name, site, n, leading=0, purpose="local VI")
         if s.mid_shape:
@@ -200,6 +201,7 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
     kwargs = dict(model_kwargs or {})
     _check_options(family, init, gradient, num_steps, num_particles, window, patience)
     start = time.perf_counter()
+    model = sum_out_discrete(model, x, kwargs)  # q* is over the continuous latents only
     guide, label = _initial_guide(model, x, family, init, num_flows, num_init_samples, kwargs)
     info = check_pair(model, guide, x, model_kwargs=kwargs)
     params = list(guide.parameters())
