@@ -11,9 +11,38 @@ needs no data state (:mod:`ppvae.train.data`: also torch Datasets, fetched by in
 DataLoaders, streamed).
 
 Scale is the engine's (:mod:`ppvae.train.scaling`): whatever scale the model declares (a
-subsampling plate, ``poutine.scale``, a Pyro ELBO's own), the training loss is minus the
-minibatch's mean per-datapoint objective, global latents counted 1 / N, and every number fit
-reports is per datapoint.
+subsampling plate such as ``pyro.plate("data", N, subsample=idx)`` or ``subsample_size=B``,
+``poutine.scale``, a Pyro ELBO's own), the training loss is minus the minibatch's mean
+per-datapoint objective: per-datapoint sites weigh 1 / B, global latents (outside the data plate)
+1 / N, N the training rows. Training values, validation ELBOs and the ``FitResult`` history are
+per datapoint. With global latents the validation ELBO is that of the model conditioned on the
+global guide's mean (``ppvae.fix_globals``, without the globals' KL), since per-datapoint log
+weights need every latent in the data plate.
+
+Inputs:
+
+* ``data`` (and ``valid``): a tensor or numpy array ``[N, ...]``; a :class:`ppvae.data.Dataset`
+  record (train and valid splits, dynamic binarization when it asks); a map-style
+  ``torch.utils.data.Dataset`` (minibatches fetched by index from the seeded permutation, so
+  runs reproduce and resume; a ``TensorDataset`` is used as its tensors); or a
+  ``torch.utils.data.DataLoader`` (streamed once per epoch in the loader's batches and order,
+  for data that do not fit in memory; N is ``len(loader.dataset)``; one process only). Items and
+  batches are a tensor x, a tuple ``(x, *rest)`` whose trailing elements ``batch_kw=("y", ...)``
+  names, or a dict with x under ``data_key`` and keyword arguments under its other keys.
+* ``objective``: ``ELBO()``, ``IWAE(k)``, ``mean_field()``, ``beta_vae(b)``, ``kl_warmup(s)``, or
+  any ``pyro.infer`` ELBO instance: ``Trace_ELBO``, ``TraceMeanField_ELBO``, ``TraceGraph_ELBO``
+  (score-function gradients), ``TraceEnum_ELBO`` (enumerated discrete latents), ``RenyiELBO``,
+  ``TraceTailAdaptive_ELBO`` (``vectorize_particles=True``), ``Trace_MMD`` and the Jit variants
+  (:mod:`ppvae.train.pyro_elbos`), each per datapoint. With no objective given, a model that
+  enumerates discrete sites trains with ``TraceEnum_ELBO``; ``FitResult.objective`` says what
+  trained.
+* ``optimizer``: None (Adam with ``lr``); a ``torch.optim.Optimizer`` subclass such as
+  ``torch.optim.SGD`` (called with ``lr=lr``); a factory ``params -> torch.optim.Optimizer``; a
+  ``pyro.optim`` optimizer such as ``pyro.optim.Adam({"lr": 1e-3})`` or
+  ``pyro.optim.ClippedAdam({...})`` (per-parameter arguments become parameter groups); or a
+  ``pyro.optim`` scheduler such as ``pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam,
+  "optim_args": {"lr": 1e-2}, "gamma": 0.9})`` (its optimizer, and its scheduler stepped per
+  epoch; not with ``schedule=``).
 
 Host syncs happen once per ``check_every`` steps and per epoch, not per step. A non-finite step
 stops training (``nan_policy="stop"``) or rolls back to the last finite state with a smaller
@@ -80,47 +109,24 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
         on_epoch: Callable[..., None] | None = None) -> FitResult:
     """Train ``model`` and ``guide`` on ``data`` by SVI; returns a :class:`FitResult`.
 
-    The loss is minus the minibatch's mean per-datapoint objective on the engine's scale: every
-    scale the model declares (a subsampling plate such as ``pyro.plate("data", N, subsample=idx)``
-    or ``subsample_size=B``, ``poutine.scale``, a Pyro ELBO's own) is replaced, per-datapoint
-    sites weigh 1 / B and global latents (outside the data plate) 1 / N, N the training rows.
-    The training values, validation ELBOs and ``FitResult`` history are per datapoint.
-
-    Global latents: the objective trains them with Pyro's scaling; the validation ELBO is that of
-    the model conditioned on the global guide's mean (``ppvae.fix_globals``; without the
-    globals' KL), since per-datapoint log weights need every latent in the data plate.
+    The loss is minus the minibatch's mean per-datapoint objective whatever scale the model
+    declares, global latents counted 1 / N; every reported number is per datapoint. What each
+    of ``data``, ``objective`` and ``optimizer`` may be: the module docstring, "Inputs".
 
     Args:
-        model: a model keeping the ppvae contract.
+        model: a model keeping the ppvae contract (global latents allowed).
         guide: its guide.
-        data: the training data: a tensor or numpy array ``[N, ...]``; a
-            :class:`ppvae.data.Dataset` record (its train and valid splits, dynamic
-            binarization when the record asks); a ``torch.utils.data.Dataset`` (map-style:
-            minibatches fetched by index from the seeded permutation, so runs reproduce and
-            resume; a ``TensorDataset`` is used as its tensors); or a
-            ``torch.utils.data.DataLoader`` (streamed once per epoch in the loader's batches and
-            order, for data that do not fit in memory; ``batch_size`` is then the loader's; N is
-            ``len(loader.dataset)``; one process only). Dataset items / loader batches are a
-            tensor x, a tuple ``(x, *rest)`` named by ``batch_kw``, or a dict (x under
-            ``data_key``, other keys passed as keyword arguments).
-        valid: held-out data for the per-epoch ELBO, early stopping and ``restore_best``, in any
-            of the forms of ``data``.
+        data: a tensor / numpy array ``[N, ...]``, a :class:`ppvae.data.Dataset` record, a
+            ``torch.utils.data.Dataset`` (indexed) or a ``DataLoader`` (streamed).
+        valid: held-out data (any form of ``data``) for the per-epoch ELBO, early stopping
+            and ``restore_best``.
         epochs: passes over the training data.
-        batch_size: minibatch rows (per rank under torchrun).
-        lr: learning rate of the default Adam optimizer, or of an optimizer class; recorded in
-            checkpoints.
-        objective: a :mod:`ppvae.objectives` objective (default ``ELBO()``; ``TraceEnum_ELBO()``
-            when the model enumerates discrete sites, ``FitResult.objective`` says which) or
-            any ``pyro.infer`` ELBO instance: ``Trace_ELBO``, ``TraceMeanField_ELBO``,
-            ``TraceGraph_ELBO`` (score-function gradients), ``TraceEnum_ELBO``, ``RenyiELBO``,
-            ``TraceTailAdaptive_ELBO`` (``vectorize_particles=True``), ``Trace_MMD`` and the Jit
-            variants, each per datapoint.
-        optimizer: None (Adam with ``lr``), a ``torch.optim.Optimizer`` subclass (called with
-            ``lr=lr``), a factory ``params -> torch.optim.Optimizer``, a ``pyro.optim``
-            optimizer (``pyro.optim.Adam({"lr": 1e-3})``, ``pyro.optim.ClippedAdam({...})``;
-            per-parameter arguments become parameter groups), or a ``pyro.optim`` scheduler
-            (``pyro.optim.ExponentialLR({"optimizer": ..., "optim_args": ..., "gamma": ...})``:
-            its optimizer, and its scheduler stepped per epoch; not with ``schedule``).
+        batch_size: minibatch rows (per rank under torchrun; a DataLoader's own instead).
+        lr: learning rate of the default Adam or of an optimizer class (checkpoints record it).
+        objective: a :mod:`ppvae.objectives` objective or a ``pyro.infer`` ELBO instance
+            (default ``ELBO()``, or ``TraceEnum_ELBO()`` for a model enumerating sites).
+        optimizer: None (Adam), a ``torch.optim`` class, a factory ``params -> optimizer``, a
+            ``pyro.optim`` optimizer or a ``pyro.optim`` scheduler.
         schedule: None, ``"cosine"``, ``"plateau"`` or ``optimizer -> scheduler``; stepped per
             epoch (``ReduceLROnPlateau`` on minus the validation/training value).
         clip_norm: clip the gradient norm (of the per-datapoint mean loss).
@@ -130,35 +136,27 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
         seed: seeds Pyro's RNG and the minibatch order (None: not reseeded).
         device: where data, model and guide (``nn.Module`` s) live; default CUDA if available
             (under torchrun with NCCL: GPU ``LOCAL_RANK``).
-        nan_policy: ``"stop"`` or ``"rollback"`` (up to ``max_rollbacks`` times, multiplying the
-            learning rate by ``rollback_lr_factor``).
+        nan_policy: ``"stop"`` or ``"rollback"`` (to the last finite state).
         max_rollbacks: the most rollbacks ``nan_policy="rollback"`` makes.
         rollback_lr_factor: the factor applied to the learning rate at each rollback.
         check_every: steps between finiteness checks (one host sync each).
         validate: keep distribution validation on in the loop (always on for the pair check).
         checkpoint: path written atomically after every epoch.
-        resume: a checkpoint to continue from (the same path as ``checkpoint`` is fine; a
-            missing file starts fresh).
-        transform: ``(x_train, generator) -> x`` applied once per epoch (e.g. binarization);
-            tensor data only.
-        batch_kw: per-datapoint keyword arguments of model and guide (labels of a conditional
-            model): with tensor data a dict of tensors ``[N, ...]`` minibatched with the rows;
-            with a torch Dataset / DataLoader the names of the tuple elements after x (e.g.
-            ``("y",)``), or of the dict keys to pass.
-        valid_batch_kw: the same for the validation data (for Dataset / DataLoader validation
-            data the training names by default).
+        resume: a checkpoint to continue from (a missing file starts fresh).
+        transform: ``(x_train, generator) -> x`` once per epoch (tensor data only).
+        batch_kw: per-datapoint keyword arguments (labels): a dict of tensors ``[N, ...]``
+            with tensor data; the names of the tuple elements after x (or of dict keys) with
+            a torch Dataset / DataLoader.
+        valid_batch_kw: the same for ``valid`` (for a Dataset / DataLoader: the training names).
         fixed_kw: keyword arguments passed to model and guide unchanged.
-        data_key: the key holding x in dict items of a Dataset / DataLoader.
-        jit: capture the objective as a graph of tensor operations once per minibatch shape and
-            replay it (:mod:`ppvae.capture`): no Pyro handler work per step. Needs a model and
-            guide that run the same tensor operations for every minibatch (checked on the first
-            replays; a mismatch raises :class:`ppvae.CaptureError`). Not with ``validate``, nor
-            with Pyro's Jit ELBOs (they compile themselves) or ELBOs that compute their own
-            gradients (``TraceGraph_ELBO``, ``RenyiELBO``, ``TraceTailAdaptive_ELBO``).
+        data_key: the key of x in dict items of a Dataset / DataLoader.
+        jit: capture the objective as a graph once per minibatch shape and replay it
+            (:mod:`ppvae.capture`; same tensor operations for every minibatch, checked). Not with
+            ``validate``, Pyro's Jit ELBOs or ELBOs computing their own gradients.
         quiet: no progress bar.
-        on_epoch: called after each epoch (and its checkpoint) as
-            ``on_epoch(epoch=e, train=..., valid=... or None, lr=..., step=..., seconds=...)``,
-            ``e`` counting completed epochs (a run log such as the CLI's metrics.jsonl).
+        on_epoch: called after each epoch (and its checkpoint) as ``on_epoch(epoch=e,
+            train=..., valid=... or None, lr=..., step=..., seconds=...)``, ``e`` counting
+            completed epochs (a run log such as the CLI's metrics.jsonl).
     """
     settings = LoopSettings(epochs=epochs, batch_size=batch_size, check_every=check_every,
                             valid_samples=valid_samples, patience=patience, clip_norm=clip_norm,
@@ -237,6 +235,9 @@ def probe_pair(model, guide, objective: Objective, data: TrainData, batch_size: 
     x_probe, kw = data.train.head(batch_size, seed)
     probe_kw = data.kwargs(kw)
     info = check_training_pair(model, guide, x_probe, probe_kw)
+    if info.globals and data.n is None:
+        raise ValueError(f"global latent site(s) {list(info.globals)} count 1 / N, but the "
+                         "DataLoader's dataset has no length: give it a __len__")
     objective = for_pair(objective, info, default=default)
     if data.valid is not None:
         check_valid(model, guide, data.valid, data.fixed_kw, batch_size)

@@ -209,7 +209,8 @@ class PyroObjective(Objective):
         """The ELBO copy and wrapped pair for ``(model, guide)`` (made once, then reused)."""
         self.check_pair_info(info, latent_scale)
         vectorize = bool(self.elbo.vectorize_particles and info.vectorized)
-        key = (id(model), id(guide), info.data_plate, info.max_plate_nesting, vectorize)
+        key = (_identity(model), _identity(guide), info.data_plate, info.max_plate_nesting,
+               vectorize)
         run = self.runs.get(key)
         if run is None:
             elbo = copy.copy(self.elbo)
@@ -238,6 +239,15 @@ class PyroObjective(Objective):
                 not self.supports_latent_scale or info.enumerated):
             raise ValueError(f"{name} cannot scale latent sites by beta" + (
                 f" while enumerating {list(info.enumerated)}" if info.enumerated else ""))
+
+
+def _identity(fn) -> tuple[int, ...]:
+    """What stays the same across calls: a bound method's object and function, else ``fn``.
+
+    ``vae.model`` is a new bound-method object at each access.
+    """
+    owner, func = getattr(fn, "__self__", None), getattr(fn, "__func__", None)
+    return (id(owner), id(func)) if owner is not None and func is not None else (id(fn),)
 
 
 def _plain_loss(model_sites: list, guide_sites: list, particles: int) -> torch.Tensor:
