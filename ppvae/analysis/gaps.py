@@ -16,6 +16,7 @@ IWAE bound from the best available proposal (the fitted q* with the highest ELBO
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -25,6 +26,7 @@ import torch
 
 from ..core.bounds import Bound, elbo, iwae
 from ..core.contract import check_pair, is_latent
+from ..core.enum import is_enumerated
 from ..core.trace import trace_fn
 from ..infer.ais import ais_log_px
 from ..infer.local.families import FAMILIES
@@ -82,14 +84,17 @@ def infer_family(guide, x: torch.Tensor, model_kwargs: Mapping[str, Any] | None 
     """
     if isinstance(guide, LocalGuide):
         return guide.family
-    label = getattr(guide, "__name__", None) or type(guide).__name__
+    inner = guide
+    while isinstance(inner, functools.partial):  # config_enumerate wraps a partial
+        inner = inner.func
+    label = getattr(inner, "__name__", None) or type(inner).__name__
     with torch.no_grad():
         if hasattr(guide, "distribution"):
             sites = {"distribution(x)": guide.distribution(x[:1])}
         else:
             tr = trace_fn(guide, x, model_kwargs)
-            sites = {n: s["fn"] for n, s in tr.nodes.items()
-                     if s["type"] == "sample" and is_latent(s)}
+            sites = {n: s["fn"] for n, s in tr.nodes.items()  # enumerated: summed out
+                     if s["type"] == "sample" and is_latent(s) and not is_enumerated(s)}
     kinds = {n: _family_of(q) for n, q in sites.items()}
     found = set(kinds.values())
     if None not in found and len(found) == 1:

@@ -22,6 +22,7 @@ traces; see ``pyro/infer/trace_elbo.py`` for the pattern).
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -432,20 +433,22 @@ def _broadcast_failure(model, guide, x, kwargs, dim: int, n: int) -> str | None:
     return None
 
 
-_WARNED: set[tuple[str, int, int]] = set()
-
-
-def _identity(fn) -> int:
-    """The same number for every bound method object of one instance (``vae.model``)."""
-    return id(getattr(fn, "__self__", fn)) ^ id(getattr(fn, "__func__", fn))
+_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # owner -> reasons warned
 
 
 def _warn_fallback(reason: str, model, guide) -> None:
-    """Warn once per (pair, reason) that particles are drawn one trace at a time."""
-    key = (reason, _identity(model), _identity(guide))
-    if key in _WARNED:
+    """Warn once per (model, reason) that particles are drawn one trace at a time.
+
+    The model is identified by the object of a bound method (``vae.model``) or the function.
+    """
+    owner = getattr(model, "__self__", model)
+    try:
+        seen = _WARNED.setdefault(owner, set())
+    except TypeError:  # not weakly referenceable: warn every time
+        seen = set()
+    if reason in seen:
         return
-    _WARNED.add(key)
+    seen.add(reason)
     warnings.warn(
         f"the pair does not broadcast over an extra leading particle dimension ({reason}); "
         "ppvae draws particles one trace at a time instead (as Pyro's vectorize_particles="

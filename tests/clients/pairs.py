@@ -15,6 +15,7 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
+from pyro.infer import config_enumerate
 from pyro.nn import PyroModule
 from torch import nn
 
@@ -181,30 +182,140 @@ def hierarchical() -> Client:
     return Client("hierarchical", model, guide, x, {}, (dec2, dec1, enc, enc2))
 
 
-# --- Bayesian-style logistic regression with a local random intercept ------------------------
-def logistic_random_intercept() -> Client:
+# --- Bayesian logistic regression: global weights next to a local random intercept ----------
+def bayesian_logistic() -> Client:
     g = torch.Generator().manual_seed(5)
     feats = torch.randn(40, 3, generator=g)
     w = torch.tensor([1.0, -2.0, 0.5])
     u = 0.8 * torch.randn(40, generator=g)
     y = torch.bernoulli(torch.sigmoid(feats @ w + u), generator=g).unsqueeze(-1)
-    coef = nn.Parameter(torch.zeros(3))
     enc = nn.Linear(4, 2)
 
     def model(y, feats):
-        pyro.module("coef", nn.ParameterList([coef]))
+        coef = pyro.sample("coef", dist.Normal(feats.new_zeros(3), 1.0).to_event(1))
         with pyro.plate("subjects", y.shape[0]):
             u = pyro.sample("u", dist.Normal(0.0, 1.0))
-            pyro.sample("y", dist.Bernoulli(logits=(feats @ coef + u).unsqueeze(-1))
-                        .to_event(1), obs=y)
+            pyro.sample("y", dist.Bernoulli(logits=(feats @ coef.unsqueeze(-1)).squeeze(-1)
+                                            .add(u).unsqueeze(-1)).to_event(1), obs=y)
 
     def guide(y, feats):
+        loc = pyro.param("coef_loc", feats.new_zeros(3))
+        scale = pyro.param("coef_scale", feats.new_full((3,), 0.5),
+                           constraint=dist.constraints.positive)
+        pyro.sample("coef", dist.Normal(loc, scale).to_event(1))
         pyro.module("intercept_enc", enc)
         with pyro.plate("subjects", y.shape[0]):
-            loc, raw = enc(torch.cat([y, feats], -1)).unbind(-1)
-            pyro.sample("u", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3))
+            loc_u, raw = enc(torch.cat([y, feats], -1)).unbind(-1)
+            pyro.sample("u", dist.Normal(loc_u, nn.functional.softplus(raw) + 1e-3))
 
-    return Client("logistic_intercept", model, guide, y, {"feats": feats}, (enc,))
+    return Client("bayesian_logistic", model, guide, y, {"feats": feats}, (enc,),
+                  {"globals": ("coef",)})
+
+
+# --- a CVAE observing the hidden pixels with boolean-mask indexing (Pyro's examples/cvae) -----
+class _MaskedCVAE(nn.Module):
+    def __init__(self, d: int = 16, k: int = 2, h: int = 32):
+        super().__init__()
+        self.k = k
+        self.prior_net = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, 2 * k))
+        self.gen_net = nn.Sequential(nn.Linear(k, h), nn.ReLU(), nn.Linear(h, d))
+        self.rec_net = nn.Sequential(nn.Linear(2 * d, h), nn.ReLU(), nn.Linear(h, 2 * k))
+
+    def model(self, xs, ys=None):
+        pyro.module("masked_cvae", self)
+        b = xs.shape[0]
+        with pyro.plate("data", b):
+            loc, raw = self.prior_net(xs).chunk(2, -1)
+            zs = pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw)).to_event(1))
+            probs = torch.sigmoid(self.gen_net(zs))
+            mask = xs == -1  # [B, D]: index the hidden pixels, as the Pyro example does
+            pyro.sample("y", dist.Bernoulli(probs[mask].view(b, -1)).to_event(1),
+                        obs=None if ys is None else ys[mask].view(b, -1))
+
+    def guide(self, xs, ys=None):
+        pyro.module("masked_cvae", self)
+        with pyro.plate("data", xs.shape[0]):
+            loc, raw = self.rec_net(torch.cat([xs, ys], -1)).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw)).to_event(1))
+
+
+def cvae_boolean_mask() -> Client:
+    g = torch.Generator().manual_seed(6)
+    ys = torch.bernoulli(torch.full((24, 16), 0.4), generator=g)
+    xs = ys.clone()
+    xs[:, 8:] = -1.0
+    net = _MaskedCVAE()
+    return Client("cvae_boolean_mask", net.model, net.guide, xs, {"ys": ys}, (net,))
+
+
+# --- semi-supervised M2 (Kingma et al. 2014): the guide enumerates the unobserved label ------
+class _M2(nn.Module):
+    def __init__(self, d: int = 12, k: int = 2, classes: int = 3, h: int = 16):
+        super().__init__()
+        self.k, self.classes = k, classes
+        self.decoder = nn.Sequential(nn.Linear(k + classes, h), nn.Tanh(), nn.Linear(h, d))
+        self.encoder_y = nn.Linear(d, classes)
+        self.encoder_z = nn.Sequential(nn.Linear(d + classes, h), nn.Tanh(), nn.Linear(h, 2 * k))
+
+    @staticmethod
+    def _joined(a, b):
+        shape = torch.broadcast_shapes(a.shape[:-1], b.shape[:-1])
+        return torch.cat([a.expand(shape + a.shape[-1:]), b.expand(shape + b.shape[-1:])], -1)
+
+    def model(self, xs, ys=None):
+        pyro.module("ss_vae", self)
+        with pyro.plate("data", xs.shape[0]):
+            zs = pyro.sample("z", dist.Normal(xs.new_zeros(self.k), 1.0).to_event(1))
+            prior = xs.new_ones(self.classes) / self.classes
+            ys = pyro.sample("y", dist.OneHotCategorical(prior), obs=ys)
+            logits = self.decoder(self._joined(zs, ys))
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=xs)
+
+    @config_enumerate
+    def guide(self, xs, ys=None):
+        pyro.module("ss_vae", self)
+        with pyro.plate("data", xs.shape[0]):
+            if ys is None:
+                ys = pyro.sample("y", dist.OneHotCategorical(logits=self.encoder_y(xs)))
+            loc, raw = self.encoder_z(self._joined(xs, ys)).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 1e-3).to_event(1))
+
+
+def m2() -> Client:
+    g = torch.Generator().manual_seed(7)
+    x = torch.bernoulli(torch.full((30, 12), 0.35), generator=g)
+    net = _M2()
+    return Client("m2", net.model, net.guide, x, {}, (net,))
+
+
+# --- a Gaussian-mixture prior over z, the assignment enumerated in the model -----------------
+def gmm_prior() -> Client:
+    d, k, c = 5, 2, 3
+    g = torch.Generator().manual_seed(8)
+    weights = torch.tensor([0.5, 0.3, 0.2])
+    means = 2.0 * torch.randn(c, k, generator=g)
+    W = torch.randn(d, k, generator=g)
+    psi = 0.2 + torch.rand(d, generator=g)
+    assign = torch.multinomial(weights, 40, replacement=True, generator=g)
+    z = means[assign] + torch.randn(40, k, generator=g)
+    x = z @ W.T + psi.sqrt() * torch.randn(40, d, generator=g)
+    enc = nn.Linear(d, 2 * k)
+
+    @config_enumerate
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            a = pyro.sample("a", dist.Categorical(weights.to(x)))
+            z = pyro.sample("z", dist.Normal(means.to(x)[a], 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ W.to(x).T, psi.to(x).sqrt()).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("gmm_encoder", enc)
+        with pyro.plate("data", x.shape[0]):
+            loc, raw = enc(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, nn.functional.softplus(raw) + 0.1).to_event(1))
+
+    return Client("gmm_prior", model, guide, x, {}, (enc,),
+                  {"weights": weights, "means": means, "W": W, "psi": psi})
 
 
 CLIENTS: dict[str, Callable[[], Client]] = {
@@ -213,5 +324,8 @@ CLIENTS: dict[str, Callable[[], Client]] = {
     "gamma_poisson": gamma_poisson,
     "prodlda": prodlda,
     "hierarchical": hierarchical,
-    "logistic_intercept": logistic_random_intercept,
+    "bayesian_logistic": bayesian_logistic,
+    "cvae_boolean_mask": cvae_boolean_mask,
+    "m2": m2,
+    "gmm_prior": gmm_prior,
 }
