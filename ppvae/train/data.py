@@ -248,7 +248,7 @@ class DatasetSource:
         idx = [int(i) for i in rows.tolist()]
         getitems = getattr(self.dataset, "__getitems__", None)
         items = getitems(idx) if getitems is not None else [self.dataset[i] for i in idx]
-        where = f"{self.what} items {idx[:3]}{'...' if len(idx) > 3 else ''}"
+        where = f"Dataset items {idx[:3]}{'...' if len(idx) > 3 else ''} ({self.what})"
         return _to(self.layout.split(default_collate(items), where), self.device)
 
     def epoch(self, seed: int, epoch: int) -> IndexedEpoch:
@@ -283,7 +283,8 @@ class LoaderSource:
     def batches(self) -> Iterator[Batch]:
         """The loader's batches, split and on the device."""
         for i, batch in enumerate(self.loader):
-            yield _to(self.layout.split(batch, f"{self.what} batch {i}"), self.device)
+            yield _to(self.layout.split(batch, f"DataLoader batch {i} ({self.what})"),
+                      self.device)
 
     def epoch(self, seed: int, epoch: int) -> _StreamEpoch:
         """One pass over the loader (its own shuffling draws from torch's seeded generator)."""

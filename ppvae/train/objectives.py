@@ -199,12 +199,14 @@ class IWAE(Objective):
     """IWAE_k bound: per datapoint ``log (1/k) sum_i w_i`` from :func:`ppvae.log_weights`.
 
     Its log weights use the model's own densities (no scale), so a model's declared scale
-    never enters; it needs every latent inside the per-datapoint plate (no global latents).
+    never enters; enumerated discrete sites are summed out per datapoint; it needs every latent
+    inside the per-datapoint plate (no global latents).
     """
 
     k: int = 5
     name = "iwae"
     supports_latent_scale = False
+    sums_out_enumerated = True  # ppvae.log_weights sums enumerated sites out per datapoint
 
     def __post_init__(self):
         if self.k < 1:

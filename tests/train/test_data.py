@@ -94,11 +94,11 @@ class Stream(IterableDataset):
 @pytest.mark.parametrize("data, kw, error, message", [
     (lambda d: DataLoader(TensorDataset(d.train[:64], d.train_labels[:64], d.train_labels[:64]),
                           batch_size=32), {"batch_kw": ("y",)}, ValueError,
-     r"data batch 0 is a list of 3 items but batch_kw names 1 \(\['y'\]\): name the 2 item\(s\) "
-     r"after x"),
+     r"DataLoader batch 0 \(data\) is a list of 3 items but batch_kw names 1 \(\['y'\]\): name "
+     r"the 2 item\(s\) after x"),
     (lambda d: Records(d.train[:64], d.train_labels[:64]), {}, ValueError,
-     r"data items \[0, 1, 2\]... is a dict without the data key 'x' \(keys \['image', 'y'\]\): "
-     "say which key holds x with data_key="),
+     r"Dataset items \[0, 1, 2\]... \(data\) is a dict without the data key 'x' \(keys "
+     r"\['image', 'y'\]\): say which key holds x with data_key="),
     (lambda d: TensorDataset(d.train[:64], d.train_labels[:64]), {"batch_kw": {"y": None}},
      TypeError, r"batch_kw=\{...\} holds per-datapoint tensors for tensor data; with a torch "
                 r"Dataset or DataLoader, batch_kw names the elements after x"),

@@ -222,7 +222,17 @@ def test_an_enumerating_model_trains_with_trace_enum_by_default():
     pair = _pair(Mixture)
     r = ppvae.fit(pair.model, pair.guide, x, epochs=1, batch_size=12, quiet=True, device="cpu")
     assert r.stopped == "completed" and r.objective == "TraceEnum_ELBO(num_particles=1)"
-    for objective in (ppvae.ELBO(), Trace_ELBO(), ppvae.IWAE(3)):
+    r = ppvae.fit(pair.model, pair.guide, x, objective=ppvae.IWAE(3), epochs=1, batch_size=12,
+                  quiet=True, device="cpu")  # log weights sum c out per datapoint
+    assert r.stopped == "completed" and r.objective == "iwae"
+    xb, info = x[:12], ppvae.check_pair(pair.model, pair.guide, x[:12])
+    pyro.set_rng_seed(3)  # IWAE_1 with c summed out is TraceEnum_ELBO's ELBO (the same z)
+    iwae1 = ppvae.IWAE(1).loss(pair.model, pair.guide, xb, info=info, data_scale=1 / 12)
+    pyro.set_rng_seed(3)
+    enum = ppvae.PyroObjective(TraceEnum_ELBO()).loss(pair.model, pair.guide, xb, info=info,
+                                                      data_scale=1 / 12)
+    torch.testing.assert_close(iwae1, enum.detach(), rtol=1e-5, atol=1e-6)
+    for objective in (ppvae.ELBO(), Trace_ELBO(), ppvae.mean_field()):
         with pytest.raises(ValueError, match=r"the model enumerates site\(s\) \['c'\] .* train "
                            r"with objective=pyro.infer.TraceEnum_ELBO\(\)"):
             ppvae.fit(pair.model, pair.guide, x, objective=objective, epochs=1, quiet=True,

@@ -194,6 +194,28 @@ def test_a_jit_elbo_is_not_stale_on_a_short_last_minibatch():
                           data_scale=1 / b, train_size=N)
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert len(jit.runs) == 1  # one ELBO copy for the pair, compiled once per shape
+    warm_jit, warm = ppvae.kl_warmup(10, base=jit), ppvae.kl_warmup(10)  # beta: a graph input
+    for step in (0, 5, 10):
+        got = warm_jit.loss(pair.model, pair.guide, x[:8], info=info._replace(num_data=8),
+                            data_scale=1 / 8, train_size=N, step=step)
+        want = warm.loss(pair.model, pair.guide, x[:8], info=info._replace(num_data=8),
+                         data_scale=1 / 8, train_size=N, step=step)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_an_objective_written_for_the_old_protocol_still_trains():
+    """A custom objective whose loss has no train_size (written before the engine scaled global
+    latents) is called without it."""
+    from ppvae.train.objectives import ELBO, Objective
+
+    class Mine(Objective):
+        name = "mine"
+
+        def loss(self, model, guide, x, *, info, data_scale=1.0, step=0, kwargs=None):
+            return ELBO().loss(model, guide, x, info=info, data_scale=data_scale, kwargs=kwargs)
+
+    x = _data()
+    assert _fit({}, x, objective=Mine())[0].train_objective == _fit({}, x)[0].train_objective
 
 
 def test_fit_trains_a_pair_with_global_latents_and_validates_it():

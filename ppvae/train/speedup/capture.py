@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ...core.contract import PairInfo
     from ..objectives import Objective
 
-__all__ = ["CaptureError", "CapturedLoss", "training_loss"]
+__all__ = ["CaptureError", "CapturedLoss", "takes_train_size", "training_loss"]
 
 # Values read out of tensors during the capture (label range checks, one_hot's own check) are
 # frozen into the graph rather than refused; the replays checked against the eager objective
@@ -64,11 +64,11 @@ def training_loss(objective, model, guide, info, params: Sequence[torch.Tensor],
     It is the objective run eagerly, or (``jit``) a :class:`CapturedLoss`. ``train_size`` is
     the number of training rows N (global latents count 1 / N, :mod:`ppvae.train.scaling`).
     """
+    size = {"train_size": train_size} if takes_train_size(objective) else {}
     if not jit:
         def eager(x, kwargs, data_scale, step):
             return objective.loss(model, guide, x, info=info._replace(num_data=x.shape[0]),
-                                  data_scale=data_scale, train_size=train_size, step=step,
-                                  kwargs=kwargs)
+                                  data_scale=data_scale, step=step, kwargs=kwargs, **size)
         return eager
     if validate:
         raise ValueError("jit=True replays a captured graph, which skips the per-step value "
@@ -76,7 +76,18 @@ def training_loss(objective, model, guide, info, params: Sequence[torch.Tensor],
     why = objective.jit_capturable()
     if why is not None:
         raise ValueError(f"jit=True cannot capture this objective: {why}; train with jit=False")
-    return CapturedLoss(objective, model, guide, info, params, buffers, train_size=train_size)
+    return CapturedLoss(objective, model, guide, info, params, buffers,
+                        train_size=size.get("train_size"))
+
+
+def takes_train_size(objective) -> bool:
+    """Does ``objective.loss`` take ``train_size``?
+
+    An objective written before global latents were scaled by the engine may not; it is then
+    called without it.
+    """
+    params = inspect.signature(objective.loss).parameters
+    return "train_size" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def _static(value):
@@ -145,10 +156,12 @@ class CapturedLoss:
 
         def run(*flat):
             kw = {**static_kw, **dict(zip(tensor_kw, flat[1:1 + n_kw], strict=True))}
-            extra = {"scalars": tuple(flat[1 + n_kw:1 + n_kw + n_sc])} if n_sc else {}
+            extra: dict[str, Any] = {"scalars": tuple(flat[1 + n_kw:1 + n_kw + n_sc])} \
+                if n_sc else {}
+            if self.train_size is not None:
+                extra["train_size"] = self.train_size
             return self.objective.loss(self.model, self.guide, flat[0], info=info,
-                                       data_scale=data_scale, train_size=self.train_size,
-                                       step=step, kwargs=kw, **extra)
+                                       data_scale=data_scale, step=step, kwargs=kw, **extra)
 
         if graph is None:
             graph = self.graphs[key] = _Graph(self._capture(run, inputs, key))
