@@ -466,7 +466,7 @@ class _ParamOwners(Messenger):
         self.clashes: list[tuple[str, torch.Tensor, torch.Tensor]] = []
 
     def _pyro_param(self, msg) -> None:
-        init = msg["args"][0] if msg["args"] else None
+        init = msg["args"][1] if len(msg["args"]) > 1 else None  # pyro.param(name, init)
         if not isinstance(init, nn.Parameter):
             return
         first = self.owners.setdefault(msg["name"], init)

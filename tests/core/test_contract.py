@@ -292,3 +292,38 @@ def test_custom_conditional_two_latent_model_works_everywhere(x):
     ppvae.log_weights(net.model, net.guide, x, 4, model_kwargs={"labels": labels}).mean().backward()
     assert net.enc2.weight.grad is not None and net.enc2.weight.grad.abs().sum() > 0
     assert net.dec1.weight.grad.abs().sum() > 0
+
+
+def test_two_modules_sharing_parameter_store_names_are_named(x):
+    from pyro.nn import PyroModule
+
+    class Net(PyroModule):  # both instances unnamed: "fc.weight", "fc.bias" in both
+        def __init__(self, n_in, n_out):
+            super().__init__()
+            self.fc = PyroModule[torch.nn.Linear](n_in, n_out)
+
+    enc, dec = Net(D, K), Net(K, D)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(K), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(dec.fc(z), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(enc.fc(x), 1.0).to_event(1))
+
+    with pytest.raises(ContractError, match=r"two different modules register the "
+                                            r"parameter-store name 'fc\.weight'"):
+        ppvae.check_pair(model, guide, x)
+
+
+def test_site_listings_show_sample_sites_only(x):
+    def guide(x):
+        pyro.param("scale", torch.ones(()))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("w", dist.Normal(x[..., :K], 1.0).to_event(1))
+
+    with pytest.raises(ContractError, match=r"model's sample sites: \['x', 'z'\]\)") as e:
+        ppvae.check_pair(good_model, guide, x)
+    assert "_RETURN" not in str(e.value) and "scale" not in str(e.value)
