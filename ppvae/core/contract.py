@@ -34,7 +34,7 @@ from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from torch import nn
 
-from .enum import is_enumerated
+from .enum import is_discrete, is_enumerated, summable
 from .modes import evaluation, modules_of
 from .trace import particle_plate, trace_fn, trace_pair
 
@@ -185,13 +185,6 @@ def find_data_plate(sites: Sequence[Mapping[str, Any]], n: int) -> str:
 def _nesting(site: Mapping[str, Any]) -> int:
     dims = [-f.dim for f in site["cond_indep_stack"] if f.vectorized]
     return max(dims, default=0)
-
-
-def _is_discrete(fn) -> bool:
-    try:
-        return bool(fn.support.is_discrete)
-    except (NotImplementedError, AttributeError):  # distributions without a declared support
-        return False
 
 
 def _raise_plate_mismatch(e: Exception, role: str) -> None:
@@ -505,17 +498,6 @@ def _sample_names(tr: Trace) -> list[str]:
                   and not _is_deterministic(s) and not n.startswith("_"))
 
 
-def _summable(site: Mapping[str, Any]) -> bool:
-    """A model latent the guide may leave out, to be summed out exactly.
-
-    Marked for enumeration, or discrete, enumerable and per datapoint (as ``TraceEnum_ELBO``
-    would sum it with the mark).
-    """
-    fn = site["fn"]
-    enumerable = _is_discrete(fn) and getattr(fn, "has_enumerate_support", False)
-    return is_enumerated(site) or (enumerable and len(fn.batch_shape) == 1)
-
-
 def _match_sites(guide_tr: Trace, model_tr: Trace) -> tuple[list[str], list[str]]:
     """(guide latent names, model observed names); errors for sites the other side lacks."""
     guide_latent = [n for n, s in guide_tr.nodes.items() if s["type"] == "sample" and is_latent(s)]
@@ -530,10 +512,10 @@ def _match_sites(guide_tr: Trace, model_tr: Trace) -> tuple[list[str], list[str]
                 f"the guide samples site '{name}' but the model observes it (obs=...); "
                 "a guide samples only latent sites")
     for name, site in model_tr.nodes.items():
-        if is_latent(site) and name not in guide_tr.nodes and not _summable(site):
+        if is_latent(site) and name not in guide_tr.nodes and not summable(site):
             hint = (" A discrete latent the guide leaves out is summed out when it is "
                     "enumerable and per datapoint (batch shape [N]); this one is not."
-                    if _is_discrete(site["fn"]) else "")
+                    if is_discrete(site["fn"]) else "")
             raise ContractError(
                 f"the model's latent site '{name}' is not sampled by the guide (the guide's "
                 f"sample sites: {_sample_names(guide_tr)}); the guide must sample every "
@@ -612,9 +594,9 @@ def check_pair(model, guide, x: torch.Tensor, *,
             _check_finite(role, name, site)
         nesting = max(1, *(_nesting(s) for _, _, s in sites))
         enumerated = tuple(n_ for n_, s in model_tr.nodes.items() if is_latent(s) and (
-            _summable(s) if n_ not in guide_tr.nodes else is_enumerated(guide_tr.nodes[n_])))
+            summable(s) if n_ not in guide_tr.nodes else is_enumerated(guide_tr.nodes[n_])))
         discrete = tuple(n_ for n_ in guide_latent if n_ not in enumerated
-                         and _is_discrete(model_tr.nodes[n_]["fn"]))
+                         and is_discrete(model_tr.nodes[n_]["fn"]))
         info = PairInfo(n, tuple(guide_latent), tuple(observed), nesting, discrete, plate,
                         enumerated=enumerated, globals=tuple(dict.fromkeys(global_)))
         failure = (_enumerated_failure(model, guide, x, kwargs, info) if enumerated else

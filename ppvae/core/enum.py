@@ -32,8 +32,8 @@ from pyro.poutine.util import site_is_subsample
 
 from .trace import trace_fn, with_leading
 
-__all__ = ["Enumerate", "enum_log_density", "enumerate_sites", "is_enumerated",
-           "replay_continuous", "sum_out_discrete"]
+__all__ = ["Enumerate", "enum_log_density", "enumerate_sites", "is_discrete", "is_enumerated",
+           "replay_continuous", "sum_out_discrete", "summable"]
 
 PARALLEL = "parallel"
 
@@ -42,6 +42,25 @@ def is_enumerated(site: Mapping[str, Any]) -> bool:
     """A latent sample site marked for parallel enumeration."""
     return (site["type"] == "sample" and not site["is_observed"]
             and site["infer"].get("enumerate") == PARALLEL)
+
+
+def is_discrete(fn) -> bool:
+    """Does the distribution ``fn`` have discrete support (False when it declares none)?"""
+    try:
+        return bool(fn.support.is_discrete)
+    except (NotImplementedError, AttributeError):  # distributions without a declared support
+        return False
+
+
+def summable(site: Mapping[str, Any]) -> bool:
+    """A latent site that can be summed out exactly, per datapoint.
+
+    Marked for enumeration, or discrete, enumerable and of batch shape [N] (as
+    ``TraceEnum_ELBO`` would sum it with the mark).
+    """
+    fn = site["fn"]
+    enumerable = is_discrete(fn) and getattr(fn, "has_enumerate_support", False)
+    return is_enumerated(site) or (enumerable and len(fn.batch_shape) == 1)
 
 
 class Enumerate(Messenger):
@@ -89,15 +108,8 @@ def sum_out_discrete(model: Callable, x: torch.Tensor,
             tr = trace_fn(model, x, kwargs)
     except Exception:  # a broken model or x: the contract check that follows names the problem
         return model
-    names = []
-    for name, site in tr.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or is_enumerated(site):
-            continue
-        fn = site["fn"]
-        support = getattr(fn, "support", None)
-        if (getattr(support, "is_discrete", False) and getattr(fn, "has_enumerate_support", False)
-                and len(fn.batch_shape) == 1):  # type: ignore[attr-defined]  # a distribution
-            names.append(name)
+    names = [name for name, site in tr.nodes.items() if site["type"] == "sample"
+             and not site["is_observed"] and not is_enumerated(site) and summable(site)]
     return enumerate_sites(model, names)
 
 
@@ -120,14 +132,14 @@ def _mid_sum(lp: torch.Tensor, nd: int) -> torch.Tensor:
 def enum_log_density(fn: Callable, x: torch.Tensor, kwargs: Mapping[str, Any], *,
                      names: Collection[str], include: Callable[[Mapping[str, Any]], bool],
                      particles: int | None, particle_dim: int, data_plate: str,
-                     num_data: int, density: Callable) -> torch.Tensor:
+                     num_data: int) -> torch.Tensor:
     """``log sum_c exp(sum of the included sites' log densities)``, ``[particles or 1, N]``.
 
     ``fn`` runs under ``poutine.enum`` with the sites ``names`` enumerated in parallel (to the
-    left of the particle plate at ``particle_dim``); ``density`` is the per-site log density
-    (masked, unscaled).
+    left of the particle plate at ``particle_dim``); each site's log density is masked, not
+    scaled (:func:`ppvae.core.contract.site_log_density`).
     """
-    from .contract import ContractError  # the contract module imports this one
+    from .contract import ContractError, site_log_density  # the contract imports this module
 
     marked = enumerate_sites(fn, names)
     enumerated = poutine.enum(marked, first_available_dim=particle_dim - 1)
@@ -146,7 +158,7 @@ def enum_log_density(fn: Callable, x: torch.Tensor, kwargs: Mapping[str, Any], *
                     f"plate '{data_plate}'; ppvae sums out discrete latents per datapoint only "
                     "(one value per datapoint): move it out of the nested plate or give the "
                     "guide a site for it")
-        lp = _mid_sum(density(site), nd)
+        lp = _mid_sum(site_log_density(site), nd)
         total = lp if total is None else total + lp
     assert total is not None  # every model has an observed site, every caller includes it
     if total.dim() > nd:

@@ -123,8 +123,7 @@ class Potential:
             parts.append(enum_log_density(
                 poutine.condition(fn, data=at), self.x, self.kwargs, names=names,
                 include=include, particles=group, particle_dim=self.particle_dim,
-                data_plate=self.info.data_plate, num_data=self.num_data,
-                density=site_log_density))
+                data_plate=self.info.data_plate, num_data=self.num_data))
             start += group or 1
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 

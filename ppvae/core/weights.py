@@ -59,8 +59,7 @@ def enumerated_log_weights(model, guide, x, particles: int | None, info: PairInf
         drawn = trace_fn(guide, x, kwargs, particles=particles, particle_dim=dim, prune=False)
     replay = replay_continuous(drawn, info.enumerated)
     common: dict[str, Any] = {"particles": particles, "particle_dim": dim,
-                              "data_plate": info.data_plate, "num_data": info.num_data,
-                              "density": site_log_density}
+                              "data_plate": info.data_plate, "num_data": info.num_data}
     in_guide = [n for n in info.enumerated if n in info.latent]
     log_q = enum_log_density(poutine.replay(guide, trace=replay), x, kwargs, names=in_guide,
                              include=is_latent, **common)
