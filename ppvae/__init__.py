@@ -15,6 +15,13 @@ from .analysis.ppca import ppca_log_marginal, ppca_mle, ppca_posterior
 from .analysis.report import GapReport, GapRow, LogPx
 from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights
 from .core.contract import ContractError, PairInfo, ParticleFallbackWarning, check_pair
+from .core.diagnostic_warnings import (
+    AISWarning,
+    ConvergenceWarning,
+    DiagnosticWarning,
+    ImportanceWeightWarning,
+    MCMCWarning,
+)
 from .core.enum import enumerate_sites
 from .core.globals import fix_globals
 from .core.weights import log_weights
@@ -35,19 +42,24 @@ __all__ = [
     "ELBO",
     "IWAE",
     "AISResult",
+    "AISWarning",
     "BDMCResult",
     "Bound",
     "CaptureError",
     "CheckpointError",
     "ContractError",
+    "ConvergenceWarning",
+    "DiagnosticWarning",
     "Diagnostics",
     "FitResult",
     "GapReport",
     "GapRow",
     "HMCResult",
+    "ImportanceWeightWarning",
     "LocalFit",
     "LocalGuide",
     "LogPx",
+    "MCMCWarning",
     "NUTSResult",
     "PairInfo",
     "ParticleFallbackWarning",
