@@ -16,6 +16,12 @@ Subcommands (each a module of :mod:`ppvae.app` with ``add_arguments(parser)`` fo
 Configuration comes from flags or a TOML file (``--config``; flags override it). Errors a user
 can cause print one line naming the problem and exit with code 2 (``--debug`` shows the
 traceback).
+
+The diagnostic warnings a command raises (:class:`ppvae.DiagnosticWarning`: unconverged q*,
+MCMC failing R-hat / ESS / divergence checks, heavy-tailed importance weights, AIS acceptance)
+are collected (:func:`ppvae.core.diagnostic_warnings.collect`), written to the report's
+"Warnings" section with the section that raised them, and printed on stderr at the end of the
+command as a "warnings:" block, one line each.
 """
 
 from __future__ import annotations
@@ -73,6 +79,31 @@ def main(argv: list[str] | None = None) -> int:
     The code is 2 with one line on stderr for an error the user can fix, 130 when interrupted.
     """
     args = _parser().parse_args(argv)
+    from ..core.diagnostic_warnings import collect
+    from .runs import set_command
+
+    set_command(sys.argv[1:] if argv is None else argv)  # the reports record the command line
+    found: list[str] = []
+    try:
+        with collect() as found:
+            return _run(args)
+    finally:
+        set_command(None)
+        _print_warnings(found)
+
+
+def _print_warnings(found: list[str]) -> None:
+    """The collected diagnostic warnings on stderr, one line each."""
+    from .runs import READ_THE_NUMBERS
+
+    if found:
+        print("warnings:\n" + "".join(f"  {w}\n" for w in found)
+              + f"  (what they mean: {READ_THE_NUMBERS}; also in the report's Warnings "
+              "section)", file=sys.stderr)
+
+
+def _run(args) -> int:
+    """Run the parsed command; a user's error is one line on stderr and exit code 2."""
     try:
         import matplotlib
 

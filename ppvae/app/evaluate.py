@@ -5,6 +5,10 @@ run's guide, writes the report's evaluation section and the reconstructions figu
 the numbers; :func:`main` is the command, printing them in one line. For a point-mass guide
 (the zoo's ``point_mass``) the report says that its 'ELBO' and 'IWAE' are the MAP objective
 log p(x, z*), not bounds on log p(x).
+
+``--num-data N`` takes a seeded random subset of N rows of the split (``--first-rows``: the
+first N, which is a biased sample of a split stored in class order), and the reconstructions
+figure shows 10 of them chosen the same way; the report records the indices.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import argparse
 import pyro
 import torch
 
-from .trained import Trained, label_kw, open_run
+from .runs import provenance, record_warnings
+from .trained import Rows, Trained, open_run
 from .zoo import GUIDES
 
 __all__ = ["ESTIMATORS", "add_arguments", "evaluate_run", "main"]
@@ -29,14 +34,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--estimator", choices=ESTIMATORS, default="iwae")
     p.add_argument("--k", type=int, default=1000, help="IWAE samples per datapoint")
     p.add_argument("--ais-steps", type=int, default=200)
-    p.add_argument("--num-data", type=int, help="first N rows of the split (default all)")
+    p.add_argument("--num-data", type=int,
+                   help="N rows of the split, a seeded random subset (default all rows)")
+    p.add_argument("--first-rows", action="store_true",
+                   help="with --num-data: the first N rows instead of a random subset")
+    p.add_argument("--seed", type=int,
+                   help="seed of the row subset and the Monte Carlo (default: the run's seed)")
 
 
 def main(args) -> int:
     """Run ``ppvae evaluate``; returns the exit code."""
     tr = open_run(args.run)
     out = evaluate_run(tr, split=args.split, estimator=args.estimator, k=args.k,
-                       num_data=args.num_data, ais_steps=args.ais_steps)
+                       num_data=args.num_data, ais_steps=args.ais_steps, seed=args.seed,
+                       first_rows=args.first_rows)
     print(f"{out['split']} (N = {out['num_data']}): ELBO {out['elbo']:.3f} ± "
           f"{out['elbo_se']:.3f}" + "".join(f", log p(x) {r['log_px']:.3f} ± "
                                             f"{r['log_px_se']:.3f} ({r['estimator']})"
@@ -46,10 +57,29 @@ def main(args) -> int:
 
 
 def evaluate_run(tr: Trained, *, split: str = "test", estimator: str = "iwae", k: int = 1000,
-                 num_data: int | None = None, ais_steps: int = 200) -> dict:
+                 num_data: int | None = None, ais_steps: int = 200, seed: int | None = None,
+                 first_rows: bool = False) -> dict:
     """ELBO and log p-hat(x) on a split by ``estimator`` ("iwae", "ais" or "both").
 
-    Writes the report's evaluation section and the reconstructions figure. Returns the numbers.
+    Writes the report's evaluation section (with its provenance and diagnostic warnings) and the
+    reconstructions figure. Returns the numbers.
+
+    Args:
+        tr: the trained run (:func:`ppvae.app.trained.open_run`).
+        split: "test", "valid" or "train".
+        estimator: "iwae", "ais" or "both".
+        k: IWAE samples per datapoint.
+        num_data: rows of the split to evaluate (None: all). They are a seeded random subset
+            (:func:`ppvae.app.trained.select_rows`), or the first ``num_data`` rows with
+            ``first_rows``; the reconstructions figure shows 10 of them chosen the same way.
+        ais_steps: AIS temperatures.
+        seed: seeds the subset and the Monte Carlo estimates (None: the run's seed).
+        first_rows: take the first ``num_data`` rows instead of a random subset.
+
+    Returns:
+        ``split``, ``num_data``, ``elbo``, ``elbo_se``, the first estimator's ``estimator``,
+        ``log_px`` and ``log_px_se``, every estimator's in ``estimates``, and ``rows`` (the row
+        record: selection, seed, count and the indices into the split).
     """
     from ..analysis.plots import reconstructions
     from ..core.bounds import elbo, iwae
@@ -57,36 +87,45 @@ def evaluate_run(tr: Trained, *, split: str = "test", estimator: str = "iwae", k
 
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator '{estimator}'; choose iwae, ais or both")
-    pyro.set_rng_seed(tr.config.get("seed", 0))
-    x = getattr(tr.data, split)[:num_data]
-    kw = label_kw(tr.config, tr.data, split, slice(0, num_data))
+    seed = tr.config.get("seed", 0) if seed is None else seed
+    pyro.set_rng_seed(seed)
+    rows_ = Rows.select(tr.data, split, num_data, seed, first_rows)
+    x, kw = rows_.take(tr.data), rows_.kw(tr.config, tr.data)
     n, rows = x.shape[0], []
-    with torch.no_grad():
-        e = elbo(tr.model, tr.guide, x, 100, model_kwargs=kw)
-        if estimator in ("iwae", "both"):
-            b = iwae(tr.model, tr.guide, x, k, model_kwargs=kw)
-            rows.append((f"IWAE_{k} from the guide", b.per_datapoint, b.stderr))
-        if estimator in ("ais", "both"):
-            r = ais(tr.model, x, num_steps=ais_steps, guide=tr.guide, model_kwargs=kw)
-            rows.append((f"AIS, {ais_steps} steps from the guide", r.per_datapoint, r.stderr))
-    fig = reconstructions(tr.model, tr.guide, x[:10], image_shape=tr.data.image_shape,
-                          model_kwargs={kk: v[:10] for kk, v in kw.items()})
+    with record_warnings() as found:
+        with torch.no_grad():
+            e = elbo(tr.model, tr.guide, x, 100, model_kwargs=kw)
+            if estimator in ("iwae", "both"):
+                b = iwae(tr.model, tr.guide, x, k, model_kwargs=kw)
+                rows.append((f"IWAE_{k} from the guide", b.per_datapoint, b.stderr))
+            if estimator in ("ais", "both"):
+                r = ais(tr.model, x, num_steps=ais_steps, guide=tr.guide, model_kwargs=kw)
+                rows.append((f"AIS, {ais_steps} steps from the guide", r.per_datapoint,
+                             r.stderr))
+        shown, shown_rows = rows_.subset(10)
+        fig = reconstructions(tr.model, tr.guide, x[shown.to(x.device)],
+                              image_shape=tr.data.image_shape,
+                              model_kwargs={kk: v[shown.to(v.device)] for kk, v in kw.items()})
     tr.run.save_figure(fig, "reconstructions")
     est = [{"estimator": label, "log_px": float(lp.mean()),
             "log_px_se": float(se.pow(2).sum().sqrt() / n)} for label, lp, se in rows]
     out = {"split": split, "num_data": n, "elbo": e.mean, "elbo_se": e.mean_stderr,
-           **est[0], "estimates": est}
+           **est[0], "estimates": est, "rows": rows_.record()}
+    prov = provenance(tr.run, seed=seed, rows={"evaluated": rows_.record(),
+                                               "reconstructions": shown_rows.record()})
     tr.run.set_section("evaluate", "Evaluation", _markdown(
-        out, point_mass=GUIDES[tr.config["guide"]].point_mass), out)
+        out, point_mass=GUIDES[tr.config["guide"]].point_mass, rows=rows_.describe()), out,
+        provenance=prov, warnings=found, files=["reconstructions.png"])
     return out
 
 
-def _markdown(out: dict, *, point_mass: bool) -> str:
+def _markdown(out: dict, *, point_mass: bool, rows: str) -> str:
     """The evaluation section: one table row per estimator."""
     split, n = out["split"], out["num_data"]
     return ("| split | N | ELBO | log p̂(x) | estimator |\n|---|---|---|---|---|\n" + "".join(
         f"| {split} | {n} | {out['elbo']:.3f} ± {out['elbo_se']:.3f} | {r['log_px']:.3f} ± "
         f"{r['log_px_se']:.3f} | {r['estimator']} |\n" for r in out["estimates"])
-        + "\nNats per datapoint, mean ± Monte Carlo s.e. Reconstructions: `reconstructions.png`."
+        + f"\nNats per datapoint, mean ± Monte Carlo s.e., over {rows}. Reconstructions of 10 "
+        "of these rows: `reconstructions.png`."
         + ("\n\nThe guide is a point mass: its 'ELBO' and 'IWAE' are the MAP objective "
            "log p(x, z*), not bounds on log p(x)." if point_mass else ""))

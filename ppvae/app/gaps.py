@@ -8,6 +8,12 @@ local q* by :func:`ppvae.fit_local` in the family the zoo table names for the gu
 IWAE from the best q* or by AIS). Optionally it runs batched HMC on a few datapoints and compares
 amortized q, local q* and MCMC (:func:`ppvae.compare_posteriors`), saving the draws as ArviZ
 netCDF. It writes ``gaps.png``, ``gaps.json`` and the report's gaps and posterior sections.
+
+The test rows are a seeded random subset (``--first-rows``: the first N, a biased sample of a
+split stored in class order), and the MCMC points and the posterior figure's three are chosen
+from them the same way; the report records the indices (datapoint ``i`` of ``gaps.json`` is test
+row ``rows.gaps.indices[i]`` of the section's provenance in report.json). A run without
+``--mcmc`` marks an earlier MCMC comparison stale: it compared guides this run may not have.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from .trained import Trained, data_shape, label_kw, open_run
+from .runs import checkpoint_id, provenance, record_warnings
+from .trained import Rows, Trained, data_shape, label_kw, open_run
 from .zoo import GUIDES, ModelSpec, build_guide
 
 __all__ = ["add_arguments", "gap_guides", "gaps_run", "main", "train_extra_guide"]
@@ -28,7 +35,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="guide families trained on the frozen model next to the run's own "
                    "guide (default: flow)")
     p.add_argument("--guide-epochs", type=int, default=20)
-    p.add_argument("--num-data", type=int, default=300, help="first N test rows")
+    p.add_argument("--num-data", type=int, default=300,
+                   help="N test rows, a seeded random subset (default 300)")
+    p.add_argument("--first-rows", action="store_true",
+                   help="the first N test rows instead of a random subset")
+    p.add_argument("--seed", type=int,
+                   help="seed of the row subset and the Monte Carlo (default: the run's seed)")
     p.add_argument("--local-steps", type=int, default=300, help="per-datapoint VI steps")
     p.add_argument("--samples", type=int, default=500, help="samples per ELBO")
     p.add_argument("--log-px", choices=("iwae", "ais"), default="iwae")
@@ -48,7 +60,8 @@ def main(args) -> int:
                       num_samples=args.samples, log_px=args.log_px, k=args.k,
                       ais_steps=args.ais_steps, guide_epochs=args.guide_epochs,
                       mcmc_points=args.mcmc, mcmc_warmup=args.mcmc_warmup,
-                      mcmc_samples=args.mcmc_samples, quiet=args.quiet)
+                      mcmc_samples=args.mcmc_samples, quiet=args.quiet, seed=args.seed,
+                      first_rows=args.first_rows)
     print(report.to_markdown())
     print(f"report: {tr.run.file('report.md')}")
     return 0
@@ -107,45 +120,85 @@ def _summary_data(report) -> dict:
 def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300, local_steps: int = 300,
              num_samples: int = 500, log_px: str = "iwae", k: int = 1000,
              ais_steps: int = 200, guide_epochs: int = 20, mcmc_points: int = 0,
-             mcmc_warmup: int = 300, mcmc_samples: int = 500, quiet: bool = True):
-    """The gap report of the run's guide and ``guide_names`` on test data; returns it."""
+             mcmc_warmup: int = 300, mcmc_samples: int = 500, quiet: bool = True,
+             seed: int | None = None, first_rows: bool = False):
+    """The gap report of the run's guide and ``guide_names`` on test data; returns it.
+
+    Writes ``gaps.png``, ``gaps.json`` and the report's gaps section, and with ``mcmc_points``
+    the posterior section (``posterior.png``, netCDF draws); each with its provenance and the
+    diagnostic warnings its computation raised. Without ``mcmc_points`` an earlier posterior
+    section is marked stale (its files moved to ``stale/``).
+
+    Args:
+        tr: the trained run (:func:`ppvae.app.trained.open_run`).
+        guide_names: further guide families, trained on the frozen model.
+        num_data: test rows (None: all). They are a seeded random subset
+            (:func:`ppvae.app.trained.select_rows`), or the first ``num_data`` with
+            ``first_rows``; the report records their indices.
+        local_steps: per-datapoint VI steps for q*.
+        num_samples: samples per ELBO.
+        log_px: "iwae" or "ais".
+        k: IWAE samples for log p(x).
+        ais_steps: AIS temperatures.
+        guide_epochs: epochs of each further guide (resumed, reused when done).
+        mcmc_points: test rows compared with batched HMC (0: none), chosen from the
+            ``num_data`` rows the same way (seeded random or first).
+        mcmc_warmup: HMC warm-up iterations.
+        mcmc_samples: HMC draws per chain.
+        quiet: no progress output.
+        seed: seeds the subsets and the Monte Carlo (None: the run's seed).
+        first_rows: take the first rows instead of random subsets.
+    """
     import pyro
 
     from ..analysis.gaps import gaps
 
     cfg = tr.config
-    pyro.set_rng_seed(cfg.get("seed", 0))  # a rerun reproduces the report (on the CPU)
+    seed = cfg.get("seed", 0) if seed is None else seed
+    pyro.set_rng_seed(seed)  # a rerun reproduces the report (on the CPU)
     names = [cfg["guide"], *[g for g in guide_names if g != cfg["guide"]]]
     for n in names:
         if n not in gap_guides():
             raise ValueError(f"the gap report needs an amortized guide of one latent site "
                              f"(one of {', '.join(gap_guides())}); got '{n}'")
-    guides = {cfg["guide"]: _plain(tr.guide)}
-    for n in names[1:]:
-        if not quiet:
-            print(f"training the {n} guide on the frozen model ({guide_epochs} epochs)",
-                  flush=True)
-        guides[n] = _plain(train_extra_guide(tr, n, epochs=guide_epochs, quiet=quiet))
-    x = tr.data.test[:num_data]
-    kw = label_kw(cfg, tr.data, "test", slice(0, num_data))
-    options = {"k": k} if log_px == "iwae" else {"num_steps": ais_steps, "init": "guide"}
-    report = gaps(tr.model, guides, x, log_px=log_px, local_steps=local_steps,
-                  families={n: GUIDES[n].local_family for n in names}, num_samples=num_samples,
-                  log_px_options=options, model_kwargs=kw)
+    rows = Rows.select(tr.data, "test", num_data, seed, first_rows)
     run = tr.run
+    # an earlier MCMC comparison compared the guides of an earlier gaps run: superseded
+    run.mark_stale(["posterior"], "superseded by a later `ppvae gaps` run"
+                   + ("" if mcmc_points > 0 else " without --mcmc"))
+    guides = {cfg["guide"]: _plain(tr.guide)}
+    with record_warnings() as found:
+        for n in names[1:]:
+            if not quiet:
+                print(f"training the {n} guide on the frozen model ({guide_epochs} epochs)",
+                      flush=True)
+            guides[n] = _plain(train_extra_guide(tr, n, epochs=guide_epochs, quiet=quiet))
+        x, kw = rows.take(tr.data), rows.kw(cfg, tr.data)
+        options = {"k": k} if log_px == "iwae" else {"num_steps": ais_steps, "init": "guide"}
+        report = gaps(tr.model, guides, x, log_px=log_px, local_steps=local_steps,
+                      families={n: GUIDES[n].local_family for n in names},
+                      num_samples=num_samples, log_px_options=options, model_kwargs=kw)
     report.plot(run.file("gaps.png"))  # a bare Figure: nothing to close
     run.file("gaps.json").write_text(report.to_json())
+    extra = {n: (checkpoint_id(run.file(f"guide-{n}.pt")) or {}).get("sha256")
+             for n in names[1:]}
+    prov = provenance(run, seed=seed, rows={"gaps": rows.record()}, extra_guides=extra)
     run.set_section("gaps", "Inference gaps", report.to_markdown().rstrip() + (
-        "\n\nFigure: `gaps.png`; per-datapoint values: `gaps.json` "
-        "(ppvae.GapReport.from_json)."), _summary_data(report))
+        f"\n\nOver {rows.describe()}. Figure: `gaps.png`; per-datapoint values: `gaps.json` "
+        "(ppvae.GapReport.from_json; its datapoint i is row i of the recorded indices)."),
+        _summary_data(report), provenance=prov, warnings=found, files=["gaps.png", "gaps.json"])
     if mcmc_points > 0:
-        _mcmc_section(tr, guides, x[:mcmc_points], {k_: v[:mcmc_points] for k_, v in kw.items()},
-                      local_steps=local_steps, warmup=mcmc_warmup, samples=mcmc_samples)
+        pos, mcmc_rows = rows.subset(mcmc_points)
+        pos = pos.to(x.device)
+        _mcmc_section(tr, guides, x[pos], {k_: v[pos.to(v.device)] for k_, v in kw.items()},
+                      mcmc_rows, local_steps=local_steps, warmup=mcmc_warmup,
+                      samples=mcmc_samples, seed=seed, extra=extra)
     return report
 
 
-def _mcmc_section(tr: Trained, guides: dict, x, kw, *, local_steps, warmup, samples) -> None:
-    """Batched HMC on ``x`` against amortized q and local q*.
+def _mcmc_section(tr: Trained, guides: dict, x, kw, rows: Rows, *, local_steps, warmup, samples,
+                  seed, extra) -> None:
+    """Batched HMC on ``x`` (test rows ``rows``) against amortized q and local q*.
 
     Writes the report's posterior section, ``posterior.png`` and the draws as ArviZ netCDF.
     """
@@ -154,27 +207,33 @@ def _mcmc_section(tr: Trained, guides: dict, x, kw, *, local_steps, warmup, samp
     from ..infer.hmc import hmc
     from ..infer.local.vi import fit_local
 
-    t0 = time.perf_counter()
-    res = hmc(tr.model, x, num_chains=4, num_warmup=warmup, num_samples=samples,
-              num_leapfrog=8, model_kwargs=kw)
-    idata = res.to_inference_data()
-    diag = diagnostics(idata)
-    seconds = time.perf_counter() - t0
-    local = {f"{n} q*": fit_local(tr.model, x, GUIDES[n].local_family, g,
-                                  num_steps=local_steps, model_kwargs=kw)
-             for n, g in guides.items()}
-    amortized = {f"{n} q": g for n, g in guides.items()}
-    cmp = compare_posteriors(tr.model, x, res, {**amortized, **local}, num_samples=1000,
-                             mcmc_name="HMC", model_kwargs=kw)
+    test_rows = tuple(int(i) for i in rows.indices)
+    with record_warnings() as found:
+        t0 = time.perf_counter()
+        res = hmc(tr.model, x, num_chains=4, num_warmup=warmup, num_samples=samples,
+                  num_leapfrog=8, model_kwargs=kw)
+        idata = res.to_inference_data()
+        diag = diagnostics(idata)
+        seconds = time.perf_counter() - t0
+        local = {f"{n} q*": fit_local(tr.model, x, GUIDES[n].local_family, g,
+                                      num_steps=local_steps, model_kwargs=kw)
+                 for n, g in guides.items()}
+        amortized = {f"{n} q": g for n, g in guides.items()}
+        cmp = compare_posteriors(tr.model, x, res, {**amortized, **local}, num_samples=1000,
+                                 mcmc_name="HMC", model_kwargs=kw)
+        # label the datapoints by their test rows (positions in x index the summaries)
+        cmp = cmp._replace(datapoints=test_rows)
     run = tr.run
-    shown = min(3, len(cmp.datapoints))  # a readable figure: the first three datapoints
-    cmp._replace(datapoints=cmp.datapoints[:shown], summaries=tuple(
-        s._replace(samples=s.samples[:, :shown]) for s in cmp.summaries)).plot(
+    # a readable figure: three of the points, chosen like the rows (seeded random or first)
+    shown, shown_rows = rows.subset(3)
+    sel = [int(i) for i in shown]
+    cmp._replace(datapoints=tuple(test_rows[j] for j in sel), summaries=tuple(
+        s._replace(samples=s.samples[:, sel]) for s in cmp.summaries)).plot(
         str(run.file("posterior.png")))
     import matplotlib.pyplot as plt
 
     plt.close("all")
-    idata.to_netcdf(run.file("posterior_mcmc.nc"))
+    idata.assign_coords(datapoint=list(test_rows)).to_netcdf(run.file("posterior_mcmc.nc"))
     files = ["posterior_mcmc.nc"]
     for s in cmp.summaries[1:]:
         fname = "posterior_" + s.method.replace(" ", "_").replace("*", "star") + ".nc"
@@ -184,12 +243,17 @@ def _mcmc_section(tr: Trained, guides: dict, x, kw, *, local_steps, warmup, samp
     rhat, ess = float(diag.rhat.max()), float(diag.ess_bulk.min())
     mean_kl = {s.method: float(s.kl_to_mcmc.mean()) for s in cmp.summaries[1:]}
     md = (f"Batched HMC (4 chains, {warmup} warm-up + {samples} draws, {seconds:.1f} s) on test "
-          f"points {list(cmp.datapoints)}: max R-hat {rhat:.3f}, min bulk ESS {ess:.0f}.\n\n"
+          f"rows {list(test_rows)} ({rows.describe()}): max R-hat {rhat:.3f}, min bulk ESS "
+          f"{ess:.0f}. Warnings name these points by their position in this list "
+          "(datapoint 0 is its first).\n\n"
           "| method | mean KL(q ‖ Gaussian fit of HMC) over these points |\n|---|---|\n"
           + "".join(f"| {m} | {v:.3f} |\n" for m, v in mean_kl.items())
-          + "\nPer datapoint:\n\n" + cmp.to_markdown()
-          + "\n\nFigure: `posterior.png` (first 3 datapoints); draws: "
-          + ", ".join(f"`{f}`" for f in files) + ".")
+          + "\nPer datapoint (by test row):\n\n" + cmp.to_markdown()
+          + f"\n\nFigure: `posterior.png` (test rows {[test_rows[j] for j in sel]}); draws: "
+          + ", ".join(f"`{f}`" for f in files) + " (datapoint coordinate: the test row).")
+    prov = provenance(run, seed=seed, rows={"mcmc": rows.record(), "figure": shown_rows.record()},
+                      extra_guides=extra)
     run.set_section("posterior", "Posterior comparison with MCMC", md, {
-        "datapoints": list(cmp.datapoints), "max_rhat": rhat, "min_ess_bulk": ess,
-        "mean_kl_to_mcmc": mean_kl, "files": files, "seconds": seconds})
+        "datapoints": list(test_rows), "max_rhat": rhat, "min_ess_bulk": ess,
+        "mean_kl_to_mcmc": mean_kl, "files": files, "seconds": seconds},
+        provenance=prov, warnings=found, files=["posterior.png", *files])

@@ -14,23 +14,197 @@ A run directory holds
   order,
 * PNG figures and ArviZ netCDF files of posterior samples.
 
+Every section records where its numbers came from (:func:`provenance`): the command line, the
+time (ISO 8601, UTC), the checkpoint's epoch and content hash (the first 12 hex digits of the
+sha256 of ``checkpoint.pt``), the seed, the rows used (:func:`describe_rows`; the indices are in
+report.json) and the ppvae / Pyro / torch versions; report.json also carries a top-level
+``versions`` block. The :class:`~ppvae.DiagnosticWarning` messages a section's computation
+raised (:func:`record_warnings`) are stored with it and listed in a "Warnings" section at the top
+of report.md.
+
+Stale sections: a section computed from another checkpoint than the one a newer section was
+computed from (after ``ppvae train --resume`` trains further, or a retrain), or one that a later
+command superseded (``ppvae gaps`` without ``--mcmc`` supersedes an earlier MCMC comparison), is
+moved from ``sections`` to ``stale`` in report.json, listed under "Stale sections" in report.md
+with the checkpoint it came from, the reason and the command that recomputes it, and its figures
+and netCDF files are moved into the ``stale/`` folder. Nothing in the top level of the run
+directory describes another model state than the current checkpoint. Writing the section again
+removes its stale entry and files.
+
 Only the primary process writes (``RANK`` 0 when launched by torchrun), so a distributed
 training run shares one directory.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shlex
+import sys
 import time
 import tomllib
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
-__all__ = ["SECTIONS", "RunDir", "RunError", "is_primary", "read_toml", "to_toml"]
+__all__ = ["READ_THE_NUMBERS", "SECTIONS", "RunDir", "RunError", "checkpoint_id",
+           "command_line", "describe_rows", "is_primary", "provenance", "read_toml",
+           "record_warnings", "set_command", "to_toml", "versions"]
 
 SECTIONS = ("train", "evaluate", "gaps", "posterior", "samples")  # report.md order
+READ_THE_NUMBERS = 'README, "How to read the numbers"'  # where the warnings are explained
+# the command that recomputes a section ({run}: the run directory)
+_RERUN = {"train": "ppvae train --out {run} --resume --epochs N",
+          "evaluate": "ppvae evaluate {run}", "gaps": "ppvae gaps {run}",
+          "posterior": "ppvae gaps {run} --mcmc N", "samples": "ppvae sample {run}"}
+_STALE_DIR = "stale"
+_command: list[str] | None = None  # the CLI's arguments while a command runs
+
+
+def set_command(argv: Sequence[str] | None) -> None:
+    """Record the ``ppvae`` command line's arguments for the reports (None: forget them)."""
+    global _command
+    _command = None if argv is None else [str(a) for a in argv]
+
+
+def command_line() -> str:
+    """The command that is computing, shell-quoted.
+
+    ``ppvae <arguments>`` while the command line runs a command (:func:`set_command`); from the
+    Python API, the process's ``sys.argv``.
+    """
+    if _command is not None:
+        return shlex.join(["ppvae", *_command])
+    return shlex.join(sys.argv) if sys.argv else "python"
+
+
+def versions() -> dict[str, str]:
+    """The ppvae, Pyro, torch and Python versions."""
+    import pyro
+    import torch
+
+    from .. import __version__
+
+    return {"ppvae": __version__, "pyro": pyro.__version__, "torch": torch.__version__,
+            "python": sys.version.split()[0]}
+
+
+def checkpoint_id(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The epoch and content hash of a checkpoint: ``{"epoch": int, "sha256": 12 hex digits}``.
+
+    None when there is no file; ``epoch`` is None for a file whose metadata cannot be read.
+    """
+    from ..train.checkpoint import CheckpointError, read_meta
+
+    p = Path(path)
+    if not p.is_file():
+        return None
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    try:
+        epoch: int | None = read_meta(p).epoch
+    except (CheckpointError, OSError):
+        epoch = None
+    return {"epoch": epoch, "sha256": h.hexdigest()[:12]}
+
+
+def provenance(run: RunDir, *, seed: int | None = None, rows: dict[str, dict] | None = None,
+               **extra: Any) -> dict[str, Any]:
+    """Where a section's numbers come from, as its ``provenance`` record in report.json.
+
+    Args:
+        run: the run directory (its checkpoint is identified by :func:`checkpoint_id`).
+        seed: the seed of the computation (None: none was set).
+        rows: name -> row record (:meth:`ppvae.app.trained.Rows.record`) of each set of rows
+            the section used.
+        extra: further JSON values to record (e.g. the hashes of extra guides).
+
+    Returns:
+        ``command`` (:func:`command_line`), ``time`` (ISO 8601, UTC), ``checkpoint``
+        (:func:`checkpoint_id`), ``seed``, ``rows``, ``versions`` (:func:`versions`) and
+        ``extra``'s keys.
+    """
+    now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return {"command": command_line(), "time": now, "checkpoint": checkpoint_id(run.checkpoint),
+            "seed": seed, "rows": rows or {}, "versions": versions(), **extra}
+
+
+def describe_rows(rec: dict[str, Any]) -> str:
+    """One phrase for a row record, e.g. '300 of 10000 test rows, seeded random (seed 0), ...'."""
+    sel, n, total, split = rec["selection"], rec["count"], rec["of"], rec["split"]
+    if sel == "all":
+        return f"all {total} {split} rows"
+    if sel == "first":
+        return f"the first {n} of {total} {split} rows"
+    return (f"{n} of {total} {split} rows, seeded random (seed {rec['seed']}), indices in "
+            "report.json")
+
+
+def _describe_provenance(prov: dict[str, Any]) -> str:
+    ck = prov.get("checkpoint")
+    where = ("no checkpoint" if not ck else
+             f"checkpoint epoch {ck.get('epoch')} (sha256 `{ck.get('sha256')}`)")
+    parts = [f"Computed by `{prov.get('command')}` at {prov.get('time')} from {where}"]
+    if prov.get("seed") is not None:
+        parts.append(f"seed {prov['seed']}")
+    rows = prov.get("rows") or {}
+    if rows:
+        parts.append("rows: " + "; ".join(f"{k}: {describe_rows(r)}" for k, r in rows.items()))
+    v = prov.get("versions") or {}
+    if v:
+        parts.append(", ".join(f"{k} {v[k]}" for k in ("ppvae", "pyro", "torch") if k in v))
+    return "_" + "; ".join(parts) + "._"
+
+
+def _sha(section: dict[str, Any] | None) -> str | None:
+    """The checkpoint hash a section was computed from (None: unknown)."""
+    ck = ((section or {}).get("provenance") or {}).get("checkpoint")
+    return ck.get("sha256") if isinstance(ck, dict) else None
+
+
+def _section_files(name: str, section: dict[str, Any]) -> list[str]:
+    """The files of a section (reports written before sections listed them: the usual ones)."""
+    if "files" in section:
+        return list(section["files"])
+    legacy = {"train": ["training.png", "posterior_guide.nc"],
+              "evaluate": ["reconstructions.png"], "gaps": ["gaps.png", "gaps.json"],
+              "posterior": ["posterior.png", *(section.get("data") or {}).get("files", [])],
+              "samples": ["samples.png"]}
+    return legacy.get(name, [])
+
+
+@contextmanager
+def record_warnings() -> Iterator[list[str]]:
+    """The :class:`~ppvae.DiagnosticWarning` messages raised in the block, for a report section.
+
+    Like :func:`ppvae.core.diagnostic_warnings.collect` (messages ``"<Class>: <message>"``,
+    deduplicated, complete when the block exits), but every warning caught is raised again
+    after the block, so a caller of the API (or the command line's own ``collect``) still sees
+    it.
+    """
+    from ..core.diagnostic_warnings import DiagnosticWarning
+
+    found: list[str] = []
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught_:
+            caught = caught_
+            warnings.simplefilter("always", DiagnosticWarning)
+            yield found
+    finally:
+        for w in caught:
+            if issubclass(w.category, DiagnosticWarning):
+                text = f"{w.category.__name__}: {w.message}"
+                if text not in found:
+                    found.append(text)
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
 
 
 class RunError(Exception):
@@ -189,25 +363,171 @@ class RunDir(NamedTuple):
             raise RunError(f"{p}: not a ppvae run report (format {doc.get('format')!r})")
         return doc
 
-    def set_section(self, name: str, title: str, markdown: str, data: dict[str, Any]) -> None:
-        """Add or replace one report section; rewrites report.json and report.md."""
+    def set_section(self, name: str, title: str, markdown: str, data: dict[str, Any], *,
+                    provenance: dict[str, Any] | None = None, warnings: Iterable[str] = (),
+                    files: Iterable[str] = ()) -> None:
+        """Add or replace one report section; rewrites report.json and report.md.
+
+        Args:
+            name: one of :data:`SECTIONS`.
+            title: the section's heading in report.md.
+            markdown: its text.
+            data: its numbers (JSON; non-finite floats are written as null).
+            provenance: where the numbers come from (:func:`provenance`).
+            warnings: the diagnostic warnings its computation raised (:func:`record_warnings`).
+            files: the files (in the run directory) it wrote; files of the section it replaces
+                that are not among them are deleted.
+
+        Every other section computed from another checkpoint than this one's becomes stale
+        (moved under ``stale``, its files into ``stale/``); a stale entry of this section is
+        removed with its files.
+        """
         if name not in SECTIONS:
             raise ValueError(f"unknown report section {name!r}; use one of {SECTIONS}")
         if not is_primary():
             return
         doc = self.read_report()
+        files = list(files)
+        old = doc["sections"].get(name)
+        if old is not None:
+            for f in _section_files(name, old):
+                if f not in files:
+                    self.file(f).unlink(missing_ok=True)
+        gone = doc.setdefault("stale", {}).pop(name, None)
+        if gone is not None:
+            for f in gone.get("files", []):
+                self.file(f).unlink(missing_ok=True)
+        doc["sections"][name] = {"title": title, "markdown": markdown, "data": _finite(data),
+                                 "provenance": provenance, "warnings": list(warnings),
+                                 "files": files}
+        sha = _sha(doc["sections"][name])
+        if sha is not None:
+            ck = provenance["checkpoint"] if provenance else {}
+            self._stale(doc, [k for k, sec in doc["sections"].items()
+                              if k != name and _sha(sec) not in (None, sha)],
+                        f"computed from another checkpoint than the current one (epoch "
+                        f"{ck.get('epoch')}, sha256 {sha})")
+        self._write(doc)
+
+    def mark_stale(self, names: Iterable[str], reason: str) -> list[str]:
+        """Move sections ``names`` (those present) to the report's stale entries.
+
+        Their files go into ``stale/``. Returns the names moved.
+        """
+        if not is_primary():
+            return []
+        doc = self.read_report()
+        moved = self._stale(doc, [n for n in names if n in doc["sections"]], reason)
+        if moved:
+            self._write(doc)
+        return moved
+
+    def sweep_stale(self, reason: str, *, unknown: bool = False) -> list[str]:
+        """Mark stale every section computed from another checkpoint than the current one.
+
+        ``unknown``: also those that record no checkpoint (written before reports did).
+        Returns the names moved.
+        """
+        if not is_primary():
+            return []
+        current = checkpoint_id(self.checkpoint)
+        sha = current["sha256"] if current else None
+        doc = self.read_report()
+        names = [k for k, sec in doc["sections"].items()
+                 if (_sha(sec) is None and unknown) or (_sha(sec) not in (None, sha))]
+        return self.mark_stale(names, reason) if names else []
+
+    def _stale(self, doc: dict[str, Any], names: list[str], reason: str) -> list[str]:
+        """Move ``names`` from ``doc["sections"]`` to ``doc["stale"]``, files into stale/."""
+        stale = doc.setdefault("stale", {})
+        for name in names:
+            sec = doc["sections"].pop(name)
+            prev = stale.pop(name, None)
+            if prev is not None:  # an older stale version of the same section
+                for f in prev.get("files", []):
+                    self.file(f).unlink(missing_ok=True)
+            moved = []
+            for f in _section_files(name, sec):
+                src = self.file(f)
+                if src.is_file():
+                    dst = self.file(_STALE_DIR) / f
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(src, dst)
+                    moved.append(f"{_STALE_DIR}/{f}")
+            stale[name] = {**sec, "files": moved, "reason": reason,
+                           "rerun": self._rerun(name, sec)}
+        return names
+
+    def _rerun(self, name: str, section: dict[str, Any]) -> str:
+        """The command that recomputes a section.
+
+        The one that computed it, when that was the section's own command (not e.g.
+        ``ppvae demo``); else that command with its defaults.
+        """
+        cmd = (section.get("provenance") or {}).get("command") or ""
+        try:
+            words = shlex.split(cmd)
+        except ValueError:
+            words = []
+        own = {"evaluate": "evaluate", "gaps": "gaps", "posterior": "gaps", "samples": "sample"}
+        if words[:1] == ["ppvae"] and own.get(name) in words:
+            return cmd
+        return _RERUN[name].format(run=shlex.quote(str(self.path)))
+
+    def _write(self, doc: dict[str, Any]) -> None:
+        """Write report.json and render report.md from ``doc``."""
         doc["config"] = self.read_config() if self.config_path.is_file() else {}
-        doc["sections"][name] = {"title": title, "markdown": markdown, "data": _finite(data)}
+        doc["versions"] = versions()
+        doc["warnings"] = [{"section": k, "message": m} for k in SECTIONS
+                           if k in doc["sections"] for m in doc["sections"][k].get("warnings")
+                           or []]
         (self.path / "report.json").write_text(json.dumps(doc, indent=1, allow_nan=False))
+        (self.path / "report.md").write_text(self._markdown(doc))
+
+    def _markdown(self, doc: dict[str, Any]) -> str:
+        cfg, sections = doc["config"], doc["sections"]
         parts = [f"# ppvae run: {self.path.name}", "",
-                 f"Model `{doc['config'].get('model', '?')}`, guide "
-                 f"`{doc['config'].get('guide', '?')}`, data "
-                 f"`{doc['config'].get('data', '?')}`; configuration in `config.toml`."]
+                 f"Model `{cfg.get('model', '?')}`, guide `{cfg.get('guide', '?')}`, data "
+                 f"`{cfg.get('data', '?')}`; configuration in `config.toml`. Each section "
+                 "ends with where its numbers come from; report.json holds the same and the "
+                 "indices of the rows used."]
+        if doc["warnings"]:
+            parts += ["", "## Warnings", "",
+                      "Diagnostics that failed their thresholds: the numbers they name are less "
+                      f"reliable than their standard errors suggest (see {READ_THE_NUMBERS}).",
+                      ""]
+            parts += [f"- {sections[w['section']]['title']}: {w['message']}"
+                      for w in doc["warnings"]]
         for key in SECTIONS:
-            if key in doc["sections"]:
-                s = doc["sections"][key]
+            if key in sections:
+                s = sections[key]
                 parts += ["", f"## {s['title']}", "", s["markdown"].rstrip()]
-        (self.path / "report.md").write_text("\n".join(parts) + "\n")
+                if s.get("provenance"):
+                    parts += ["", _describe_provenance(s["provenance"])]
+        stale = doc.get("stale") or {}
+        if stale:
+            ck = checkpoint_id(self.checkpoint)
+            now = ("no checkpoint" if not ck else
+                   f"epoch {ck['epoch']}, sha256 `{ck['sha256']}`")
+            parts += ["", "## Stale sections", "",
+                      f"Computed from another model state than the current checkpoint ({now}) "
+                      "or superseded by a later command. Their numbers are kept in report.json "
+                      "under `stale`, their files in `stale/`; do not read them as results of "
+                      "this model.", ""]
+            for key in SECTIONS:
+                if key in stale:
+                    s = stale[key]
+                    ck_old = (s.get("provenance") or {}).get("checkpoint")
+                    came = ("an unrecorded checkpoint" if not ck_old else
+                            f"epoch {ck_old.get('epoch')}, checkpoint `{ck_old.get('sha256')}`")
+                    cmd = (s.get("provenance") or {}).get("command")
+                    files = ", ".join(f"`{f}`" for f in s.get("files", []))
+                    parts.append(
+                        f"- **{s['title']}** (computed from {came}"
+                        + (f" by `{cmd}`" if cmd else "") + f"): {s['reason']}."
+                        + (f" Files: {files}." if files else "")
+                        + f" Rerun: `{s['rerun']}`.")
+        return "\n".join(parts) + "\n"
 
     def save_figure(self, fig, name: str) -> Path:
         """Save a matplotlib figure as ``<name>.png`` and close it."""

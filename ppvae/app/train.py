@@ -7,11 +7,16 @@ section of the report, the learning curve and the guide's posterior samples for 
 points (ArviZ netCDF, :func:`guide_posterior`). :func:`main` is the command: configuration
 from defaults, ``--config`` and flags (:func:`ppvae.app.inputs.train_config`), then
 :func:`train_run`; Ctrl-C keeps the last finished epoch and says how to continue.
+
+Once the model has changed (a resume that trains further, or an interrupted one), every report
+section computed from the older checkpoint is marked stale (:meth:`ppvae.app.runs.RunDir.
+sweep_stale`: moved under ``stale`` in report.json and report.md, its files into ``stale/``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 
@@ -19,8 +24,8 @@ import pyro
 import torch
 
 from .inputs import UsageError, check_device, train_config
-from .runs import RunDir
-from .trained import build, label_kw
+from .runs import RunDir, RunError, provenance, record_warnings
+from .trained import Rows, build, label_kw
 from .zoo import GUIDES, MODELS, OBJECTIVES, check_names, make_objective
 
 __all__ = ["add_arguments", "guide_posterior", "main", "train_run"]
@@ -78,7 +83,7 @@ def main(args) -> int:
     run = RunDir.create(out)
     try:
         res = train_run(cfg, run, resume=args.resume, quiet=args.quiet)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # train_run marked the sections of the older model stale
         print(f"ppvae: interrupted; the last finished epoch is saved. Continue with: "
               f"ppvae train --out {run.path} --resume", file=sys.stderr)
         return 130
@@ -89,7 +94,13 @@ def main(args) -> int:
 
 
 def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = False):
-    """Train the configured pair into ``run``; returns the :class:`ppvae.FitResult`."""
+    """Train the configured pair into ``run``; returns the :class:`ppvae.FitResult`.
+
+    Writes the training section of the report (with its provenance and the diagnostic warnings
+    training raised). Report sections computed from an older checkpoint (before a resume that
+    trains further; also when training is interrupted or fails after changing the checkpoint)
+    are marked stale.
+    """
     from ..train.checkpoint import read_meta
     from ..train.fit import fit
 
@@ -111,17 +122,31 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
         run.append_metrics(**record)
 
     ckpt = run.checkpoint if (resume or t.get("checkpoint", True)) else None
-    res = fit(model, guide, data, epochs=int(t.get("epochs", 30)),
-              batch_size=int(t.get("batch_size", 64)), lr=float(t.get("lr", 3e-3)),
-              objective=make_objective(t), seed=cfg.get("seed", 0), device=cfg.get("device"),
-              patience=t.get("patience"), restore_best=False, checkpoint=ckpt,
-              jit=bool(t.get("jit", False)),
-              resume=run.checkpoint if resume else None, quiet=quiet, on_epoch=on_epoch,
-              batch_kw=label_kw(cfg, data, "train"), valid_batch_kw=label_kw(cfg, data, "valid"))
+    try:
+        with record_warnings() as found:
+            res = fit(model, guide, data, epochs=int(t.get("epochs", 30)),
+                      batch_size=int(t.get("batch_size", 64)), lr=float(t.get("lr", 3e-3)),
+                      objective=make_objective(t), seed=cfg.get("seed", 0),
+                      device=cfg.get("device"), patience=t.get("patience"),
+                      restore_best=False, checkpoint=ckpt, jit=bool(t.get("jit", False)),
+                      resume=run.checkpoint if resume else None, quiet=quiet,
+                      on_epoch=on_epoch, batch_kw=label_kw(cfg, data, "train"),
+                      valid_batch_kw=label_kw(cfg, data, "valid"))
+    except BaseException:
+        with contextlib.suppress(RunError):  # a broken report.json must not hide the error
+            run.sweep_stale("training stopped (interrupted or failed) after the checkpoint "
+                            "changed")
+        raise
     if not prepared:  # the checkpoint was taken, with no epoch left to train
         _prepare_run(cfg, run, meta)
-    _train_report(run, res, model, guide, data, cfg)
+    if meta is None:
+        run.sweep_stale("the model was trained anew", unknown=True)
+    elif res.epochs > meta.epoch:
+        run.sweep_stale(f"the model trained on from epoch {meta.epoch} to {res.epochs}",
+                        unknown=True)
+    _train_report(run, res, model, guide, data, cfg, found)
     return res
+
 
 def _prepare_run(cfg: dict, run: RunDir, meta) -> None:
     """Write the run's config; on resume, bring metrics.jsonl to the checkpoint's epoch.
@@ -145,7 +170,7 @@ def _prepare_run(cfg: dict, run: RunDir, meta) -> None:
         run.metrics_path.unlink()
 
 
-def _train_report(run: RunDir, res, model, guide, data, cfg) -> None:
+def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -> None:
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5, 3.5), layout="constrained")
@@ -164,15 +189,25 @@ def _train_report(run: RunDir, res, model, guide, data, cfg) -> None:
           f"| {res.epochs} | {res.steps} | {last(res.train_objective):.3f} | "
           f"{last(res.valid_elbo):.3f} | {res.steps_per_second:.1f} | {res.stopped} |\n\n"
           f"{res.message}. Learning curve: `training.png`; per-epoch values: `metrics.jsonl`.")
-    x = data.test[:8].to(_device(model))
-    kw = label_kw(cfg, data, "test", slice(0, 8))
-    nc = guide_posterior(model, guide, x, run, "posterior_guide.nc", model_kwargs=kw)
+    seed = cfg.get("seed", 0)
+    rows = Rows.select(data, "test", 8, seed)
+    dev = _device(model)
+    x = rows.take(data).to(dev)
+    kw = {k: v.to(dev) for k, v in rows.kw(cfg, data).items()}
+    nc = guide_posterior(model, guide, x, run, "posterior_guide.nc", model_kwargs=kw,
+                         datapoints=rows.indices.tolist())
     if nc:
-        md += f"\nGuide posterior samples for test points 0-7: `{nc}` (ArviZ netCDF)."
+        md += (f"\nGuide posterior samples for test rows {rows.indices.tolist()} "
+               f"({rows.describe()}): `{nc}` (ArviZ netCDF; datapoint coordinate: the test "
+               "row).")
+    prov = provenance(run, seed=seed, rows={
+        "training": Rows.select(data, "train", None, seed).record(),
+        "guide_posterior": rows.record()})
     run.set_section("train", "Training", md, {
         "epochs": res.epochs, "steps": res.steps, "train_objective": res.train_objective,
         "valid_elbo": res.valid_elbo, "stopped": res.stopped, "message": res.message,
-        "steps_per_second": res.steps_per_second, "wall_time": res.wall_time})
+        "steps_per_second": res.steps_per_second, "wall_time": res.wall_time},
+        provenance=prov, warnings=found, files=["training.png", *([nc] if nc else [])])
 
 
 def _device(module) -> torch.device:
@@ -181,10 +216,12 @@ def _device(module) -> torch.device:
 
 
 def guide_posterior(model, guide, x, run: RunDir, name: str, num_samples: int = 500,
-                    *, model_kwargs=None) -> str | None:
+                    *, model_kwargs=None, datapoints=None) -> str | None:
     """Save ``num_samples`` guide draws per row of ``x`` as ArviZ netCDF.
 
-    None when the pair has no continuous latent to sample this way (e.g. a point-mass guide).
+    ``datapoints``: the datapoint coordinate (e.g. the rows' indices in their split; default
+    0..N-1). None when the pair has no continuous latent to sample this way (e.g. a point-mass
+    guide).
     """
     from ..core.contract import ContractError
     from ..core.potential import Potential
@@ -197,5 +234,6 @@ def guide_posterior(model, guide, x, run: RunDir, name: str, num_samples: int = 
             per = pot.per_datapoint_values(values)  # site -> [S, N, size]
     except (ContractError, NotImplementedError, ValueError):
         return None
-    to_inference_data({k: v.unsqueeze(0) for k, v in per.items()}).to_netcdf(run.file(name))
+    to_inference_data({k: v.unsqueeze(0) for k, v in per.items()},
+                      datapoints=datapoints).to_netcdf(run.file(name))
     return name
