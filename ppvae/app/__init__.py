@@ -9,6 +9,9 @@ Only this layer imports ``ppvae.models`` and ``ppvae.guides``.
   ``main(args)``.
 * :mod:`~ppvae.app.zoo`: the zoo table, models, guides and objectives by name.
 * :mod:`~ppvae.app.inputs`: the user's input checked (data files, device, configuration).
-* :mod:`~ppvae.app.trained`: a run's model, guide and data, built or opened from a run.
-* :mod:`~ppvae.app.runs`: run directories (config.toml, metrics.jsonl, checkpoint, report).
+* :mod:`~ppvae.app.trained`: a run's model, guide and data, built or opened from a run, and the
+  rows a command uses (``select_rows``: a seeded random subset unless ``--first-rows``).
+* :mod:`~ppvae.app.runs`: run directories (config.toml, metrics.jsonl, checkpoint, report with
+  each section's provenance and diagnostic warnings; sections from an older checkpoint marked
+  stale).
 """
