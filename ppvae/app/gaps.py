@@ -47,7 +47,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=1000, help="IWAE samples for log p(x)")
     p.add_argument("--ais-steps", type=int, default=200)
     p.add_argument("--mcmc", type=int, default=0,
-                   help="compare with batched HMC on this many test rows (0: no MCMC)")
+                   help="compare with batched HMC on this many of the --num-data rows (0: no "
+                   "MCMC; an earlier comparison in the report is then marked stale)")
     p.add_argument("--mcmc-warmup", type=int, default=300)
     p.add_argument("--mcmc-samples", type=int, default=500)
     p.add_argument("--quiet", action="store_true")
