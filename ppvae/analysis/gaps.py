@@ -26,6 +26,7 @@ import torch
 
 from ..core.bounds import Bound, elbo, iwae
 from ..core.contract import check_pair, is_latent
+from ..core.diagnostic_warnings import khat_threshold
 from ..core.enum import is_enumerated
 from ..core.trace import trace_fn
 from ..infer.ais import ais_log_px
@@ -44,14 +45,19 @@ __all__ = [
     "named_guides",
 ]
 
-def iwae_log_px(model, x, proposal, model_kwargs, *, k: int = 1000, num_estimates: int = 1,
+def iwae_log_px(model, x, proposal, model_kwargs, *, k: int = 1000, num_estimates: int = 2,
                 chunk_size: int | None = None) -> LogPx:
-    """Log p(x) by the IWAE_k bound with ``proposal`` as the importance distribution."""
+    """Log p(x) by the IWAE_k bound with ``proposal`` as the importance distribution.
+
+    :func:`ppvae.iwae` with its calibrated default (two independent estimates, ``2 k`` samples
+    per datapoint); the Pareto k̂ of the weights comes along for the report.
+    """
     b = iwae(model, proposal, x, k, num_estimates=num_estimates, chunk_size=chunk_size,
              model_kwargs=model_kwargs)
     source = (f"local {proposal.family} q*" if isinstance(proposal, LocalGuide)
               else type(proposal).__name__)
-    return LogPx(b.per_datapoint, b.stderr, f"IWAE_{k} from {source}")
+    limit = khat_threshold(k) if b.khat is not None else None
+    return LogPx(b.per_datapoint, b.stderr, f"IWAE_{k} from {source}", b.khat, limit)
 
 
 # the estimators ``gaps(..., log_px=name)`` knows by name; any other is passed as a callable
@@ -109,7 +115,7 @@ def infer_family(guide, x: torch.Tensor, model_kwargs: Mapping[str, Any] | None 
 def _as_log_px(value) -> LogPx:
     if isinstance(value, LogPx):
         return value
-    if isinstance(value, tuple) and len(value) == 3:
+    if isinstance(value, tuple) and len(value) in (3, 5):
         return LogPx(*value)
     raise TypeError("a log_px estimator must return LogPx(per_datapoint, stderr, estimator) "
                     f"or such a 3-tuple, got {type(value).__name__}")
@@ -134,7 +140,7 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
         local_options: :func:`fit_local`'s other options.
         num_samples: samples per datapoint for each ELBO.
         log_px_options: options for the log p(x) estimator (for "iwae": ``k``, default 1000,
-            ``num_estimates``, ``chunk_size``).
+            ``num_estimates``, default 2, ``chunk_size``).
         model_kwargs: passed to model and guides.
     """
     kwargs = dict(model_kwargs or {})

@@ -8,6 +8,15 @@ Means carry two standard errors: ``mc_se``, the Monte Carlo error of the mean fo
 datapoints (from the per-datapoint standard errors, independent across datapoints and across
 the estimators subtracted), and ``data_se``, the spread across datapoints over sqrt(N) (the
 uncertainty of the mean as an estimate for the data distribution).
+
+Each gap is a difference of two columns that :func:`ppvae.gaps` estimates from independent draws
+(log p(x) from its own IWAE or AIS run, ELBO[q*] and ELBO[q] from their own samples), so its
+per-datapoint standard error is the root sum of squares of the two columns' (:meth:`GapRow.stderr`);
+no covariance term is missing. With the default log p(x) estimator (IWAE, two independent
+estimates, :func:`ppvae.iwae`) and the ELBO's s.e., every column's ±2 s.e. interval covers its
+expectation at least 93% of the time on the exact references of ``tests/core/test_se_coverage.py``
+unless the Pareto k̂ of the log p(x) weights is flagged; that k̂ is carried per datapoint
+(``log_px_khat``) and summarized in the markdown.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ class LogPx(NamedTuple):
     per_datapoint: torch.Tensor  # [N]
     stderr: torch.Tensor  # [N] (zeros for exact values)
     estimator: str  # e.g. "exact", "IWAE_5000 from local diag q*", "AIS ..."
+    khat: torch.Tensor | None = None  # [N] Pareto k̂ of its importance weights, if it has some
+    khat_limit: float | None = None  # k̂ above which its s.e. is unreliable (khat_threshold)
 
     @property
     def mean(self) -> float:
@@ -68,6 +79,9 @@ def _summary(values: torch.Tensor, se: torch.Tensor) -> Summary:
 
 _TENSORS = ("log_px", "log_px_se", "elbo_local", "elbo_local_se", "elbo_amortized",
             "elbo_amortized_se")
+_PAIRS = {"approximation": ("log_px", "elbo_local"),
+          "amortization": ("elbo_local", "elbo_amortized"),
+          "inference": ("log_px", "elbo_amortized")}
 
 
 class GapRow(NamedTuple):
@@ -82,13 +96,17 @@ class GapRow(NamedTuple):
     elbo_amortized: torch.Tensor  # ELBO[q]
     elbo_amortized_se: torch.Tensor
     estimators: Estimators
+    log_px_khat: torch.Tensor | None = None  # [N] Pareto k̂ of the log p(x) weights, if any
+    log_px_khat_limit: float | None = None  # the k̂ threshold for those weights
 
     @classmethod
     def build(cls, guide: str, family: str, log_px, optimal, amortized, estimators) -> GapRow:
         """From a :class:`LogPx` and two :class:`ppvae.Bound` records."""
+        khat = getattr(log_px, "khat", None)
         return cls(guide, family, _f64(log_px.per_datapoint), _f64(log_px.stderr),
                    _f64(optimal.per_datapoint), _f64(optimal.stderr),
-                   _f64(amortized.per_datapoint), _f64(amortized.stderr), estimators)
+                   _f64(amortized.per_datapoint), _f64(amortized.stderr), estimators,
+                   None if khat is None else _f64(khat), getattr(log_px, "khat_limit", None))
 
     @property
     def approximation(self) -> torch.Tensor:
@@ -105,19 +123,41 @@ class GapRow(NamedTuple):
         """Inference gap log p(x) - ELBO[q] per datapoint, ``[N]``."""
         return self.log_px - self.elbo_amortized  # [N]
 
-    def summary(self, quantity: str) -> Summary:
-        """Mean with standard errors of a column or gap ("approximation", "log_px", ...)."""
+    def stderr(self, quantity: str) -> torch.Tensor:
+        """Per-datapoint Monte Carlo s.e. ``[N]`` of a column or gap ("approximation", ...).
+
+        A gap's is ``sqrt(se_a^2 + se_b^2)`` of its two columns, which come from independent
+        draws (module docstring).
+        """
         se = {"log_px": self.log_px_se, "elbo_local": self.elbo_local_se,
               "elbo_amortized": self.elbo_amortized_se}
-        pairs = {"approximation": ("log_px", "elbo_local"),
-                 "amortization": ("elbo_local", "elbo_amortized"),
-                 "inference": ("log_px", "elbo_amortized")}
         if quantity in se:
-            return _summary(getattr(self, quantity), se[quantity])
-        if quantity in pairs:
-            a, b = pairs[quantity]
-            return _summary(getattr(self, quantity), (se[a] ** 2 + se[b] ** 2).sqrt())
-        raise KeyError(f"unknown quantity {quantity!r}; use one of {[*se, *pairs]}")
+            return se[quantity]
+        if quantity in _PAIRS:
+            a, b = _PAIRS[quantity]
+            return (se[a] ** 2 + se[b] ** 2).sqrt()
+        raise KeyError(f"unknown quantity {quantity!r}; use one of {[*se, *_PAIRS]}")
+
+    def summary(self, quantity: str) -> Summary:
+        """Mean with standard errors of a column or gap ("approximation", "log_px", ...)."""
+        return _summary(getattr(self, quantity), self.stderr(quantity))
+
+    def khat_note(self) -> str | None:
+        """One line on the Pareto k̂ of the log p(x) weights, or None when it has none."""
+        if self.log_px_khat is None:
+            return None
+        k, n = self.log_px_khat, self.log_px_khat.numel()
+        worst = int(torch.nan_to_num(k, nan=-math.inf).argmax())
+        limit = self.log_px_khat_limit
+        if limit is None:
+            return f"Pareto k̂ of the log p̂(x) weights: at most {float(k[worst]):.2f}"
+        bad = int((k > limit).sum())
+        if not bad:
+            return (f"Pareto k̂ of the log p̂(x) weights: at most {float(k[worst]):.2f}, below "
+                    f"{limit:.2f} on all {n} datapoints")
+        return (f"Pareto k̂ of the log p̂(x) weights above {limit:.2f} on {bad}/{n} datapoints "
+                f"(worst {float(k[worst]):.2f} at datapoint {worst}): log p̂(x), its s.e. and "
+                "the gaps built on it are unreliable there")
 
 
 class GapReport(NamedTuple):
@@ -155,6 +195,9 @@ class GapReport(NamedTuple):
             e = r.estimators
             out.append(f"- {r.guide}: log p̂(x): {e.log_px}; ELBO[q*]: {e.elbo_local}; "
                        f"ELBO[q]: {e.elbo_amortized}")
+        notes = list(dict.fromkeys(n for n in (r.khat_note() for r in self.rows) if n))
+        if notes:
+            out += ["", *notes]
         if self.timings:
             out += ["", "Time per stage: " + "; ".join(f"{k} {v:.1f} s" for k, v in self.timings)]
         return "\n".join(out) + "\n"
@@ -162,7 +205,9 @@ class GapReport(NamedTuple):
     def to_json(self) -> str:
         """The report as a JSON document (``"format": "ppvae.GapReport/1"``)."""
         rows = [{"guide": r.guide, "family": r.family, "estimators": r.estimators._asdict(),
-                 **{k: getattr(r, k).tolist() for k in _TENSORS}} for r in self.rows]
+                 **{k: getattr(r, k).tolist() for k in _TENSORS},
+                 "log_px_khat": None if r.log_px_khat is None else r.log_px_khat.tolist(),
+                 "log_px_khat_limit": r.log_px_khat_limit} for r in self.rows]
         return json.dumps({"format": "ppvae.GapReport/1", "num_data": self.num_data,
                            "timings": [list(t) for t in self.timings], "rows": rows})
 
@@ -174,7 +219,9 @@ class GapReport(NamedTuple):
             raise ValueError("not a ppvae GapReport JSON document (missing format "
                              "'ppvae.GapReport/1')")
         rows = tuple(GapRow(r["guide"], r["family"], *(_f64(r[k]) for k in _TENSORS),  # type: ignore[call-arg, arg-type]  # mypy cannot count the columns
-                            Estimators(**r["estimators"])) for r in doc["rows"])
+                            Estimators(**r["estimators"]),
+                            None if r.get("log_px_khat") is None else _f64(r["log_px_khat"]),
+                            r.get("log_px_khat_limit")) for r in doc["rows"])
         return cls(rows, int(doc["num_data"]), tuple((k, float(v)) for k, v in doc["timings"]))
 
     def plot(self, path=None):

@@ -28,7 +28,9 @@ from typing import Any, NamedTuple
 import torch
 
 from .contract import check_pair
+from .diagnostic_warnings import ImportanceWeightWarning, khat_threshold, warn
 from .estimate import record_mean, record_mean_stderr
+from .psis import MIN_WEIGHTS, merge_top, pareto_khat, top_count
 from .weights import default_chunk_size, iter_log_weights
 
 __all__ = [
@@ -50,7 +52,8 @@ class Bound(NamedTuple):
     per_datapoint: torch.Tensor  # [N]
     stderr: torch.Tensor  # [N] Monte Carlo standard error of each entry
     num_samples: int  # samples drawn per datapoint in total
-    ess: torch.Tensor | None = None  # [N] Kish effective sample size (single IWAE estimate)
+    ess: torch.Tensor | None = None  # [N] Kish ESS of k weights (IWAE; smallest over estimates)
+    khat: torch.Tensor | None = None  # [N] Pareto k̂ of all the weights (IWAE, k >= 21)
 
     @property
     def mean(self) -> float:
@@ -66,8 +69,15 @@ class Bound(NamedTuple):
         label = "ELBO" if self.name == "elbo" else f"IWAE_{self.k}"
         return (
             f"Bound({label}: mean {self.mean:.4f} ± {self.mean_stderr:.4f} over "
-            f"{self.per_datapoint.numel()} datapoints, {self.num_samples} samples each)"
+            f"{self.per_datapoint.numel()} datapoints, {self.num_samples} samples each"
+            f"{self._khat_note()})"
         )
+
+    def _khat_note(self) -> str:
+        if self.khat is None:
+            return ""
+        limit = khat_threshold(self.k)
+        return f"; k̂ > {limit:.2f} on {int((self.khat > limit).sum())}/{self.khat.numel()}"
 
 
 def logmeanexp(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -98,7 +108,9 @@ def elbo_from_log_weights(lw: torch.Tensor) -> Bound:
 def iwae_from_log_weights(lw: torch.Tensor, k: int) -> Bound:
     """IWAE_k per datapoint from log weights ``[S, N]``: S // k independent estimates averaged.
 
-    With S == k (one estimate), the standard error comes from the delta method.
+    The standard error follows the rule of :func:`iwae` (module docstring): the delta method for
+    one estimate, the larger of the spread and the largest single-estimate delta-method error
+    over sqrt(#estimates) for several. Pareto k̂ is computed for k >= 21 (and warned about).
     """
     s = lw.shape[0]
     if k < 1 or k > s:
@@ -106,15 +118,12 @@ def iwae_from_log_weights(lw: torch.Tensor, k: int) -> Bound:
     if k == 1:
         return elbo_from_log_weights(lw)  # IWAE_1 is the ELBO, named so as iwae(k=1) does
     groups = s // k
-    est = logmeanexp(lw[: groups * k].reshape(groups, k, -1), dim=1)  # [G, N]
-    if groups > 1:
-        se = est.std(0) / math.sqrt(groups)
-    else:
-        se = delta_stderr(torch.logsumexp(lw[:k], 0), torch.logsumexp(2 * lw[:k], 0), k)
-    ess = None
-    if groups == 1:
-        ess = torch.exp(2 * torch.logsumexp(lw[:k], 0) - torch.logsumexp(2 * lw[:k], 0))
-    return Bound("iwae", k, est.mean(0), se, groups * k, ess)
+    used = lw[: groups * k]
+    top = torch.topk(used, top_count(groups * k), dim=0).values if k >= MIN_WEIGHTS else None
+    lw = used.reshape(groups, k, -1)  # [G, k, N]
+    b = _combine(k, torch.logsumexp(lw, 1), torch.logsumexp(2 * lw, 1), top)
+    _warn_khat(b, stacklevel=4)
+    return b
 
 
 def elbo(
@@ -148,21 +157,68 @@ def elbo(
     return Bound("elbo", 1, mean, se, n_tot)
 
 
+def _combine(k: int, lse1: torch.Tensor, lse2: torch.Tensor,
+             top: torch.Tensor | None) -> Bound:
+    """The IWAE_k record from E estimates' log-sum-exps ``lse1, lse2 [E, N]``.
+
+    ``top [M + 1, N]`` are the largest of all E * k log weights (for Pareto k̂) or None.
+    """
+    e = lse1.shape[0]
+    est = lse1 - math.log(k)  # [E, N]
+    if k == 1:  # the ELBO from E draws
+        se = est.std(0) / math.sqrt(e) if e > 1 else torch.full_like(est[0], float("nan"))
+        return Bound("elbo", 1, est.mean(0), se, e)
+    delta = delta_stderr(lse1, lse2, k)  # [E, N]
+    if e == 1:
+        se = delta[0]
+    else:
+        se = torch.maximum(est.std(0), delta.max(0).values) / math.sqrt(e)
+    ess = torch.exp(2 * lse1 - lse2).min(0).values  # Kish ESS, smallest over the estimates
+    khat = None
+    if top is not None:
+        khat = pareto_khat(top, k * e).to(device=est.device, dtype=est.dtype)
+    return Bound("iwae", k, est.mean(0), se, k * e, ess, khat)
+
+
+def _warn_khat(b: Bound, *, stacklevel: int) -> None:
+    """Raise an :class:`ImportanceWeightWarning` if any datapoint's k̂ is above the threshold."""
+    if b.khat is None:
+        return
+    limit = khat_threshold(b.k)
+    bad = b.khat > limit
+    if not bool(bad.any()):
+        return
+    worst = int(torch.nan_to_num(b.khat, nan=-math.inf).argmax())
+    warn(ImportanceWeightWarning,
+         f"IWAE_{b.k}: Pareto k̂ of the importance weights above {limit:.2f} on "
+         f"{int(bad.sum())}/{bad.numel()} datapoints (worst {float(b.khat[worst]):.2f} at "
+         f"datapoint {worst}); their weights are so heavy-tailed that the estimate and its "
+         "standard error are unreliable there: use a guide closer to the posterior (or wider), "
+         "a larger k, or AIS (ppvae.ais)", stacklevel=stacklevel)
+
+
 def iwae(
     model,
     guide,
     x: torch.Tensor,
     k: int,
     *,
-    num_estimates: int = 1,
+    num_estimates: int = 2,
     chunk_size: int | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
 ) -> Bound:
     """Per-datapoint IWAE_k bound ``log (1/k) sum_i w_i``, streamed (memory bounded by the chunk).
 
-    ``num_estimates`` independent IWAE_k estimates are averaged; their spread gives the standard
-    error. With one estimate the delta-method error is reported (see module docstring). k = 5000
-    over 1000 MNIST-sized datapoints needs only one chunk of activations in memory.
+    ``num_estimates`` independent IWAE_k estimates (``k * num_estimates`` samples per
+    datapoint; the default 2 doubles the cost of one) are averaged. The standard error is the
+    larger of their spread and the largest single-estimate delta-method error, over
+    sqrt(num_estimates); with ``num_estimates=1`` it is the delta method alone, optimistic for
+    heavy-tailed weights (module docstring for both, with measured coverage). For k >= 21 the
+    Pareto k̂ of each datapoint's ``k * num_estimates`` weights is returned as
+    ``khat`` and an :class:`ppvae.ImportanceWeightWarning` is raised where it exceeds
+    :func:`ppvae.core.diagnostic_warnings.khat_threshold`. k = 5000 over 1000 MNIST-sized
+    datapoints needs only one chunk of activations in memory (plus the largest
+    ``3 sqrt(k) + 1`` log weights per datapoint for k̂).
     """
     kwargs = dict(model_kwargs or {})
     if k < 1 or num_estimates < 1:
@@ -170,25 +226,25 @@ def iwae(
                          f"num_estimates={num_estimates}")
     info = check_pair(model, guide, x, model_kwargs=kwargs)
     chunk = chunk_size or default_chunk_size(info.num_data)
-    lse1: torch.Tensor | None
-    lse2: torch.Tensor | None
-    if k <= chunk:  # whole estimates per chunk: [m * k, N] -> [m, N]
+    want_top = k >= MIN_WEIGHTS
+    count = top_count(k * num_estimates)
+    lse1s: list[torch.Tensor] = []
+    lse2s: list[torch.Tensor] = []
+    top: torch.Tensor | None = None  # the largest log weights over all estimates, for k̂
+    if k <= chunk:  # whole estimates per chunk: [m * k, N] -> [m, k, N]
         per_chunk = max(1, chunk // k)
-        ests, lse2 = [], None
         done = 0
         while done < num_estimates:
             m = min(per_chunk, num_estimates - done)
             lw = torch.cat(list(iter_log_weights(model, guide, x, m * k, chunk_size=m * k,
                                                  info=info, model_kwargs=kwargs))).detach()
             lw = lw.reshape(m, k, -1)  # [m, k, N]
-            ests.append(logmeanexp(lw, dim=1))
-            if num_estimates == 1:
-                lse2 = torch.logsumexp(2 * lw[0], 0)
+            lse1s.append(torch.logsumexp(lw, 1))
+            lse2s.append(torch.logsumexp(2 * lw, 1))
+            if want_top:
+                top = merge_top(top, lw.reshape(m * k, -1), count)
             done += m
-        est = torch.cat(ests, 0)  # [E, N]
-        lse1 = est[0] + math.log(k) if num_estimates == 1 else None
-    else:  # stream each estimate over several chunks with a running log-sum-exp
-        ests = []
+    else:  # stream each estimate over several chunks with running log-sum-exps and top weights
         for _ in range(num_estimates):
             lse1 = lse2 = None
             for lw in iter_log_weights(model, guide, x, k, chunk_size=chunk, info=info,
@@ -197,16 +253,11 @@ def iwae(
                 c1, c2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
                 lse1 = c1 if lse1 is None else torch.logaddexp(lse1, c1)
                 lse2 = c2 if lse2 is None else torch.logaddexp(lse2, c2)
-            assert lse1 is not None  # k >= 1: at least one chunk
-            ests.append((lse1 - math.log(k)).unsqueeze(0))
-        est = torch.cat(ests, 0)
-    ess = None
-    if num_estimates > 1:
-        se = est.std(0) / math.sqrt(num_estimates)
-    elif k == 1:
-        se = torch.full_like(est[0], float("nan"))
-    else:
-        assert lse1 is not None and lse2 is not None  # one estimate: both sums are kept
-        se = delta_stderr(lse1, lse2, k)
-        ess = torch.exp(2 * lse1 - lse2)  # Kish ESS of the k weights: (sum w)^2 / sum w^2
-    return Bound("iwae" if k > 1 else "elbo", k, est.mean(0), se, k * num_estimates, ess)
+                if want_top:
+                    top = merge_top(top, lw, count)
+            assert lse1 is not None and lse2 is not None  # k >= 1: at least one chunk
+            lse1s.append(lse1.unsqueeze(0))
+            lse2s.append(lse2.unsqueeze(0))
+    b = _combine(k, torch.cat(lse1s), torch.cat(lse2s), top)
+    _warn_khat(b, stacklevel=4)
+    return b

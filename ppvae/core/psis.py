@@ -1,0 +1,101 @@
+"""Pareto k̂ of importance weights per datapoint, from the largest log weights only.
+
+Pareto smoothed importance sampling (Vehtari, Simpson, Gelman, Yao and Gabry 2024, "Pareto
+smoothed importance sampling", JMLR 25(72)) fits a generalized Pareto distribution to the
+``M = ceil(min(S / 5, 3 sqrt(S)))`` largest of S importance weights; its shape k̂ estimates the
+tail index of the weights' distribution. For k̂ < 0.5 the weights have a finite variance and
+the central limit theorem (and a variance-based standard error) applies; above
+:func:`ppvae.core.diagnostic_warnings.khat_threshold` no Monte Carlo standard error computed
+from them is reliable (their Section 3).
+
+The fit needs only the ``M + 1`` largest log weights (the ``M``-th largest above the cutoff and
+the cutoff itself), so streaming estimators keep those with :func:`merge_top` instead of all S.
+:func:`pareto_khat` computes k̂ exactly as ArviZ's :func:`arviz.psislw` (``reff=1``) does,
+including its empirical-Bayes fit (Zhang and Stephens 2009) with its weakly informative prior,
+but vectorized over datapoints (the test suite checks the two agree to rounding).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["MIN_WEIGHTS", "merge_top", "pareto_khat", "tail_length", "top_count"]
+
+# fewest weights for which PSIS fits a tail (ArviZ returns k̂ = inf for 4 or fewer tail weights)
+MIN_WEIGHTS = 21
+
+_ROWS_PER_BLOCK = 256  # datapoints fitted at once: bounds the [rows, grid, M] temporary
+
+
+def tail_length(num_weights: int) -> int:
+    """``M = ceil(min(S / 5, 3 sqrt(S)))``: how many of S weights PSIS fits (ArviZ, reff = 1)."""
+    return math.ceil(min(num_weights / 5.0, 3.0 * math.sqrt(num_weights)))
+
+
+def top_count(num_weights: int) -> int:
+    """How many of the largest log weights :func:`pareto_khat` needs: ``M + 1``."""
+    return min(tail_length(num_weights) + 1, num_weights)
+
+
+def merge_top(top: torch.Tensor | None, lw: torch.Tensor, count: int) -> torch.Tensor:
+    """The ``count`` largest of ``top`` (kept so far) and the new log weights ``lw`` along dim 0.
+
+    Both are ``[*, N]``; the result is ``[count, N]`` (fewer while fewer weights were seen).
+    """
+    pool = lw if top is None else torch.cat([top, lw], dim=0)
+    return torch.topk(pool, min(count, pool.shape[0]), dim=0).values
+
+
+def _gpd_shape(ary: torch.Tensor) -> torch.Tensor:
+    """ArviZ's ``_gpdfit`` shape for each row of ``ary [R, n]`` (ascending, positive)."""
+    prior_bs, prior_k = 3.0, 10.0
+    n = ary.shape[1]
+    m_est = 30 + int(n**0.5)
+    j = torch.arange(1, m_est + 1, dtype=ary.dtype, device=ary.device)
+    b = 1 - torch.sqrt(m_est / (j - 0.5))  # [m]
+    b = b / (prior_bs * ary[:, int(n / 4 + 0.5) - 1 : int(n / 4 + 0.5)]) + 1 / ary[:, -1:]
+    k = torch.log1p(-b.unsqueeze(-1) * ary.unsqueeze(1)).mean(-1)  # [R, m]
+    len_scale = n * (torch.log(-(b / k)) - k - 1)
+    weights = torch.softmax(len_scale, dim=-1)  # ArviZ: 1 / sum_j exp(L_j - L_i)
+    weights = torch.where(weights >= 10 * torch.finfo(ary.dtype).eps, weights, 0.0)
+    weights = weights / weights.sum(-1, keepdim=True)
+    b_post = (b * weights).sum(-1, keepdim=True)  # [R, 1]
+    k_post = torch.log1p(-b_post * ary).mean(-1)  # [R]
+    return (n * k_post + prior_k * 0.5) / (n + prior_k)
+
+
+def pareto_khat(top: torch.Tensor, num_weights: int) -> torch.Tensor:
+    """Pareto k̂ per column from the :func:`top_count` largest log weights ``top [M + 1, N]``.
+
+    ``num_weights`` is S, the number of weights the top ones were taken from. Returns ``[N]``
+    float64 on the CPU: ``inf`` where the tail has 4 or fewer distinct weights above the cutoff
+    (as ArviZ), NaN where the largest log weight is not finite.
+    """
+    m = tail_length(num_weights)
+    if top.shape[0] != min(m + 1, num_weights):
+        raise ValueError(f"need the {min(m + 1, num_weights)} largest of {num_weights} log "
+                         f"weights per datapoint, got {top.shape[0]}")
+    t = torch.sort(top.detach().to(device="cpu", dtype=torch.float64), dim=0).values  # ascending
+    khat = torch.full((t.shape[1],), math.inf, dtype=torch.float64)
+    if num_weights <= m:  # no cutoff below the tail: too few weights
+        return khat
+    peak = t[-1]
+    finite = torch.isfinite(peak)
+    khat[~finite] = math.nan
+    x = t[:, finite] - peak[finite]  # largest is 0
+    cutoff = x[0].clamp(min=math.log(torch.finfo(torch.float64).tiny))
+    tail = x[1:]  # [M, R] ascending; PSIS keeps those strictly above the cutoff
+    keep = tail > cutoff
+    sizes = keep.sum(0)
+    ary = (torch.exp(tail) - torch.exp(cutoff)).T  # [R, M]
+    out = torch.full((x.shape[1],), math.inf, dtype=torch.float64)
+    for n in sizes.unique().tolist():
+        if n <= 4:
+            continue
+        rows = (sizes == n).nonzero().squeeze(1)
+        for block in rows.split(_ROWS_PER_BLOCK):
+            out[block] = _gpd_shape(ary[block, m - n:])  # those kept are the last n
+    khat[finite] = out
+    return khat
