@@ -97,15 +97,19 @@ def collect() -> Iterator[list[str]]:
     complete when the block exits; the CLI prints it and writes it to the report.
     """
     found: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", DiagnosticWarning)
-        try:
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", DiagnosticWarning)
             yield found
-        finally:
-            for w in caught:
-                if issubclass(w.category, DiagnosticWarning):
-                    text = f"{w.category.__name__}: {w.message}"
-                    if text not in found:
-                        found.append(text)
-                else:
-                    warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    finally:
+        others = []
+        for w in caught:
+            if issubclass(w.category, DiagnosticWarning):
+                text = f"{w.category.__name__}: {w.message}"
+                if text not in found:
+                    found.append(text)
+            else:
+                others.append(w)
+        for w in others:  # outside the recording context: re-raised under the caller's filters
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

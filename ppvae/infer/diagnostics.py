@@ -15,7 +15,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-__all__ = ["Diagnostics", "diagnostics", "import_arviz", "to_inference_data"]
+__all__ = ["Diagnostics", "check_mcmc", "diagnostics", "import_arviz", "to_inference_data"]
 
 
 def import_arviz():
@@ -87,3 +87,48 @@ def diagnostics(idata) -> Diagnostics:
         mcse_mean=grab(az.mcse(post, method="mean")),
         mcse_sd=grab(az.mcse(post, method="sd")),
     )
+
+
+def _where_worst(per_datapoint: np.ndarray, bad: np.ndarray, worst: int) -> str:
+    return f"{int(bad.sum())}/{bad.size} datapoints (worst {per_datapoint[worst]:.3g} at " \
+        f"datapoint {worst})"
+
+
+def check_mcmc(diag: Diagnostics, num_chains: int, sampler: str, *,
+               divergent: np.ndarray | None = None) -> list[str]:
+    """Warn (:class:`ppvae.MCMCWarning`) where MCMC diagnostics fail their thresholds.
+
+    The checks and their sources are in :mod:`ppvae.core.diagnostic_warnings`: rank-normalized
+    split R-hat above 1.01 (only with several chains), bulk or tail ESS below 100 per chain,
+    and any divergent transition (``divergent [N]``: counts per datapoint). Returns the
+    messages it raised (empty when every datapoint passes).
+    """
+    from ..core.diagnostic_warnings import ESS_MIN_PER_CHAIN, RHAT_MAX, MCMCWarning, warn
+
+    messages = []
+    advice = (f"run {sampler} longer (num_warmup, num_samples) or with more chains, and check "
+              "the posterior for strong correlations or several modes")
+    if num_chains > 1:
+        rhat = np.nan_to_num(diag.max_rhat, nan=np.inf)
+        bad = rhat > RHAT_MAX
+        if bad.any():
+            messages.append(f"{sampler}: R-hat above {RHAT_MAX} on "
+                            f"{_where_worst(rhat, bad, int(rhat.argmax()))}; the chains have "
+                            f"not mixed: {advice}")
+    min_ess = ESS_MIN_PER_CHAIN * num_chains
+    for kind, ess in (("bulk", diag.min_ess_bulk), ("tail", diag.min_ess_tail)):
+        ess = np.nan_to_num(ess, nan=0.0)
+        bad = ess < min_ess
+        if bad.any():
+            messages.append(f"{sampler}: {kind} ESS below {min_ess} ({ESS_MIN_PER_CHAIN} per "
+                            f"chain) on {_where_worst(ess, bad, int(ess.argmin()))}; its "
+                            f"Monte Carlo errors are large: {advice}")
+    if divergent is not None and divergent.sum() > 0:
+        bad = divergent > 0
+        messages.append(f"{sampler}: {int(divergent.sum())} divergent transitions on "
+                        f"{_where_worst(divergent, bad, int(divergent.argmax()))}; the draws "
+                        "may miss parts of the posterior: raise target_accept (smaller steps) "
+                        "or reparameterize the model")
+    for m in messages:
+        warn(MCMCWarning, m, stacklevel=4)
+    return messages

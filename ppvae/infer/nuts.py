@@ -21,7 +21,7 @@ from pyro.infer.mcmc import MCMC, NUTS
 
 from ..core.modes import evaluates
 from ..core.potential import Potential
-from .diagnostics import to_inference_data
+from .diagnostics import Diagnostics, check_mcmc, diagnostics, to_inference_data
 
 __all__ = ["NUTSResult", "nuts"]
 
@@ -32,16 +32,23 @@ class NUTSResult(NamedTuple):
     step_size: torch.Tensor  # [C] adapted step size of each chain
     divergences: torch.Tensor  # [C] divergent transitions after warm-up
     seconds: float  # wall time of all chains (warm-up and sampling)
+    diagnostics: Diagnostics | None = None  # ArviZ R-hat/ESS/MCSE (``diagnose=True``)
+    divergent: torch.Tensor | None = None  # [C, S] bool: divergent kept transitions
 
     def to_inference_data(self):
-        """The draws as ArviZ ``InferenceData``."""
-        return to_inference_data(self.samples)
+        """The draws as ArviZ ``InferenceData``, with step sizes and divergences."""
+        c, s, n = next(iter(self.samples.values())).shape[:3]
+        stats = {"step_size": self.step_size.to(torch.float64).reshape(c, 1, 1).expand(c, s, n)}
+        if self.divergent is not None:  # one tree for all datapoints: shared along N
+            stats["diverging"] = self.divergent.unsqueeze(-1).expand(c, s, n)
+        return to_inference_data(self.samples, stats)
 
 
 @evaluates
 def nuts(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
          num_samples: int = 300, target_accept: float = 0.8, max_tree_depth: int = 10,
-         full_mass: bool = False, model_kwargs: Mapping[str, Any] | None = None) -> NUTSResult:
+         full_mass: bool = False, diagnose: bool = True,
+         model_kwargs: Mapping[str, Any] | None = None) -> NUTSResult:
     """Run Pyro's NUTS on ``model(x, **kwargs)`` for ``num_chains`` chains.
 
     Args:
@@ -53,6 +60,8 @@ def nuts(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
         target_accept: passed to :class:`pyro.infer.mcmc.NUTS` as ``target_accept_prob``.
         max_tree_depth: passed to :class:`pyro.infer.mcmc.NUTS`.
         full_mass: passed to :class:`pyro.infer.mcmc.NUTS` (diagonal mass matrix by default).
+        diagnose: compute ArviZ's R-hat, ESS and MCSE per datapoint into the result and raise
+            an :class:`ppvae.MCMCWarning` when they, or divergences, fail their thresholds.
         model_kwargs: passed to the model.
     """
     kwargs = dict(model_kwargs or {})
@@ -62,8 +71,9 @@ def nuts(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
     pot = Potential(model, x, model_kwargs=kwargs)  # checks the contract and learns the site layout
     draws: dict[str, list[torch.Tensor]] = {s.name: [] for s in pot.sites}
     steps, divs = [], []
+    divergent = torch.zeros(num_chains, num_samples, dtype=torch.bool)
     t0 = time.perf_counter()
-    for _ in range(num_chains):
+    for chain in range(num_chains):
         kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
                       full_mass=full_mass, max_plate_nesting=pot.info.max_plate_nesting)
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=num_warmup,
@@ -75,6 +85,20 @@ def nuts(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 300,
         steps.append(float(kernel.step_size))
         div = mcmc.diagnostics().get("divergences", {}).get("chain 0", [])
         divs.append(len(div))
+        kept = [i for i in div if 0 <= i < num_samples]  # indices counted after warm-up
+        divergent[chain, kept] = True
     seconds = time.perf_counter() - t0
     samples = {k: torch.stack(v, dim=0) for k, v in draws.items()}  # [C, S, N, size]
-    return NUTSResult(samples, torch.tensor(steps), torch.tensor(divs), seconds)
+    res = NUTSResult(samples, torch.tensor(steps), torch.tensor(divs), seconds,
+                     divergent=divergent)
+    if diagnose:
+        diag = diagnostics(res.to_inference_data())
+        check_mcmc(diag, num_chains, "nuts")
+        if sum(divs):  # Pyro counts divergences per chain, not per datapoint: all share one tree
+            from ..core.diagnostic_warnings import MCMCWarning, warn
+
+            warn(MCMCWarning, f"nuts: {sum(divs)} divergent transitions after warm-up "
+                 f"(per chain: {divs}); the draws may miss parts of the posterior: raise "
+                 "target_accept (smaller steps) or reparameterize the model", stacklevel=2)
+        res = res._replace(diagnostics=diag)
+    return res

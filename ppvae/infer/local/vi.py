@@ -37,6 +37,7 @@ from torch import nn
 from torch.distributions.transforms import ReshapeTransform, Transform
 
 from ...core.contract import DATA_PLATE, ContractError, check_pair, is_latent
+from ...core.diagnostic_warnings import ConvergenceWarning, warn
 from ...core.enum import is_enumerated, sum_out_discrete
 from ...core.modes import evaluates
 from ...core.sites import LatentSite, latent_site
@@ -232,6 +233,14 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
     guide.fit = LocalFit(family, label, step, num_steps, num_particles, ~rule.active,
                          rule.steps_used, rule.last, tuple(rule.history),
                          time.perf_counter() - start)
+    n_conv, n = guide.fit.num_converged, int(x.shape[0])
+    if num_steps > 0 and n_conv < n:
+        warn(ConvergenceWarning,
+             f"fit_local({family}): {n_conv}/{n} datapoints converged within {num_steps} steps "
+             f"(rule: no ELBO improvement above tol={tol} over {patience} windows of {window} "
+             "steps); for the others ELBO[q*] is below its optimum, so approximation gaps "
+             "built on it are overestimated and amortization gaps underestimated: raise "
+             "num_steps (or lr)", stacklevel=2)
     return guide
 
 
