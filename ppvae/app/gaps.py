@@ -214,7 +214,7 @@ def _mcmc_section(tr: Trained, guides: dict, x, kw, rows: Rows, *, local_steps, 
         res = hmc(tr.model, x, num_chains=4, num_warmup=warmup, num_samples=samples,
                   num_leapfrog=8, model_kwargs=kw)
         idata = res.to_inference_data()
-        diag = diagnostics(idata)
+        diag = res.diagnostics if res.diagnostics is not None else diagnostics(idata)
         seconds = time.perf_counter() - t0
         local = {f"{n} q*": fit_local(tr.model, x, GUIDES[n].local_family, g,
                                       num_steps=local_steps, model_kwargs=kw)

@@ -240,7 +240,7 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
              f"(rule: no ELBO improvement above tol={tol} over {patience} windows of {window} "
              "steps); for the others ELBO[q*] is below its optimum, so approximation gaps "
              "built on it are overestimated and amortization gaps underestimated: raise "
-             "num_steps (or lr)", stacklevel=2)
+             "num_steps (--local-steps in the CLI) or lr", stacklevel=2)
     return guide
 
 
