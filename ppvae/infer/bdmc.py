@@ -9,6 +9,12 @@ forward AIS with the same schedule on data like this: lengthen the schedule unti
 
 :func:`bdmc` simulates the data from the model itself (``x`` serves only as a template for
 shapes, device and keyword arguments) or takes ``z`` as the known generating latent of ``x``.
+With ``guide=`` both directions run on the path from that guide instead of the prior (any
+initial distribution keeps both bounds valid), so BDMC certifies AIS started from a guide.
+
+:func:`certify` attaches a BDMC gap to an :class:`~ppvae.infer.ais.AISResult` run with the same
+settings (``ais(..., bdmc=True)`` does both), so the gap is printed next to the AIS number, and
+raises an :class:`ppvae.AISWarning` when it exceeds :data:`BDMC_GAP_MAX`.
 """
 
 from __future__ import annotations
@@ -20,11 +26,27 @@ import torch
 from pyro import poutine
 
 from ..core.contract import ContractError
+from ..core.diagnostic_warnings import AISWarning, warn
+from ..core.estimate import mean_stderr
 from ..core.modes import evaluates
 from ..core.potential import Potential, prior_guide
-from .ais import AISResult, anneal, log_mean_weight, pilot_step_sizes, schedule
+from .ais import (
+    AISResult,
+    BDMCCertificate,
+    anneal,
+    check_acceptance,
+    log_mean_weight,
+    pilot_step_sizes,
+    schedule,
+)
 
-__all__ = ["BDMCResult", "bdmc", "simulate"]
+__all__ = ["BDMC_GAP_MAX", "BDMCResult", "bdmc", "certify", "simulate"]
+
+# The gap (nats per datapoint) above which AIS is not certified: the size of the gaps the gap
+# report measures (approximation gaps of 0.05 to 0.5 nats on the digits, README), so an AIS error
+# as large would swamp them. Wu et al. (2017) lengthened schedules until gaps were "well under 1
+# nat" on MNIST; the README's MNIST run reached 0.13 at 1000 steps.
+BDMC_GAP_MAX = 0.1
 
 
 class BDMCResult(NamedTuple):
@@ -45,10 +67,20 @@ class BDMCResult(NamedTuple):
         """Average of :attr:`gap` over datapoints."""
         return float(self.gap.mean())
 
+    @property
+    def gap_stderr(self) -> torch.Tensor:
+        """Monte Carlo s.e. of :attr:`gap` per datapoint ``[N]`` (independent directions)."""
+        return (self.lower.stderr.pow(2) + self.upper.stderr.pow(2)).sqrt()
+
+    @property
+    def mean_gap_stderr(self) -> float:
+        """Monte Carlo s.e. of :attr:`mean_gap`."""
+        return mean_stderr(self.gap_stderr)
+
     def __repr__(self) -> str:
         return (f"BDMCResult({self.lower.mean:.4f} <= log p(x) <= {self.upper.mean:.4f}, mean "
-                f"gap {self.mean_gap:.4f} nats over {self.x.shape[0]} datapoints, "
-                f"{self.lower.num_steps} steps)")
+                f"gap {self.mean_gap:.4f} ± {self.mean_gap_stderr:.4f} nats over "
+                f"{self.x.shape[0]} datapoints, {self.lower.num_steps} steps)")
 
 
 def simulate(model, x: torch.Tensor, *, model_kwargs: Mapping[str, Any] | None = None
@@ -77,8 +109,8 @@ def simulate(model, x: torch.Tensor, *, model_kwargs: Mapping[str, Any] | None =
 
 @evaluates
 def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | None = None,
-         num_steps: int = 500, num_chains: int = 16, kind: str = "sigmoid",
-         num_leapfrog: int = 10, step_size: float = 0.1, target_accept: float = 0.65,
+         guide=None, num_steps: int = 2000, num_chains: int = 128, kind: str = "sigmoid",
+         num_leapfrog: int = 1, step_size: float = 0.1, target_accept: float = 0.65,
          pilot_chains: int = 4, model_kwargs: Mapping[str, Any] | None = None) -> BDMCResult:
     """Forward and reverse AIS on simulated data: the per-datapoint BDMC sandwich.
 
@@ -87,6 +119,8 @@ def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | 
         x: with ``z=None``, a template: data of the same shape are simulated from the model.
             With ``z``, data simulated from the model with latent ``z``.
         z: the generating latents, site -> ``[*mid, N, *event]`` (a tensor for one site).
+        guide: start forward AIS from (and end reverse AIS at) this guide instead of the
+            prior, evaluated on the simulated data, as ``ais(..., guide=)`` does.
         num_steps: intermediate distributions T, as in :func:`ppvae.ais`.
         num_chains: AIS chains per datapoint in each direction.
         kind: "sigmoid" or "linear" schedule, as in :func:`ppvae.ais`.
@@ -101,7 +135,7 @@ def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | 
     kwargs = dict(model_kwargs or {})
     if z is None:
         x, z = simulate(model, x, model_kwargs=kwargs)
-    pot = Potential(model, x, model_kwargs=kwargs)
+    pot = Potential(model, x, guide=guide, model_kwargs=kwargs)
     if isinstance(z, torch.Tensor):
         if len(pot.sites) != 1:
             raise ValueError(f"the model has latent sites {[s.name for s in pot.sites]}; "
@@ -123,8 +157,45 @@ def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | 
         rev = anneal(pot, u_star, betas.flip(0), step_sizes=steps[rev_idx], **opts)
         vals_f, _ = pot.unflatten(fwd.u)
         vals_r, _ = pot.unflatten(rev.u)
+    check_acceptance(fwd.accept_rate, f"BDMC forward AIS ({num_steps} steps, {num_chains} "
+                     "chains)", target=target_accept, stacklevel=5)
     lo, lo_se = log_mean_weight(fwd.log_w)
     inv, inv_se = log_mean_weight(rev.log_w)  # estimates log (1 / p(x))
-    lower = AISResult(lo, lo_se, fwd.log_w, fwd.accept_rate, steps[-1, 0], vals_f, num_steps)
-    upper = AISResult(-inv, inv_se, rev.log_w, rev.accept_rate, steps[0, 0], vals_r, num_steps)
+    settings = dict(num_steps=num_steps, num_chains=num_chains, kind=kind,
+                    num_leapfrog=num_leapfrog, target_accept=target_accept,
+                    pilot_chains=pilot_chains, init="prior" if guide is None else "guide")
+    lower = AISResult(lo, lo_se, fwd.log_w, fwd.accept_rate, steps[-1, 0], vals_f, num_steps,
+                      settings)
+    upper = AISResult(-inv, inv_se, rev.log_w, rev.accept_rate, steps[0, 0], vals_r, num_steps,
+                      settings)
     return BDMCResult(lower, upper, x, {k: v.detach() for k, v in z.items()})
+
+
+def certify(result: AISResult, sandwich: BDMCResult, *, max_gap: float = BDMC_GAP_MAX,
+            stacklevel: int = 3) -> AISResult:
+    """``result`` with the BDMC gap of ``sandwich`` attached (printed with its number).
+
+    ``sandwich`` must come from :func:`bdmc` with the settings of ``result`` (steps, chains,
+    schedule, leapfrog steps, target acceptance, pilot chains, prior or guide start): a
+    ``ValueError`` names any difference. When the mean gap exceeds ``max_gap`` nats an
+    :class:`ppvae.AISWarning` says that AIS with these settings is not certified.
+    """
+    mine, theirs = dict(result.settings or {}), dict(sandwich.lower.settings or {})
+    if not mine or not theirs:
+        raise ValueError("certify needs results of ppvae.ais and ppvae.bdmc (with their settings)")
+    diff = {k: (mine.get(k), theirs.get(k)) for k in sorted(mine.keys() | theirs.keys())
+            if mine.get(k) != theirs.get(k)}
+    if diff:
+        raise ValueError("the BDMC run has other settings than the AIS run, so its gap does not "
+                         "certify it: " + ", ".join(f"{k} {a} (AIS) vs {b} (BDMC)"
+                                                    for k, (a, b) in diff.items()))
+    cert = BDMCCertificate(sandwich.mean_gap, sandwich.mean_gap_stderr, sandwich.x.shape[0],
+                           max_gap)
+    if not cert.certified:
+        warn(AISWarning,
+             f"AIS ({mine['num_steps']} steps, {mine['num_chains']} chains) is not certified by "
+             f"BDMC: the mean gap between forward and reverse AIS on {cert.num_data} simulated "
+             f"datapoints is {cert.gap:.3f} ± {cert.gap_stderr:.3f} nats, above {max_gap:g}; "
+             "its log p(x) may be low by as much: lengthen the schedule (num_steps) or start "
+             "from a guide", stacklevel=stacklevel)
+    return result._replace(certificate=cert)
