@@ -18,13 +18,19 @@ but vectorized over datapoints (the test suite checks the two agree to rounding)
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["MIN_WEIGHTS", "merge_top", "pareto_khat", "tail_length", "top_count"]
+__all__ = ["MIN_WEIGHTS", "XI_CAP", "ParetoTail", "merge_top", "pareto_khat", "pareto_tail",
+           "tail_length", "top_count"]
 
 # fewest weights for which PSIS fits a tail (ArviZ returns k̂ = inf for 4 or fewer tail weights)
 MIN_WEIGHTS = 21
+
+# the largest shape the tail-model variance uses (1 / (1 - 2 xi) = 25): beyond 0.5 the fitted
+# tail has no variance; chosen with the coverage measurements of tests/core/test_se_coverage.py
+XI_CAP = 0.48
 
 _ROWS_PER_BLOCK = 256  # datapoints fitted at once: bounds the [rows, grid, M] temporary
 
@@ -48,8 +54,8 @@ def merge_top(top: torch.Tensor | None, lw: torch.Tensor, count: int) -> torch.T
     return torch.topk(pool, min(count, pool.shape[0]), dim=0).values
 
 
-def _gpd_shape(ary: torch.Tensor) -> torch.Tensor:
-    """ArviZ's ``_gpdfit`` shape for each row of ``ary [R, n]`` (ascending, positive)."""
+def _gpd_fit(ary: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ArviZ's ``_gpdfit`` for each row of ``ary [R, n]`` (ascending, positive): shape, scale."""
     prior_bs, prior_k = 3.0, 10.0
     n = ary.shape[1]
     m_est = 30 + int(n**0.5)
@@ -63,15 +69,28 @@ def _gpd_shape(ary: torch.Tensor) -> torch.Tensor:
     weights = weights / weights.sum(-1, keepdim=True)
     b_post = (b * weights).sum(-1, keepdim=True)  # [R, 1]
     k_post = torch.log1p(-b_post * ary).mean(-1)  # [R]
-    return (n * k_post + prior_k * 0.5) / (n + prior_k)
+    sigma = -k_post / b_post.squeeze(-1)
+    return (n * k_post + prior_k * 0.5) / (n + prior_k), sigma
 
 
-def pareto_khat(top: torch.Tensor, num_weights: int) -> torch.Tensor:
-    """Pareto k̂ per column from the :func:`top_count` largest log weights ``top [M + 1, N]``.
+class ParetoTail(NamedTuple):
+    """Per-datapoint results of :func:`pareto_tail`, each ``[N]`` float64 on the CPU."""
 
-    ``num_weights`` is S, the number of weights the top ones were taken from. Returns ``[N]``
-    float64 on the CPU: ``inf`` where the tail has 4 or fewer distinct weights above the cutoff
-    (as ArviZ), NaN where the largest log weight is not finite.
+    khat: torch.Tensor  # Pareto k̂ (inf: too few distinct tail weights; NaN: no finite weight)
+    var_ratio: torch.Tensor  # Var(w) / E[w]^2 of the body + fitted tail (NaN where unknown)
+
+
+def pareto_tail(top: torch.Tensor, num_weights: int, log_sum: torch.Tensor | None = None,
+                log_sum_sq: torch.Tensor | None = None) -> ParetoTail:
+    """Pareto k̂, and the weights' variance under the fitted tail, from the largest log weights.
+
+    ``top [M + 1, N]`` are the :func:`top_count` largest of ``num_weights`` log weights per
+    column (any order). k̂ is ArviZ's (module docstring). With ``log_sum`` and ``log_sum_sq``,
+    the log-sum-exps of all S log weights and of twice them (``[N]``), it also returns the
+    relative variance ``Var(w) / E[w]^2`` of the weights' distribution modelled as the
+    empirical body (weights up to the cutoff) plus the fitted generalized Pareto tail with
+    probability ``M / S``, whose moments include weights larger than any drawn; the shape is
+    capped at :data:`XI_CAP` there, where the fitted tail's variance would be infinite.
     """
     m = tail_length(num_weights)
     if top.shape[0] != min(m + 1, num_weights):
@@ -79,8 +98,9 @@ def pareto_khat(top: torch.Tensor, num_weights: int) -> torch.Tensor:
                          f"weights per datapoint, got {top.shape[0]}")
     t = torch.sort(top.detach().to(device="cpu", dtype=torch.float64), dim=0).values  # ascending
     khat = torch.full((t.shape[1],), math.inf, dtype=torch.float64)
+    ratio = torch.full((t.shape[1],), math.nan, dtype=torch.float64)
     if num_weights <= m:  # no cutoff below the tail: too few weights
-        return khat
+        return ParetoTail(khat, ratio)
     peak = t[-1]
     finite = torch.isfinite(peak)
     khat[~finite] = math.nan
@@ -90,12 +110,37 @@ def pareto_khat(top: torch.Tensor, num_weights: int) -> torch.Tensor:
     keep = tail > cutoff
     sizes = keep.sum(0)
     ary = (torch.exp(tail) - torch.exp(cutoff)).T  # [R, M]
-    out = torch.full((x.shape[1],), math.inf, dtype=torch.float64)
+    shape = torch.full((x.shape[1],), math.inf, dtype=torch.float64)
+    scale = torch.full((x.shape[1],), math.nan, dtype=torch.float64)
     for n in sizes.unique().tolist():
         if n <= 4:
             continue
         rows = (sizes == n).nonzero().squeeze(1)
         for block in rows.split(_ROWS_PER_BLOCK):
-            out[block] = _gpd_shape(ary[block, m - n:])  # those kept are the last n
-    khat[finite] = out
-    return khat
+            shape[block], scale[block] = _gpd_fit(ary[block, m - n:])  # kept: the last n
+    khat[finite] = shape
+    if log_sum is None or log_sum_sq is None:
+        return ParetoTail(khat, ratio)
+    # moments relative to the largest weight (= 1): body from the totals minus the drawn tail
+    peak_f = peak[finite]
+    lse1 = log_sum.detach().to(device="cpu", dtype=torch.float64)[finite]
+    lse2 = log_sum_sq.detach().to(device="cpu", dtype=torch.float64)[finite]
+    tail_w = torch.where(keep, torch.exp(tail), 0.0)
+    body1 = (torch.exp(lse1 - peak_f) - tail_w.sum(0)).clamp(min=0) / num_weights
+    body2 = (torch.exp(lse2 - 2 * peak_f) - (tail_w**2).sum(0)).clamp(min=0) / num_weights
+    xi = shape.clamp(max=XI_CAP)
+    u, p = torch.exp(cutoff), sizes / num_weights
+    m1 = body1 + p * (u + scale / (1 - xi))
+    m2 = body2 + p * (u**2 + 2 * u * scale / (1 - xi) + 2 * scale**2 / ((1 - xi) * (1 - 2 * xi)))
+    ratio[finite] = torch.where(torch.isfinite(shape), (m2 / m1**2 - 1).clamp(min=0), math.nan)
+    return ParetoTail(khat, ratio)
+
+
+def pareto_khat(top: torch.Tensor, num_weights: int) -> torch.Tensor:
+    """Pareto k̂ per column from the :func:`top_count` largest log weights ``top [M + 1, N]``.
+
+    ``num_weights`` is S, the number of weights the top ones were taken from. Returns ``[N]``
+    float64 on the CPU: ``inf`` where the tail has 4 or fewer distinct weights above the cutoff
+    (as ArviZ), NaN where the largest log weight is not finite.
+    """
+    return pareto_tail(top, num_weights).khat

@@ -1,4 +1,5 @@
-"""The IWAE standard-error rule, Pareto k̂ of the weights and its warning (issue 16).
+"""The IWAE standard-error rule (spread, delta method, PSIS tail model), Pareto k̂ and its
+warning (issue 16).
 
 PPCA (float64) with guides built from the exact posterior: the full-covariance guide scaled by c
 has weights with tail index xi = 1 - c^2 (c = 1.5: light tails; c = 0.3: xi = 0.91, heavy). The
@@ -16,7 +17,7 @@ import torch
 import ppvae
 from ppvae.core.bounds import delta_stderr, iwae_from_log_weights
 from ppvae.core.diagnostic_warnings import khat_threshold
-from ppvae.core.psis import merge_top, pareto_khat, tail_length, top_count
+from ppvae.core.psis import merge_top, pareto_khat, pareto_tail, tail_length, top_count
 from ppvae.guides import AmortizedLinearGaussian
 from ppvae.infer.diagnostics import import_arviz
 from ppvae.models import PPCA
@@ -60,6 +61,22 @@ def test_pareto_khat_edge_cases():
         pareto_khat(lw[:5], 100)
 
 
+@pytest.mark.parametrize("xi", [0.0, 0.25])
+def test_tail_model_variance_of_generalized_pareto_weights(xi):
+    """w ~ GPD(xi, 1): Var(w) / E[w]^2 = 1 / (1 - 2 xi); the body + fitted tail recovers it
+    (and k̂ recovers xi); without the weights' totals only k̂ is computed."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(20000, 30, generator=g, dtype=torch.float64)
+    w = -torch.log1p(-u) if xi == 0 else ((1 - u) ** -xi - 1) / xi
+    lw = w.log()
+    tail = pareto_tail(torch.topk(lw, top_count(20000), 0).values, 20000,
+                       torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0))
+    assert abs(float(tail.var_ratio.median()) - 1 / (1 - 2 * xi)) < 0.1 / (1 - 2 * xi)
+    assert abs(float(tail.khat.median()) - xi) < 0.05
+    no_sums = pareto_tail(torch.topk(lw, top_count(20000), 0).values, 20000)
+    assert torch.equal(no_sums.khat, tail.khat) and no_sums.var_ratio.isnan().all()
+
+
 def test_merge_top_streams_to_the_same_top_weights():
     lw = torch.randn(1000, 7, dtype=torch.float64)
     top = None
@@ -78,25 +95,29 @@ def test_iwae_rule_and_khat_for_an_over_dispersed_guide(ppca):
     assert float(b.khat.max()) < khat_threshold(100)
     assert float(b.khat.median()) < 0.2  # over-dispersed: bounded weights, k̂ < 0
     assert "k̂ > 0.50 on 0/60" in repr(b)
-    # the rule on the same draws: max(spread, largest delta-method s.e.) / sqrt(2)
+    # the rule on the same draws: max(spread, largest delta-method s.e., tail-model s.e.) / sqrt(2)
     pyro.set_rng_seed(5)
     with torch.no_grad():
         b = ppvae.iwae(model, guide, d.x, 100)
     pyro.set_rng_seed(5)
     with torch.no_grad():
         lw = ppvae.log_weights(model, guide, d.x, 200).reshape(2, 100, -1)
-    est = torch.logsumexp(lw, 1) - math.log(100)  # [2, N]
-    delta = delta_stderr(torch.logsumexp(lw, 1), torch.logsumexp(2 * lw, 1), 100)
-    rule = torch.maximum(est.std(0), delta.max(0).values) / math.sqrt(2)
+    l1, l2 = torch.logsumexp(lw, 1), torch.logsumexp(2 * lw, 1)
+    est = l1 - math.log(100)  # [2, N]
+    delta = delta_stderr(l1, l2, 100)
+    flat = lw.reshape(200, -1)
+    tail = pareto_tail(torch.topk(flat, top_count(200), 0).values, 200, torch.logsumexp(flat, 0),
+                       torch.logsumexp(2 * flat, 0))
+    rule = torch.stack([est.std(0), delta.max(0).values, (tail.var_ratio / 100).sqrt()])
+    rule = rule.max(0).values / math.sqrt(2)
     assert torch.allclose(b.per_datapoint, est.mean(0), atol=1e-10)
     assert torch.allclose(b.stderr, rule, atol=1e-10)
-    assert torch.allclose(b.khat, pareto_khat(torch.topk(lw.reshape(200, -1), top_count(200),
-                                                         0).values, 200), atol=1e-12)
-    one = iwae_from_log_weights(lw.reshape(200, -1), 100)  # the same rule from held weights
+    assert torch.allclose(b.khat, tail.khat, atol=1e-12)
+    one = iwae_from_log_weights(flat, 100)  # the same rule from held weights
     assert torch.allclose(one.stderr, rule, atol=1e-10) and one.num_samples == 200
 
 
-def test_single_estimate_is_the_delta_method(ppca):
+def test_single_estimate_is_the_delta_method_or_the_tail_model(ppca):
     d, model = ppca
     guide = _scaled(d, 1.5)
     pyro.set_rng_seed(1)
@@ -105,7 +126,9 @@ def test_single_estimate_is_the_delta_method(ppca):
     pyro.set_rng_seed(1)
     with torch.no_grad():
         lw = ppvae.log_weights(model, guide, d.x, 50)
-    ref = delta_stderr(torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0), 50)
+    l1, l2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
+    tail = pareto_tail(torch.topk(lw, top_count(50), 0).values, 50, l1, l2)
+    ref = torch.fmax(delta_stderr(l1, l2, 50), (tail.var_ratio / 50).sqrt())
     assert b.num_samples == 50 and torch.allclose(b.stderr, ref, atol=1e-12)
     small = ppvae.iwae(model, guide, d.x, 5)  # too few weights for a tail fit: no k̂
     assert small.khat is None and small.num_samples == 10 and "k̂" not in repr(small)
