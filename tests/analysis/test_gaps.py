@@ -2,9 +2,12 @@
 
 Checks the ordering ELBO[q] <= ELBO[q*] <= log p-hat(x) per datapoint within Monte Carlo error,
 monotone semi-amortized refinement, and that the report renders to markdown, JSON (round trip)
-and PNG. The PPCA closed-form checks of the report are in tests/infer/test_local.py.
+and PNG. The PPCA closed-form checks of the report are in tests/infer/test_local.py; the gaps'
+standard errors and the Pareto k̂ of log p̂(x) (issue 16) are checked on a small PPCA here, their
+coverage in tests/core/test_se_coverage.py (slow).
 """
 
+import json
 import math
 
 import pytest
@@ -12,6 +15,10 @@ import torch
 from pyro import poutine
 
 import ppvae
+import ppvae.analysis.report
+import ppvae.core.diagnostic_warnings
+import ppvae.guides
+import ppvae.models
 from ppvae.guides import FlowEncoder
 from ppvae.models import VAE
 
@@ -113,3 +120,44 @@ def test_log_px_hooks(digits_vae):
     with pytest.raises(ValueError, match="expected"):
         ppvae.gaps(vae, vae.guide, x, log_px=torch.zeros(3), local={"guide": q},
                    num_samples=10)
+
+
+def test_gap_stderr_adds_the_independent_columns():
+    """Each gap's s.e. is the root sum of squares of its two columns' (independent draws)."""
+    g = torch.Generator().manual_seed(0)
+    cols = [torch.rand(5, generator=g, dtype=torch.float64) for _ in range(6)]
+    row = ppvae.GapRow("q", "diag", *cols, ppvae.analysis.report.Estimators("a", "b", "c"))
+    lp_se, loc_se, am_se = cols[1], cols[3], cols[5]
+    expected = {"approximation": (lp_se**2 + loc_se**2).sqrt(),
+                "amortization": (loc_se**2 + am_se**2).sqrt(),
+                "inference": (lp_se**2 + am_se**2).sqrt(), "log_px": lp_se}
+    for q, se in expected.items():
+        assert torch.equal(row.stderr(q), se)
+        assert math.isclose(row.summary(q).mc_se, float(se.pow(2).sum().sqrt() / 5))
+    with pytest.raises(KeyError, match="unknown quantity 'nope'"):
+        row.stderr("nope")
+    assert row.log_px_khat is None and row.khat_note() is None
+
+
+def test_report_carries_the_pareto_khat_of_log_px(float64):
+    d = ppvae.data.ppca_dataset(20, 6, 2, 0.5, seed=4)
+    model = ppvae.models.PPCA(6, 2, W=d.W, b=d.b, sigma=d.sigma, fixed=True)
+    guide = ppvae.guides.AmortizedLinearGaussian.from_ppca(d.W, d.b, d.sigma, "diag",
+                                                           name="khat_diag")
+    q = ppvae.fit_local(model, d.x, "diag", guide, num_steps=0)
+    report = ppvae.gaps(model, guide, d.x, "iwae", local={"guide": q}, num_samples=50,
+                        log_px_options={"k": 100})
+    row = report.rows[0]
+    assert row.log_px_khat is not None and row.log_px_khat.shape == (20,)
+    assert row.log_px_khat_limit == ppvae.core.diagnostic_warnings.khat_threshold(100)
+    assert "Pareto k̂ of the log p̂(x) weights" in report.to_markdown()
+    back = ppvae.GapReport.from_json(report.to_json())
+    assert torch.equal(back.rows[0].log_px_khat, row.log_px_khat)
+    assert back.to_markdown() == report.to_markdown()
+    old = json.loads(report.to_json())  # a document written before k̂ was carried
+    for r in old["rows"]:
+        del r["log_px_khat"], r["log_px_khat_limit"]
+    assert ppvae.GapReport.from_json(json.dumps(old)).rows[0].log_px_khat is None
+    exact = ppvae.gaps(model, guide, d.x, ppvae.ppca_log_marginal(d.W, d.b, d.sigma, d.x),
+                       local={"guide": q}, num_samples=50)
+    assert exact.rows[0].log_px_khat is None and "Pareto" not in exact.to_markdown()
