@@ -115,11 +115,14 @@ def sharded_log_weights(model, guide, x: torch.Tensor, num_samples: int = 1, *, 
 
 
 def _merge_bounds(parts: list[Bound]) -> Bound:
-    first = gather_block_meta([(b.name, b.k, b.num_samples, b.ess is not None) for b in parts])[0]
-    name, k, num_samples, has_ess = first
+    first = gather_block_meta([(b.name, b.k, b.num_samples, b.ess is not None,
+                               b.khat is not None) for b in parts])[0]
+    name, k, num_samples, has_ess, has_khat = first
     ess = gather_blocks(cast("list[torch.Tensor]", [b.ess for b in parts])) if has_ess else None
+    khat = (gather_blocks(cast("list[torch.Tensor]", [b.khat for b in parts])) if has_khat
+            else None)
     return Bound(name, k, gather_blocks([b.per_datapoint for b in parts]),
-                 gather_blocks([b.stderr for b in parts]), num_samples, ess)
+                 gather_blocks([b.stderr for b in parts]), num_samples, ess, khat)
 
 
 def sharded_elbo(model, guide, x: torch.Tensor, num_samples: int = 100, *, seed: int = 0,
@@ -135,7 +138,7 @@ def sharded_elbo(model, guide, x: torch.Tensor, num_samples: int = 100, *, seed:
     return _merge_bounds(map_blocks(one, x.shape[0], block_size, seed, "elbo"))
 
 
-def sharded_iwae(model, guide, x: torch.Tensor, k: int, *, num_estimates: int = 1,
+def sharded_iwae(model, guide, x: torch.Tensor, k: int, *, num_estimates: int = 2,
                  seed: int = 0, block_size: int = 256, batch_kw: dict | None = None,
                  chunk_size: int | None = None,
                  model_kwargs: Mapping[str, Any] | None = None) -> Bound:

@@ -94,7 +94,8 @@ def test_streaming_iwae_matches_materialized_log_weights(ppca):
     guide = _perturbed_guide(d, "full", 1.5)
     with torch.no_grad():
         pyro.set_rng_seed(3)
-        streamed = ppvae.iwae(model, guide, d.x, 300, chunk_size=64)  # k > chunk: running lse
+        streamed = ppvae.iwae(model, guide, d.x, 300, chunk_size=64,  # k > chunk: running lse
+                              num_estimates=1)
         pyro.set_rng_seed(3)
         lw = ppvae.log_weights(model, guide, d.x, 300, chunk_size=64)
     held = ppvae.iwae_from_log_weights(lw, 300)
@@ -144,7 +145,7 @@ def test_chunk_size_bounds_the_traced_batch(ppca, monkeypatch):
 
     monkeypatch.setattr(ppvae.core.weights, "_chunk", spy)
     with torch.no_grad():
-        ppvae.iwae(model, guide, d.x, 1000, chunk_size=128)
+        ppvae.iwae(model, guide, d.x, 1000, chunk_size=128, num_estimates=1)
     assert max(sizes) <= 128 and sum(sizes) == 1000
 
 
