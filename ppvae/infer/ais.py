@@ -23,9 +23,9 @@ digits, against log p(x) by quadrature, one thread): 2000 temperatures, 256 chai
 step per transition. At a fixed number of gradient evaluations, more temperatures with one
 leapfrog step each gave the smallest standard errors (also on an 8-D latent VAE); 10 leapfrog
 steps per transition bought nothing but time. The s.e. then falls as 1 / sqrt(steps x chains).
-On 50 test digits the defaults gave a per-datapoint s.e. of 0.010 nats (median; 0.014 at the 90th
-percentile) in 25 s from the prior, where the old defaults (500 steps, 16 chains, 10 leapfrog
-steps) gave 0.11 in 13 s; from the encoder, 128 chains gave 0.003. Each log-density evaluation
+On 50 test digits the defaults gave a per-datapoint s.e. of 0.009 nats (median; 0.017 at the 90th
+percentile, 0.025 at most) in 27 s from the prior, where the old defaults (500 steps, 16 chains,
+10 leapfrog steps) gave 0.11 in 13 s; from the encoder, 0.002. Each log-density evaluation
 covers all 256 x N chains at once, so memory grows with N: for large data sets lower
 ``num_chains`` or evaluate blocks of rows (:func:`ppvae.distributed.sharded.sharded_ais`).
 
@@ -304,7 +304,9 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 2000, num_chains: int = 256,
             its own chains and the estimate stays unbiased; 0 adapts online in the run itself.
         bdmc: also run :func:`ppvae.bdmc` with these settings (and guide) on data simulated
             like ``x`` and attach its gap (:func:`ppvae.infer.bdmc.certify`); it costs two
-            more AIS runs.
+            more AIS runs. An amortized guide meets the simulated data as it meets any data; a
+            guide fitted to ``x`` itself (a local q*) does not fit them, and the gap it gets
+            there is likely larger than the error of AIS from it on ``x``.
         max_gap: the BDMC gap above which an :class:`ppvae.AISWarning` says the result is not
             certified (default :data:`ppvae.infer.bdmc.BDMC_GAP_MAX`).
         model_kwargs: passed to model and guide.
