@@ -167,14 +167,16 @@ def sharded_ais(model, x: torch.Tensor, *, seed: int = 0, block_size: int = 256,
     guide = options.get("guide") or model
     pd = check_pair(model, guide, x[:1],
                     model_kwargs={**kwargs, **block_rows(batch_kw, 0, 1)}).particle_dim
-    sites, num_steps = gather_block_meta([(tuple(r.samples), r.num_steps) for r in parts])[0]
+    sites, num_steps, settings = gather_block_meta([(tuple(r.samples), r.num_steps,
+                                                     r.settings) for r in parts])[0]
     # N after mid
     samples = {s: gather_blocks([r.samples[s] for r in parts], -pd - 1) for s in sites}
     return AISResult(gather_blocks([r.per_datapoint for r in parts]),
                      gather_blocks([r.stderr for r in parts]),
                      gather_blocks([r.log_weights for r in parts], 1),
                      gather_blocks([r.accept_rate for r in parts], 1),
-                     gather_blocks([r.step_size for r in parts], 1), samples, num_steps)
+                     gather_blocks([r.step_size for r in parts], 1), samples, num_steps,
+                     settings)
 
 
 def _local_guide(sites, family: str, params: list[dict[str, torch.Tensor]],

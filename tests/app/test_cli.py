@@ -273,3 +273,16 @@ def test_jit_training_and_stale_extra_guides(tmp_path, capsys):
                  "--quiet"]) == 0
     assert not stale.exists() and [m["epoch"] for m in metrics(out)] == [1, 2]
     capsys.readouterr()
+
+
+def test_evaluate_ais_with_bdmc_prints_the_gap_next_to_the_estimate(run):
+    r = ppvae("evaluate", run, "--estimator", "ais", "--num-data", "4", "--ais-steps", "20",
+              "--ais-chains", "8", "--bdmc")
+    line = r.stdout.splitlines()[0]
+    assert "AIS, 20 steps x 8 chains from the guide; BDMC gap on simulated data" in line, line
+    gap = float(re.search(r"BDMC gap on simulated data with these settings: ([0-9.]+)",
+                          line).group(1))
+    if gap > 0.1:  # not certified at 20 steps: the CLI says so at the end
+        assert "AISWarning" in r.stderr, r.stderr
+    doc = json.loads((run / "report.json").read_text())
+    assert "BDMC gap" in doc["sections"]["evaluate"]["data"]["estimator"]
