@@ -43,8 +43,12 @@ weights' variance is effectively infinite at this k: the s.e. rests on the extra
 model, and the IWAE estimate is far from converged (a better guide, a larger k or AIS is the
 remedy). k̂ of one run is itself noisy: it is lower in the runs that missed the large weights,
 so treat a warning that names many datapoints as applying to the guide, not only to those
-datapoints. The Kish effective sample size ``(sum w)^2 / sum w^2`` (smallest over the
-estimates) is returned alongside (``Bound.ess``).
+datapoints. k̂ is reported as NaN (not applicable) and not warned about where it is above the
+threshold on a flat tail: the weights above the PSIS cutoff carry less than 1% of the weights'
+sum, so no fitted tail shape moves the estimate by more than about 0.01 nats (near-constant
+weights, e.g. a local q* close to the posterior, whose k̂ measures only the shape of tiny
+log-weight fluctuations; :mod:`ppvae.core.psis`, issue 16). The Kish effective sample size
+``(sum w)^2 / sum w^2`` (smallest over the estimates) is returned alongside (``Bound.ess``).
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ import torch
 from .contract import check_pair
 from .diagnostic_warnings import ImportanceWeightWarning, khat_threshold, warn
 from .estimate import record_mean, record_mean_stderr
-from .psis import MIN_WEIGHTS, merge_top, pareto_tail, top_count
+from .psis import MIN_WEIGHTS, merge_top, pareto_tail, reported_khat, top_count
 from .weights import default_chunk_size, iter_log_weights
 
 __all__ = [
@@ -81,7 +85,7 @@ class Bound(NamedTuple):
     stderr: torch.Tensor  # [N] Monte Carlo standard error of each entry
     num_samples: int  # samples drawn per datapoint in total
     ess: torch.Tensor | None = None  # [N] Kish ESS of k weights (IWAE; smallest over estimates)
-    khat: torch.Tensor | None = None  # [N] Pareto k̂ of all the weights (IWAE, k >= 21)
+    khat: torch.Tensor | None = None  # [N] Pareto k̂ of all the weights (IWAE, k >= 21; NaN: n/a)
 
     @property
     def mean(self) -> float:
@@ -105,7 +109,9 @@ class Bound(NamedTuple):
         if self.khat is None:
             return ""
         limit = khat_threshold(self.k)
-        return f"; k̂ > {limit:.2f} on {int((self.khat > limit).sum())}/{self.khat.numel()}"
+        na = int(self.khat.isnan().sum())
+        return (f"; k̂ > {limit:.2f} on {int((self.khat > limit).sum())}/{self.khat.numel()}"
+                + (f", n/a on {na}" if na else ""))
 
 
 def logmeanexp(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -203,7 +209,7 @@ def _combine(k: int, lse1: torch.Tensor, lse2: torch.Tensor,
     khat = None
     if top is not None:
         tail = pareto_tail(top, k * e, torch.logsumexp(lse1, 0), torch.logsumexp(lse2, 0))
-        khat = tail.khat.to(device=est.device, dtype=est.dtype)
+        khat = reported_khat(tail, khat_threshold(k)).to(device=est.device, dtype=est.dtype)
         tail_se = (tail.var_ratio / k).sqrt().to(device=est.device, dtype=est.dtype)
         se = torch.fmax(se, tail_se)  # NaN (no tail fit) leaves se alone
     se = se / math.sqrt(e)
@@ -246,7 +252,8 @@ def iwae(
     optimistic for heavy-tailed weights (module docstring, with measured coverage). For k >= 21 the
     Pareto k̂ of each datapoint's ``k * num_estimates`` weights is returned as
     ``khat`` and an :class:`ppvae.ImportanceWeightWarning` is raised where it exceeds
-    :func:`ppvae.core.diagnostic_warnings.khat_threshold`. k = 5000 over 1000 MNIST-sized
+    :func:`ppvae.core.diagnostic_warnings.khat_threshold` (NaN, and no warning, where the
+    weights' tail is too flat to matter: module docstring). k = 5000 over 1000 MNIST-sized
     datapoints needs only one chunk of activations in memory (plus the largest
     ``3 sqrt(k) + 1`` log weights per datapoint for k̂).
     """

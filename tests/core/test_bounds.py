@@ -17,7 +17,15 @@ import torch
 import ppvae
 from ppvae.core.bounds import delta_stderr, iwae_from_log_weights
 from ppvae.core.diagnostic_warnings import khat_threshold
-from ppvae.core.psis import merge_top, pareto_khat, pareto_tail, tail_length, top_count
+from ppvae.core.psis import (
+    FLAT_TAIL_SHARE,
+    merge_top,
+    pareto_khat,
+    pareto_tail,
+    reported_khat,
+    tail_length,
+    top_count,
+)
 from ppvae.guides import AmortizedLinearGaussian
 from ppvae.infer.diagnostics import import_arviz
 from ppvae.models import PPCA
@@ -112,7 +120,8 @@ def test_iwae_rule_and_khat_for_an_over_dispersed_guide(ppca):
     rule = rule.max(0).values / math.sqrt(2)
     assert torch.allclose(b.per_datapoint, est.mean(0), atol=1e-10)
     assert torch.allclose(b.stderr, rule, atol=1e-10)
-    assert torch.allclose(b.khat, tail.khat, atol=1e-12)
+    assert torch.allclose(b.khat, reported_khat(tail, khat_threshold(100)), atol=1e-12,
+                          equal_nan=True)
     one = iwae_from_log_weights(flat, 100)  # the same rule from held weights
     assert torch.allclose(one.stderr, rule, atol=1e-10) and one.num_samples == 200
 
@@ -145,6 +154,65 @@ def test_heavy_tailed_weights_are_flagged_and_warned(ppca):
     assert "k̂ > 0.57 on" in repr(b)
 
 
+def _flat_skewed_log_weights(num_weights: int, n: int, lam: float = 1.0) -> torch.Tensor:
+    """``lam * 0.3 tanh(C / 300)``, C standard Cauchy: bounded, right-skewed log weights.
+
+    With ``lam = 1`` they are near-constant like a local q* close to the posterior (the README's
+    M2 model, issue 16): sd(log w) about 0.02, every weight within 1.35 times the mean, yet
+    ArviZ's k̂ of 2000 of them is above 0.7 on about 90% of columns (the Cauchy shape of the
+    small fluctuations; the fit is scale-free).
+    """
+    gen = torch.Generator().manual_seed(0)
+    u = torch.rand(num_weights, n, generator=gen, dtype=torch.float64)
+    return lam * 0.3 * torch.tanh(torch.tan(math.pi * (u - 0.5)) / 300)
+
+
+def test_near_constant_right_skewed_weights_are_not_flagged(float64):
+    lw = _flat_skewed_log_weights(2000, 40)
+    top = torch.topk(lw, top_count(2000), 0).values
+    raw = pareto_khat(top, 2000)
+    limit = khat_threshold(1000)
+    assert float((raw > limit).double().mean()) > 0.8  # ArviZ's k̂ alone would flag most
+    tail = pareto_tail(top, 2000, torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0))
+    assert float(tail.tail_share.max()) < 0.003 < FLAT_TAIL_SHARE
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ppvae.ImportanceWeightWarning)
+        b = iwae_from_log_weights(lw, 1000)  # two estimates of IWAE_1000: all 2000 weights
+    assert b.khat is not None
+    assert torch.equal(b.khat.isnan(), raw > limit)  # n/a exactly where the raw k̂ was high
+    assert torch.equal(b.khat[raw <= limit], raw[raw <= limit])  # the rest is ArviZ's
+    assert f"k̂ > {limit:.2f} on 0/40, n/a on {int((raw > limit).sum())}" in repr(b)
+    # and the estimate and its s.e. are reliable: log E[w] by the midpoint rule over u
+    u = (torch.arange(10**6, dtype=torch.float64) + 0.5) / 10**6
+    lw_u = 0.3 * torch.tanh(torch.tan(math.pi * (u - 0.5)) / 300)
+    truth = torch.logsumexp(lw_u, 0) - 6 * math.log(10)
+    assert float(b.stderr.max()) < 2e-3
+    assert float(((b.per_datapoint - truth).abs() / b.stderr).max()) < 4
+    # the same shape spread over 9 nats instead of 0.3 carries most of the sum in its tail
+    wide = _flat_skewed_log_weights(2000, 40, lam=30.0)
+    with pytest.warns(ppvae.ImportanceWeightWarning, match="IWAE_1000: Pareto k̂"):
+        b = iwae_from_log_weights(wide, 1000)
+    assert b.khat is not None and not b.khat.isnan().any()
+    assert float((b.khat > limit).double().mean()) > 0.8
+
+
+def test_tail_share_is_the_tails_excess_over_the_cutoff(float64):
+    gen = torch.Generator().manual_seed(3)
+    lw = torch.randn(500, 6, generator=gen, dtype=torch.float64) * torch.tensor(
+        [0.01, 0.1, 0.5, 1.0, 2.0, 4.0])
+    top = torch.topk(lw, top_count(500), 0).values  # descending: tail, then the cutoff
+    tail = pareto_tail(top, 500, torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0))
+    w = lw.exp()
+    ref = (top[:-1].exp() - top[-1].exp()).sum(0) / w.sum(0)
+    assert torch.allclose(tail.tail_share, ref, rtol=1e-10)
+    assert pareto_tail(top, 500).tail_share.isnan().all()  # no sums: unknown
+    # constant weights: ArviZ's k̂ = inf (no distinct tail weights), reported as n/a
+    flat = pareto_tail(torch.zeros(top_count(500), 2), 500, torch.full((2,), math.log(500)),
+                       torch.full((2,), math.log(500)))
+    assert torch.isinf(flat.khat).all() and (flat.tail_share == 0).all()
+    assert reported_khat(flat, 0.7).isnan().all()
+
+
 def test_streamed_khat_and_stderr_equal_the_held_ones(ppca):
     d, model = ppca
     guide = _scaled(d, 0.8)
@@ -159,7 +227,7 @@ def test_streamed_khat_and_stderr_equal_the_held_ones(ppca):
             held = iwae_from_log_weights(lw, 300)
         for field in ("per_datapoint", "stderr", "ess", "khat"):
             assert torch.allclose(getattr(streamed, field), getattr(held, field),
-                                  atol=1e-10), field
+                                  atol=1e-10, equal_nan=True), field
         assert streamed.num_samples == held.num_samples == 300 * estimates
 
 
