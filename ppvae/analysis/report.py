@@ -147,17 +147,23 @@ class GapRow(NamedTuple):
         if self.log_px_khat is None:
             return None
         k, n = self.log_px_khat, self.log_px_khat.numel()
+        na = int(k.isnan().sum())
+        flat = (f"; n/a on {na} (weights so even that the tail cannot move the estimate: "
+                "ppvae.core.psis)" if na else "")
+        if na == n:
+            return f"Pareto k̂ of the log p̂(x) weights: n/a on all {n} datapoints (weights " \
+                "so even that the tail cannot move the estimate: ppvae.core.psis)"
         worst = int(torch.nan_to_num(k, nan=-math.inf).argmax())
         limit = self.log_px_khat_limit
         if limit is None:
-            return f"Pareto k̂ of the log p̂(x) weights: at most {float(k[worst]):.2f}"
+            return f"Pareto k̂ of the log p̂(x) weights: at most {float(k[worst]):.2f}{flat}"
         bad = int((k > limit).sum())
         if not bad:
             return (f"Pareto k̂ of the log p̂(x) weights: at most {float(k[worst]):.2f}, below "
-                    f"{limit:.2f} on all {n} datapoints")
+                    f"{limit:.2f} on {n - na}/{n} datapoints{flat}")
         return (f"Pareto k̂ of the log p̂(x) weights above {limit:.2f} on {bad}/{n} datapoints "
                 f"(worst {float(k[worst]):.2f} at datapoint {worst}): log p̂(x), its s.e. and "
-                "the gaps built on it are unreliable there")
+                f"the gaps built on it are unreliable there{flat}")
 
 
 class GapReport(NamedTuple):

@@ -139,6 +139,23 @@ def test_gap_stderr_adds_the_independent_columns():
     assert row.log_px_khat is None and row.khat_note() is None
 
 
+def test_khat_note_counts_flagged_and_not_applicable_datapoints():
+    cols = [torch.zeros(4, dtype=torch.float64) for _ in range(6)]
+    est = ppvae.analysis.report.Estimators("a", "b", "c")
+
+    def note(khat):
+        return ppvae.GapRow("q", "diag", *cols, est, torch.tensor(khat, dtype=torch.float64),
+                            0.67).khat_note()
+
+    assert note([0.1, 0.2, 0.3, 0.4]) == ("Pareto k̂ of the log p̂(x) weights: at most 0.40, "
+                                          "below 0.67 on 4/4 datapoints")
+    n = note([0.1, math.nan, 0.3, math.nan])
+    assert "at most 0.30, below 0.67 on 2/4 datapoints; n/a on 2" in n
+    n = note([0.9, math.nan, 0.3, 0.2])
+    assert "above 0.67 on 1/4 datapoints (worst 0.90 at datapoint 0)" in n and "n/a on 1" in n
+    assert "n/a on all 4 datapoints" in note([math.nan] * 4)
+
+
 def test_report_carries_the_pareto_khat_of_log_px(float64):
     d = ppvae.data.ppca_dataset(20, 6, 2, 0.5, seed=4)
     model = ppvae.models.PPCA(6, 2, W=d.W, b=d.b, sigma=d.sigma, fixed=True)
