@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=500, help="samples per ELBO")
     p.add_argument("--log-px", choices=("iwae", "ais"), default="iwae")
     p.add_argument("--k", type=int, default=1000, help="IWAE samples for log p(x)")
-    p.add_argument("--ais-steps", type=int, default=200)
+    p.add_argument("--ais-steps", type=int, default=2000,
+                   help="AIS temperatures with --log-px ais (default 2000, as ppvae.ais)")
     p.add_argument("--mcmc", type=int, default=0,
                    help="compare with batched HMC on this many of the --num-data rows (0: no "
                    "MCMC; an earlier comparison in the report is then marked stale)")
@@ -120,7 +121,7 @@ def _summary_data(report) -> dict:
 
 def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300, local_steps: int = 300,
              num_samples: int = 500, log_px: str = "iwae", k: int = 1000,
-             ais_steps: int = 200, guide_epochs: int = 20, mcmc_points: int = 0,
+             ais_steps: int = 2000, guide_epochs: int = 20, mcmc_points: int = 0,
              mcmc_warmup: int = 300, mcmc_samples: int = 500, quiet: bool = True,
              seed: int | None = None, first_rows: bool = False):
     """The gap report of the run's guide and ``guide_names`` on test data; returns it.
