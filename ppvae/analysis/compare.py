@@ -192,7 +192,11 @@ def compare_posteriors(model, x: torch.Tensor, mcmc, guides: Mapping[str, object
     ref = _flat(samples, names)  # [C, S, N, D]
     ref = ref.reshape(-1, *ref.shape[2:])[:, idx]  # [C*S, M, D]
     m_ref, sd_ref, corr_ref, cov_ref = _summary(mcmc_name, ref)
-    diag = diagnostics(to_inference_data({n: samples[n][:, :, idx] for n in names}))
+    diag = getattr(mcmc, "diagnostics", None)  # hmc/nuts computed them already (diagnose=True)
+    if diag is not None and list(samples) == names:
+        diag = diag._replace(**{f: getattr(diag, f)[idx] for f in diag._fields})
+    else:
+        diag = diagnostics(to_inference_data({n: samples[n][:, :, idx] for n in names}))
     mcse_mean = torch.as_tensor(diag.mcse_mean, dtype=ref.dtype, device=ref.device)  # [M, D]
     mcse_sd = torch.as_tensor(diag.mcse_sd, dtype=ref.dtype, device=ref.device)
     out = [PosteriorSummary(mcmc_name, m_ref, sd_ref, corr_ref, None, None, ref, mcse_mean,
