@@ -63,7 +63,7 @@ from .contract import check_pair
 from .diagnostic_warnings import ImportanceWeightWarning, khat_threshold, warn
 from .estimate import record_mean, record_mean_stderr
 from .psis import MIN_WEIGHTS, merge_top, pareto_tail, reported_khat, top_count
-from .weights import default_chunk_size, iter_log_weights
+from .weights import iter_log_weights, resolve_chunk_size
 
 __all__ = [
     "Bound",
@@ -262,7 +262,7 @@ def iwae(
         raise ValueError(f"k and num_estimates must be >= 1, got k={k}, "
                          f"num_estimates={num_estimates}")
     info = check_pair(model, guide, x, model_kwargs=kwargs)
-    chunk = chunk_size or default_chunk_size(info.num_data)
+    chunk = resolve_chunk_size(chunk_size, info.num_data)
     want_top = k >= MIN_WEIGHTS
     count = top_count(k * num_estimates)
     lse1s: list[torch.Tensor] = []

@@ -15,6 +15,7 @@ functions of these weights.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Mapping
 from contextlib import nullcontext
 from typing import Any, cast
@@ -44,6 +45,17 @@ _PAIRS_PER_CHUNK = 2**15
 def default_chunk_size(num_data: int) -> int:
     """Particles per chunk for ``num_data`` datapoints: about 32k pairs, at least 1."""
     return max(1, _PAIRS_PER_CHUNK // max(num_data, 1))
+
+
+def resolve_chunk_size(chunk_size: int | None, num_data: int) -> int:
+    """``chunk_size``, checked (an integer >= 1), or :func:`default_chunk_size` for None."""
+    if chunk_size is None:
+        return default_chunk_size(num_data)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
+            or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, or None for the default; "
+                         f"got {chunk_size!r}")
+    return int(chunk_size)
 
 
 def enumerated_log_weights(model, guide, x, particles: int | None, info: PairInfo,
@@ -122,9 +134,7 @@ def iter_log_weights(
     if info is None:
         with modes:
             info = check_pair(model, guide, x, model_kwargs=kwargs)
-    chunk = chunk_size or default_chunk_size(info.num_data)
-    if chunk < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunk = resolve_chunk_size(chunk_size, info.num_data)
     for size in _chunk_sizes(num_samples, chunk):
         with evaluation(model, guide) if eval_modules else nullcontext():
             lw = _chunk(model, guide, x, size, info, kwargs)
