@@ -8,33 +8,92 @@ re-exports what a user calls; everything else stays importable from its subpacka
 (``ppvae.core``, ``ppvae.infer``, ``ppvae.train``, ``ppvae.analysis``, ``ppvae.distributed``).
 """
 
-from . import data, distributed
-from .analysis.compare import PosteriorComparison, compare_posteriors
-from .analysis.gaps import gaps
-from .analysis.ppca import ppca_log_marginal, ppca_mle, ppca_posterior
-from .analysis.report import GapReport, GapRow, LogPx
-from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights
-from .core.contract import ContractError, PairInfo, ParticleFallbackWarning, check_pair
-from .core.diagnostic_warnings import (
-    AISWarning,
-    ConvergenceWarning,
-    DiagnosticWarning,
-    ImportanceWeightWarning,
-    MCMCWarning,
-)
-from .core.enum import enumerate_sites
-from .core.globals import fix_globals
-from .core.weights import log_weights
-from .infer.ais import AISResult, ais
-from .infer.bdmc import BDMCResult, bdmc
-from .infer.diagnostics import Diagnostics, diagnostics, to_inference_data
-from .infer.hmc import HMCResult, hmc
-from .infer.local.vi import LocalFit, LocalGuide, fit_local
-from .infer.nuts import NUTSResult, nuts
-from .train.checkpoint import CheckpointError
-from .train.fit import FitResult, fit
-from .train.objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
-from .train.speedup.capture import CaptureError
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from . import data, distributed
+    from .analysis.compare import PosteriorComparison, compare_posteriors
+    from .analysis.gaps import gaps
+    from .analysis.ppca import ppca_log_marginal, ppca_mle, ppca_posterior
+    from .analysis.report import GapReport, GapRow, LogPx
+    from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights
+    from .core.contract import ContractError, PairInfo, ParticleFallbackWarning, check_pair
+    from .core.diagnostic_warnings import (
+        AISWarning,
+        ConvergenceWarning,
+        DiagnosticWarning,
+        ImportanceWeightWarning,
+        MCMCWarning,
+    )
+    from .core.enum import enumerate_sites
+    from .core.globals import fix_globals
+    from .core.weights import log_weights
+    from .infer.ais import AISResult, ais
+    from .infer.bdmc import BDMCResult, bdmc
+    from .infer.diagnostics import Diagnostics, diagnostics, to_inference_data
+    from .infer.hmc import HMCResult, hmc
+    from .infer.local.vi import LocalFit, LocalGuide, fit_local
+    from .infer.nuts import NUTSResult, nuts
+    from .train.checkpoint import CheckpointError
+    from .train.fit import FitResult, fit
+    from .train.objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
+    from .train.speedup.capture import CaptureError
+
+_LAZY = {  # public name: the submodule (under ppvae) that defines it
+    "PosteriorComparison": "analysis.compare",
+    "compare_posteriors": "analysis.compare",
+    "gaps": "analysis.gaps",
+    "ppca_log_marginal": "analysis.ppca",
+    "ppca_mle": "analysis.ppca",
+    "ppca_posterior": "analysis.ppca",
+    "GapReport": "analysis.report",
+    "GapRow": "analysis.report",
+    "LogPx": "analysis.report",
+    "Bound": "core.bounds",
+    "elbo": "core.bounds",
+    "elbo_from_log_weights": "core.bounds",
+    "iwae": "core.bounds",
+    "iwae_from_log_weights": "core.bounds",
+    "ContractError": "core.contract",
+    "PairInfo": "core.contract",
+    "ParticleFallbackWarning": "core.contract",
+    "check_pair": "core.contract",
+    "AISWarning": "core.diagnostic_warnings",
+    "ConvergenceWarning": "core.diagnostic_warnings",
+    "DiagnosticWarning": "core.diagnostic_warnings",
+    "ImportanceWeightWarning": "core.diagnostic_warnings",
+    "MCMCWarning": "core.diagnostic_warnings",
+    "enumerate_sites": "core.enum",
+    "fix_globals": "core.globals",
+    "log_weights": "core.weights",
+    "AISResult": "infer.ais",
+    "ais": "infer.ais",
+    "BDMCResult": "infer.bdmc",
+    "bdmc": "infer.bdmc",
+    "Diagnostics": "infer.diagnostics",
+    "diagnostics": "infer.diagnostics",
+    "to_inference_data": "infer.diagnostics",
+    "HMCResult": "infer.hmc",
+    "hmc": "infer.hmc",
+    "LocalFit": "infer.local.vi",
+    "LocalGuide": "infer.local.vi",
+    "fit_local": "infer.local.vi",
+    "NUTSResult": "infer.nuts",
+    "nuts": "infer.nuts",
+    "CheckpointError": "train.checkpoint",
+    "FitResult": "train.fit",
+    "fit": "train.fit",
+    "ELBO": "train.objectives",
+    "IWAE": "train.objectives",
+    "PyroObjective": "train.objectives",
+    "beta_vae": "train.objectives",
+    "kl_warmup": "train.objectives",
+    "mean_field": "train.objectives",
+    "CaptureError": "train.speedup.capture",
+}
+_SUBPACKAGES = ("analysis", "app", "core", "data", "distributed", "guides", "infer", "models",
+                "nn", "train")
 
 __version__ = "0.1.0"
 
@@ -93,3 +152,23 @@ __all__ = [
     "ppca_posterior",
     "to_inference_data",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use.
+
+    So ``import ppvae`` (and the command line's start, where Ctrl-C must stay harmless) does
+    not import torch and Pyro up front.
+    """
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif name in _SUBPACKAGES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module 'ppvae' has no attribute '{name}'")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBPACKAGES})

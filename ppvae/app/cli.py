@@ -27,35 +27,85 @@ command as a "warnings:" block, one line each.
 from __future__ import annotations
 
 import argparse
+import difflib
+import signal
 import sys
+import threading
+from importlib import import_module
+from typing import Any
 
-from . import demo, evaluate, gaps, info, ppca, sample, train
+__all__ = ["COMMANDS", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_NON_FINITE", "EXIT_USAGE",
+           "main"]
 
-__all__ = ["COMMANDS", "main"]
+EXIT_USAGE = 2  # an error the user can fix (one line on stderr)
+EXIT_NON_FINITE = 3  # training stopped on non-finite values (the message says where)
+EXIT_INTERNAL = 1  # a bug in ppvae (one line; --debug shows the traceback)
+EXIT_INTERRUPTED = 130  # Ctrl-C
 
-COMMANDS = {  # name: (module, help), in the order ``ppvae --help`` lists them
-    "train": (train, "train a model and guide into a run directory"),
-    "evaluate": (evaluate, "log p-hat(x) by IWAE or AIS, reconstructions"),
-    "gaps": (gaps, "approximation / amortization gaps, optional MCMC comparison"),
-    "sample": (sample, "images from the prior"),
-    "demo": (demo, "the main job on the bundled digits (a few minutes on a CPU)"),
-    "ppca": (ppca, "PPCA study: estimated vs exact bounds and gaps"),
-    "info": (info, "versions, device, where data is looked for"),
+COMMANDS = {  # name: (module under ppvae.app, help), in the order ``ppvae --help`` lists them
+    "train": ("train", "train a model and guide into a run directory"),
+    "evaluate": ("evaluate", "log p-hat(x) by IWAE or AIS, reconstructions"),
+    "gaps": ("gaps", "approximation / amortization gaps, optional MCMC comparison"),
+    "sample": ("sample", "images from the prior"),
+    "demo": ("demo", "the main job on the bundled digits (a few minutes on a CPU)"),
+    "ppca": ("ppca", "PPCA study: estimated vs exact bounds and gaps"),
+    "info": ("info", "versions, device, where data is looked for"),
 }
 _ONE_THREAD = ("demo",)  # commands whose tiny networks run best on one torch thread
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the problem, a close option name, where help is."""
+
+    def parse_args(self, args=None, namespace=None):
+        """As argparse's, but unknown options are reported by the command's own parser."""
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            chosen = next((a.choices.get(getattr(ns, "command", None)) for a in self._actions
+                           if isinstance(a, argparse._SubParsersAction)), None)
+            (chosen or self).error(f"unrecognized arguments: {' '.join(extras)}")
+        return ns
+
+    def error(self, message: str):
+        """Print one line and exit with code 2 (argparse prints the whole usage)."""
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            options = [o for a in self._actions for o in a.option_strings]
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], options, n=1)
+                if close and close[0] != word.split("=")[0]:
+                    hint = f" (did you mean {close[0]}?)"
+                    break
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}{hint}; see '{self.prog} "
+                  "--help'\n")
+
+
+def _threads(text: str) -> int:
+    from .inputs import positive_int
+
+    return positive_int(text)
+
+
+def _global_options(p: argparse.ArgumentParser, default) -> None:
+    """``--debug`` and ``--threads``: before the command, or after it (``default`` SUPPRESS)."""
+    p.add_argument("--debug", action="store_true", default=default or False,
+                   help="show tracebacks on errors")
+    p.add_argument("--threads", type=_threads, default=default,
+                   help="torch CPU threads (default: 1 for demo, torch's choice otherwise)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="ppvae", description="Honest inference for deep latent-variable models: train, "
         "evaluate, inference-gap reports with MCMC references, samples. Each command works "
         "on a run directory; 'ppvae demo' runs the main job on the bundled digits.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    p.add_argument("--threads", type=int,
-                   help="torch CPU threads (default: 1 for demo, torch's choice otherwise)")
-    sub = p.add_subparsers(dest="command", required=True)
-    for name, (module, help_) in COMMANDS.items():
-        cp = sub.add_parser(name, help=help_, description=help_)
+    _global_options(p, None)
+    common = _Parser(add_help=False)
+    _global_options(common, argparse.SUPPRESS)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (module_name, help_) in COMMANDS.items():
+        module = import_module(f"{__package__}.{module_name}")
+        cp = sub.add_parser(name, help=help_, description=help_, parents=[common])
         module.add_arguments(cp)
         cp.set_defaults(func=module.main)
     return p
@@ -73,15 +123,48 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             ValueError, FileNotFoundError)
 
 
+class _StartupInterrupt:
+    """Ctrl-C while the command line starts (imports, parsing) is noted, not raised.
+
+    A ``KeyboardInterrupt`` inside an import leaves half-imported modules behind (later errors
+    such as "too many values to unpack" or a recursion error); noting it and stopping cleanly
+    once the imports are done avoids that.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous: Any = None
+
+    def __enter__(self) -> _StartupInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._note)
+        return self
+
+    def _note(self, signum, frame) -> None:
+        self.pressed = True
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` (default: the process's arguments), run the command, return its exit code.
 
-    The code is 2 with one line on stderr for an error the user can fix, 130 when interrupted.
+    Exit codes: 0 done; 2 (:data:`EXIT_USAGE`) an error the user can fix, one line on stderr;
+    3 (:data:`EXIT_NON_FINITE`) training stopped on non-finite values; 1
+    (:data:`EXIT_INTERNAL`) an unexpected error, one line (``--debug``: the traceback); 130
+    interrupted (Ctrl-C).
     """
-    args = _parser().parse_args(argv)
-    from ..core.diagnostic_warnings import collect
-    from .runs import set_command
-
+    with _StartupInterrupt() as startup:
+        parser = _parser()
+        from ..core.diagnostic_warnings import collect
+        from .runs import set_command
+    if startup.pressed:
+        print("ppvae: interrupted before the command started; nothing was written",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    args = parser.parse_args(argv)
     set_command(sys.argv[1:] if argv is None else argv)  # the reports record the command line
     found: list[str] = []
     try:
@@ -102,8 +185,28 @@ def _print_warnings(found: list[str]) -> None:
               "section)", file=sys.stderr)
 
 
+def _one_line(text: str) -> str:
+    msg = " ".join(text.split())
+    return msg[:500] + " ... (--debug shows all)" if len(msg) > 500 else msg
+
+
+def _os_error(e: OSError) -> str:
+    """One line for an OSError: the file and the cause."""
+    from .files import reason
+
+    why = reason(e)
+    if e.filename is not None:
+        return f"{e.filename}: {why}"
+    return why if e.strerror else str(e)
+
+
 def _run(args) -> int:
-    """Run the parsed command; a user's error is one line on stderr and exit code 2."""
+    """Run the parsed command: the error boundary.
+
+    A user's error (bad values, unreadable files, read-only or full disks) is one line on
+    stderr and exit code 2; an unexpected one is one line and exit code 1; ``--debug`` raises
+    instead.
+    """
     try:
         import matplotlib
 
@@ -114,17 +217,27 @@ def _run(args) -> int:
 
             torch.set_num_threads(threads)
         return args.func(args)
-    except _user_errors() as e:
-        if args.debug:
-            raise
-        msg = " ".join(str(e).split())  # one line
-        if len(msg) > 500:
-            msg = msg[:500] + " ... (--debug shows all)"
-        print(f"ppvae: error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("ppvae: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:
+        if args.debug:
+            raise
+        if isinstance(e, _user_errors()):
+            msg, code = str(e), EXIT_USAGE
+        elif isinstance(e, OSError):
+            msg, code = _os_error(e), EXIT_USAGE
+        elif isinstance(e, MemoryError) or "out of memory" in str(e).lower():
+            msg, code = (f"out of memory ({type(e).__name__}); use fewer rows, samples or "
+                         "chains, or a smaller --batch-size", EXIT_USAGE)
+        elif isinstance(e, RecursionError):
+            msg, code = f"internal error: {type(e).__name__}", EXIT_INTERNAL
+        else:
+            msg = (f"internal error: {type(e).__name__}: {e} (this is a bug in ppvae: "
+                   "--debug shows the traceback; please report it)")
+            code = EXIT_INTERNAL
+        print(f"ppvae: error: {_one_line(msg)}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .evaluate import evaluate_run
+from .files import RunLock
 from .gaps import gaps_run
-from .inputs import check_device
-from .runs import RunDir
+from .inputs import check_device, nonnegative_int, positive_int
+from .runs import RunDir, command_line
 from .sample import sample_run
 from .train import train_run
 from .trained import open_run
@@ -36,23 +37,24 @@ class DemoResult(NamedTuple):
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``ppvae demo`` (its defaults are the main job's sizes)."""
     p.add_argument("--out", help="run directory (default runs/demo-<time>)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", default=None, help="default: CUDA if available, else CPU")
-    p.add_argument("--epochs", type=int, default=100, help="VAE epochs")
-    p.add_argument("--flow-epochs", type=int, default=50)
-    p.add_argument("--num-data", type=int, default=300,
+    p.add_argument("--epochs", type=positive_int, default=100, help="VAE epochs")
+    p.add_argument("--flow-epochs", type=positive_int, default=50)
+    p.add_argument("--num-data", type=positive_int, default=300,
                    help="test digits in the gap study and the evaluation (a seeded random "
                    "subset)")
     p.add_argument("--first-rows", action="store_true",
                    help="the first --num-data test digits instead of a random subset")
-    p.add_argument("--local-steps", type=int, default=1000)
-    p.add_argument("--k", type=int, default=5000, help="IWAE samples for log p(x)")
-    p.add_argument("--mcmc", type=int, default=8, help="test digits compared with HMC")
-    p.add_argument("--latent-dim", type=int, default=8)
-    p.add_argument("--hidden", type=int, default=256, help="hidden units (one layer)")
-    p.add_argument("--ais-steps", type=int, default=100, help="AIS steps in the evaluation")
-    p.add_argument("--mcmc-warmup", type=int, default=500)
-    p.add_argument("--mcmc-samples", type=int, default=1000)
+    p.add_argument("--local-steps", type=positive_int, default=1000)
+    p.add_argument("--k", type=positive_int, default=5000, help="IWAE samples for log p(x)")
+    p.add_argument("--mcmc", type=nonnegative_int, default=8, help="test digits compared with HMC")
+    p.add_argument("--latent-dim", type=positive_int, default=8)
+    p.add_argument("--hidden", type=positive_int, default=256, help="hidden units (one layer)")
+    p.add_argument("--ais-steps", type=positive_int, default=100,
+                   help="AIS steps in the evaluation")
+    p.add_argument("--mcmc-warmup", type=positive_int, default=500)
+    p.add_argument("--mcmc-samples", type=positive_int, default=1000)
     p.add_argument("--quiet", action="store_true")
 
 
@@ -84,25 +86,27 @@ def demo(out, *, seed: int = 0, quiet: bool = False, epochs: int = 100, flow_epo
     """
     t0 = time.perf_counter()
     run = RunDir.create(out)
-    cfg = {"model": "vae", "guide": "diag", "data": "digits", "binarize": "static",
-           "seed": seed, "device": device or "auto",
-           "sizes": {"latent_dim": latent_dim, "hidden": [hidden], "num_flows": 2},
-           "train": {"objective": "elbo", "epochs": epochs, "batch_size": 64, "lr": 3e-3}}
-    say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
-    say(f"[1/4] training a VAE (diagonal encoder) on digits, {epochs} epochs -> {run.path}")
-    train_run(cfg, run, quiet=True)
-    tr = open_run(run.path)
-    say(f"[2/4] flow encoder for the frozen decoder ({flow_epochs} epochs); gap decomposition "
-        f"on {num_data} test digits ({local_steps} local steps, IWAE_{k}); batched HMC on "
-        f"{mcmc_points} digits (posterior.png shows the first 3)")
-    report = gaps_run(tr, ["flow"], num_data=num_data, local_steps=local_steps, k=k,
-                      num_samples=1000, guide_epochs=flow_epochs, mcmc_points=mcmc_points,
-                      mcmc_warmup=mcmc_warmup, mcmc_samples=mcmc_samples,
-                      first_rows=first_rows)
-    say(f"[3/4] evaluation (IWAE_{k} and AIS from the encoder) and reconstructions")
-    evaluate_run(tr, num_data=num_data, k=k, estimator="both", ais_steps=ais_steps,
-                 first_rows=first_rows)
-    say("[4/4] samples")
-    sample_run(tr)
+    with RunLock(run.path, command_line()):
+        cfg = {"model": "vae", "guide": "diag", "data": "digits", "binarize": "static",
+               "seed": seed, "device": device or "auto",
+               "sizes": {"latent_dim": latent_dim, "hidden": [hidden], "num_flows": 2},
+               "train": {"objective": "elbo", "epochs": epochs, "batch_size": 64, "lr": 3e-3}}
+        say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
+        say(f"[1/4] training a VAE (diagonal encoder) on digits, {epochs} epochs -> "
+            f"{run.path}")
+        train_run(cfg, run, quiet=True)
+        tr = open_run(run.path)
+        say(f"[2/4] flow encoder for the frozen decoder ({flow_epochs} epochs); gap "
+            f"decomposition on {num_data} test digits ({local_steps} local steps, IWAE_{k}); "
+            f"batched HMC on {mcmc_points} digits (posterior.png shows the first 3)")
+        report = gaps_run(tr, ["flow"], num_data=num_data, local_steps=local_steps, k=k,
+                          num_samples=1000, guide_epochs=flow_epochs, mcmc_points=mcmc_points,
+                          mcmc_warmup=mcmc_warmup, mcmc_samples=mcmc_samples,
+                          first_rows=first_rows)
+        say(f"[3/4] evaluation (IWAE_{k} and AIS from the encoder) and reconstructions")
+        evaluate_run(tr, num_data=num_data, k=k, estimator="both", ais_steps=ais_steps,
+                     first_rows=first_rows)
+        say("[4/4] samples")
+        sample_run(tr)
     table = report.to_markdown()
     return DemoResult(run.path, table, time.perf_counter() - t0)

@@ -18,8 +18,9 @@ import argparse
 import pyro
 import torch
 
+from .inputs import nonnegative_int, positive_int
 from .runs import provenance, record_warnings
-from .trained import Rows, Trained, open_run
+from .trained import Rows, Trained, locked_run
 from .zoo import GUIDES
 
 __all__ = ["ESTIMATORS", "add_arguments", "evaluate_run", "main"]
@@ -32,29 +33,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="run directory")
     p.add_argument("--split", choices=("test", "valid", "train"), default="test")
     p.add_argument("--estimator", choices=ESTIMATORS, default="iwae")
-    p.add_argument("--k", type=int, default=1000, help="IWAE samples per datapoint")
-    p.add_argument("--ais-steps", type=int, default=2000,
+    p.add_argument("--k", type=positive_int, default=1000, help="IWAE samples per datapoint")
+    p.add_argument("--ais-steps", type=positive_int, default=2000,
                    help="AIS temperatures (default 2000, as ppvae.ais)")
-    p.add_argument("--ais-chains", type=int, default=256,
+    p.add_argument("--ais-chains", type=positive_int, default=256,
                    help="AIS chains per datapoint (default 256, as ppvae.ais)")
     p.add_argument("--bdmc", action="store_true",
                    help="certify AIS: BDMC with the same settings on 20 datapoints simulated "
                         "from the model; the gap is printed next to the AIS number")
-    p.add_argument("--num-data", type=int,
+    p.add_argument("--num-data", type=positive_int,
                    help="N rows of the split, a seeded random subset (default all rows)")
     p.add_argument("--first-rows", action="store_true",
                    help="with --num-data: the first N rows instead of a random subset")
-    p.add_argument("--seed", type=int,
+    p.add_argument("--seed", type=nonnegative_int,
                    help="seed of the row subset and the Monte Carlo (default: the run's seed)")
 
 
 def main(args) -> int:
     """Run ``ppvae evaluate``; returns the exit code."""
-    tr = open_run(args.run)
-    out = evaluate_run(tr, split=args.split, estimator=args.estimator, k=args.k,
-                       num_data=args.num_data, ais_steps=args.ais_steps,
-                       ais_chains=args.ais_chains, bdmc=args.bdmc, seed=args.seed,
-                       first_rows=args.first_rows)
+    with locked_run(args.run) as tr:
+        out = evaluate_run(tr, split=args.split, estimator=args.estimator, k=args.k,
+                           num_data=args.num_data, ais_steps=args.ais_steps,
+                           ais_chains=args.ais_chains, bdmc=args.bdmc, seed=args.seed,
+                           first_rows=args.first_rows)
     print(f"{out['split']} (N = {out['num_data']}): ELBO {out['elbo']:.3f} ± "
           f"{out['elbo_se']:.3f}" + "".join(f", log p(x) {r['log_px']:.3f} ± "
                                             f"{r['log_px_se']:.3f} ({r['estimator']})"

@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import time
 
+from .files import replacing, write_text
+from .inputs import nonnegative_int, positive_int
 from .runs import checkpoint_id, provenance, record_warnings
-from .trained import Rows, Trained, data_shape, label_kw, open_run
+from .trained import Rows, Trained, data_shape, label_kw, locked_run
 from .zoo import GUIDES, ModelSpec, build_guide
 
 __all__ = ["add_arguments", "gap_guides", "gaps_run", "main", "train_extra_guide"]
@@ -34,36 +36,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guides", nargs="*", default=["flow"],
                    help="guide families trained on the frozen model next to the run's own "
                    "guide (default: flow)")
-    p.add_argument("--guide-epochs", type=int, default=20)
-    p.add_argument("--num-data", type=int, default=300,
+    p.add_argument("--guide-epochs", type=positive_int, default=20)
+    p.add_argument("--num-data", type=positive_int, default=300,
                    help="N test rows, a seeded random subset (default 300)")
     p.add_argument("--first-rows", action="store_true",
                    help="the first N test rows instead of a random subset")
-    p.add_argument("--seed", type=int,
+    p.add_argument("--seed", type=nonnegative_int,
                    help="seed of the row subset and the Monte Carlo (default: the run's seed)")
-    p.add_argument("--local-steps", type=int, default=300, help="per-datapoint VI steps")
-    p.add_argument("--samples", type=int, default=500, help="samples per ELBO")
+    p.add_argument("--local-steps", type=positive_int, default=300, help="per-datapoint VI steps")
+    p.add_argument("--samples", type=positive_int, default=500, help="samples per ELBO")
     p.add_argument("--log-px", choices=("iwae", "ais"), default="iwae")
-    p.add_argument("--k", type=int, default=1000, help="IWAE samples for log p(x)")
-    p.add_argument("--ais-steps", type=int, default=2000,
+    p.add_argument("--k", type=positive_int, default=1000, help="IWAE samples for log p(x)")
+    p.add_argument("--ais-steps", type=positive_int, default=2000,
                    help="AIS temperatures with --log-px ais (default 2000, as ppvae.ais)")
-    p.add_argument("--mcmc", type=int, default=0,
+    p.add_argument("--mcmc", type=nonnegative_int, default=0,
                    help="compare with batched HMC on this many of the --num-data rows (0: no "
                    "MCMC; an earlier comparison in the report is then marked stale)")
-    p.add_argument("--mcmc-warmup", type=int, default=300)
-    p.add_argument("--mcmc-samples", type=int, default=500)
+    p.add_argument("--mcmc-warmup", type=positive_int, default=300)
+    p.add_argument("--mcmc-samples", type=positive_int, default=500)
     p.add_argument("--quiet", action="store_true")
 
 
 def main(args) -> int:
     """Run ``ppvae gaps``: print the gap table; returns the exit code."""
-    tr = open_run(args.run)
-    report = gaps_run(tr, args.guides, num_data=args.num_data, local_steps=args.local_steps,
-                      num_samples=args.samples, log_px=args.log_px, k=args.k,
-                      ais_steps=args.ais_steps, guide_epochs=args.guide_epochs,
-                      mcmc_points=args.mcmc, mcmc_warmup=args.mcmc_warmup,
-                      mcmc_samples=args.mcmc_samples, quiet=args.quiet, seed=args.seed,
-                      first_rows=args.first_rows)
+    with locked_run(args.run) as tr:
+        report = gaps_run(tr, args.guides, num_data=args.num_data,
+                          local_steps=args.local_steps, num_samples=args.samples,
+                          log_px=args.log_px, k=args.k, ais_steps=args.ais_steps,
+                          guide_epochs=args.guide_epochs, mcmc_points=args.mcmc,
+                          mcmc_warmup=args.mcmc_warmup, mcmc_samples=args.mcmc_samples,
+                          quiet=args.quiet, seed=args.seed, first_rows=args.first_rows)
     print(report.to_markdown())
     print(f"report: {tr.run.file('report.md')}")
     return 0
@@ -180,8 +182,9 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300, local_steps: i
         report = gaps(tr.model, guides, x, log_px=log_px, local_steps=local_steps,
                       families={n: GUIDES[n].local_family for n in names},
                       num_samples=num_samples, log_px_options=options, model_kwargs=kw)
-    report.plot(run.file("gaps.png"))  # a bare Figure: nothing to close
-    run.file("gaps.json").write_text(report.to_json())
+    with replacing(run.file("gaps.png")) as tmp:
+        report.plot(tmp)  # a bare Figure: nothing to close
+    write_text(run.file("gaps.json"), report.to_json())
     extra = {n: (checkpoint_id(run.file(f"guide-{n}.pt")) or {}).get("sha256")
              for n in names[1:]}
     prov = provenance(run, seed=seed, rows={"gaps": rows.record()}, extra_guides=extra)
@@ -229,18 +232,22 @@ def _mcmc_section(tr: Trained, guides: dict, x, kw, rows: Rows, *, local_steps, 
     # a readable figure: three of the points, chosen like the rows (seeded random or first)
     shown, shown_rows = rows.subset(3)
     sel = [int(i) for i in shown]
-    cmp._replace(datapoints=tuple(test_rows[j] for j in sel), summaries=tuple(
-        s._replace(samples=s.samples[:, sel]) for s in cmp.summaries)).plot(
-        str(run.file("posterior.png")))
     import matplotlib.pyplot as plt
 
-    plt.close("all")
-    idata.assign_coords(datapoint=list(test_rows)).to_netcdf(run.file("posterior_mcmc.nc"))
+    try:
+        with replacing(run.file("posterior.png")) as tmp:
+            cmp._replace(datapoints=tuple(test_rows[j] for j in sel), summaries=tuple(
+                s._replace(samples=s.samples[:, sel]) for s in cmp.summaries)).plot(str(tmp))
+    finally:
+        plt.close("all")
+    with replacing(run.file("posterior_mcmc.nc")) as tmp:
+        idata.assign_coords(datapoint=list(test_rows)).to_netcdf(tmp)
     files = ["posterior_mcmc.nc"]
     for s in cmp.summaries[1:]:
         fname = "posterior_" + s.method.replace(" ", "_").replace("*", "star") + ".nc"
-        to_inference_data({"z": s.samples.unsqueeze(0)}, datapoints=cmp.datapoints).to_netcdf(
-            run.file(fname))
+        with replacing(run.file(fname)) as tmp:
+            to_inference_data({"z": s.samples.unsqueeze(0)},
+                              datapoints=cmp.datapoints).to_netcdf(tmp)
         files.append(fname)
     rhat, ess = float(diag.rhat.max()), float(diag.ess_bulk.min())
     mean_kl = {s.method: float(s.kl_to_mcmc.mean()) for s in cmp.summaries[1:]}

@@ -24,7 +24,7 @@ from pyro.optim import ClippedAdam
 
 from ..analysis.ppca import mean_field_gap, ppca_kl_to_posterior, ppca_log_marginal, ppca_mle
 from ..core.bounds import elbo, iwae
-from .inputs import UsageError, load_matrix
+from .inputs import UsageError, load_matrix, nonnegative_int, positive_int
 
 __all__ = ["PPCARow", "PPCAStudy", "add_arguments", "main", "run_ppca_study"]
 
@@ -32,22 +32,25 @@ __all__ = ["PPCARow", "PPCAStudy", "add_arguments", "main", "run_ppca_study"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``ppvae ppca``."""
     p.add_argument("--data", help=".npy or .csv matrix [N, D]; synthetic PPCA data if absent")
-    p.add_argument("--latent-dim", type=int, default=4)
-    p.add_argument("--num-data", type=int, default=500, help="synthetic data only")
-    p.add_argument("--data-dim", type=int, default=20, help="synthetic data only")
-    p.add_argument("--steps", type=int, default=3000, help="SVI steps per guide")
-    p.add_argument("--num-samples", type=int, default=1000)
-    p.add_argument("--iwae-k", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latent-dim", type=positive_int, default=4)
+    p.add_argument("--num-data", type=positive_int, default=500, help="synthetic data only")
+    p.add_argument("--data-dim", type=positive_int, default=20, help="synthetic data only")
+    p.add_argument("--steps", type=positive_int, default=3000, help="SVI steps per guide")
+    p.add_argument("--num-samples", type=positive_int, default=1000)
+    p.add_argument("--iwae-k", type=positive_int, default=100)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
 
 
 def main(args) -> int:
     """Run ``ppvae ppca``: print the study's table; returns the exit code."""
     x = load_matrix(args.data) if args.data else None
-    if x is not None and not 0 < args.latent_dim < x.shape[1]:
-        raise UsageError(
-            f"--latent-dim must be between 1 and D - 1 = {x.shape[1] - 1}, got {args.latent_dim}"
-        )
+    dim = x.shape[1] if x is not None else args.data_dim
+    if not 0 < args.latent_dim < dim:
+        raise UsageError(f"--latent-dim must be between 1 and D - 1 = {dim - 1} (D: the "
+                         f"{'columns of the data' if x is not None else '--data-dim'}), got "
+                         f"{args.latent_dim}")
+    if x is None and args.num_data < 2:
+        raise UsageError(f"--num-data must be at least 2, got {args.num_data}")
     study = run_ppca_study(
         x, latent_dim=args.latent_dim, num_data=args.num_data, data_dim=args.data_dim,
         steps=args.steps, num_samples=args.num_samples, iwae_k=args.iwae_k, seed=args.seed,

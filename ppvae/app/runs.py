@@ -52,6 +52,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from .files import replacing, write_text
+
 __all__ = ["READ_THE_NUMBERS", "SECTIONS", "RunDir", "RunError", "checkpoint_id",
            "command_line", "describe_rows", "is_primary", "provenance", "read_toml",
            "record_warnings", "set_command", "to_toml", "versions"]
@@ -226,11 +228,41 @@ def _toml_value(v: Any, where: str) -> str:
             return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
         return repr(v)
     if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
+        return toml_string(v, where)
     if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x, where) for x in v) + "]"
     raise TypeError(f"config value {where} = {v!r}: only str, int, float, bool and lists of "
                     "them can be written to TOML")
+
+
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n",
+                 "\f": "\\f", "\r": "\\r"}
+
+
+def toml_string(s: str, where: str = "value") -> str:
+    """``s`` as a TOML basic string: any Unicode text round-trips through :mod:`tomllib`.
+
+    Quotes, backslashes and control characters are escaped; everything else (accents, emoji,
+    any character outside the Basic Multilingual Plane) is written as itself in UTF-8.
+
+    Raises:
+        ValueError: ``s`` holds a lone surrogate, which is how Python spells bytes of a file
+            name that are not UTF-8; TOML text cannot hold them.
+    """
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[ch])
+        elif o < 0x20 or o == 0x7F:
+            out.append(f"\\u{o:04X}")
+        elif 0xD800 <= o <= 0xDFFF:
+            raise ValueError(f"{where} = {s!r} holds bytes that are not UTF-8 (a file name in "
+                             "another encoding?); rename the file or folder so that its name "
+                             "is UTF-8 text")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def to_toml(config: dict[str, Any]) -> str:
@@ -258,9 +290,11 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     if not p.is_file():
         raise RunError(f"config file not found: {p}")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise RunError(f"{p}: not a valid TOML file ({e})") from e
+    except OSError as e:
+        raise RunError(f"cannot read {p}: {e.strerror or e}") from e
 
 
 def _finite(obj: Any) -> Any:
@@ -279,16 +313,18 @@ class RunDir(NamedTuple):
 
     @classmethod
     def create(cls, path: str | os.PathLike) -> RunDir:
-        """Make (or reuse) the folder and check it is writable."""
+        """Make (or reuse) the folder; :class:`RunError` naming it when that fails.
+
+        Whether it can be written is checked when a command takes its lock
+        (:class:`ppvae.app.files.RunLock`).
+        """
         p = Path(path)
         try:
             p.mkdir(parents=True, exist_ok=True)
-            probe = p / ".ppvae-write-test"
-            probe.write_text("")
-            probe.unlink()
         except OSError as e:
-            raise RunError(f"cannot write to output directory {p}: "
-                           f"{e.strerror or e}") from e
+            raise RunError(f"cannot create output directory {p}: {e.strerror or e}") from e
+        if not p.is_dir():
+            raise RunError(f"{p} is not a directory")
         return cls(p)
 
     @classmethod
@@ -322,45 +358,77 @@ class RunDir(NamedTuple):
     def write_config(self, config: dict[str, Any]) -> None:
         """Write ``config`` as the run's config.toml (rank 0 only)."""
         if is_primary():
-            self.config_path.write_text(to_toml(config))
+            write_text(self.config_path, to_toml(config))
 
     def read_config(self) -> dict[str, Any]:
         """The run's config.toml as a dict."""
         return read_toml(self.config_path)
 
     def append_metrics(self, **row: Any) -> None:
-        """One line of ``metrics.jsonl`` (non-finite floats written as null)."""
+        """One line of ``metrics.jsonl`` (non-finite floats written as null).
+
+        The file is replaced whole (:func:`ppvae.app.files.write_text`), so a crash or a full
+        disk never leaves half a line and a symlink is never written through.
+        """
         if not is_primary():
             return
         clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                  for k, v in row.items()}
         clean.setdefault("time", round(time.time(), 3))
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(clean) + "\n")
+        rows = self.read_metrics()
+        write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in [*rows, clean]))
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """Every row of ``metrics.jsonl`` (none when the file is missing)."""
-        if not self.metrics_path.is_file():
+        """Every row of ``metrics.jsonl`` (none when the file is missing).
+
+        Raises:
+            RunError: a line that is not a JSON object, naming the file and the line.
+        """
+        p = self.metrics_path
+        if not p.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        try:
+            lines = p.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RunError(f"cannot read {p}: {getattr(e, 'strerror', None) or e}") from e
+        rows = []
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if not isinstance(row, dict):
+                raise RunError(f"{p}, line {i}: not a JSON object ({line[:60]!r}); fix or "
+                               "delete that line (resuming restores the epochs the checkpoint "
+                               "holds)")
+            rows.append(row)
+        return rows
 
     def truncate_metrics(self, epochs: int) -> None:
         """Keep the first ``epochs`` epochs (a resumed run continues from its checkpoint)."""
-        if is_primary() and self.metrics_path.is_file():
+        if is_primary() and self.metrics_path.exists():
             rows = [r for r in self.read_metrics() if r.get("epoch", 0) <= epochs]
-            self.metrics_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def read_report(self) -> dict[str, Any]:
         """The run's ``report.json`` (an empty report when there is none yet)."""
         p = self.path / "report.json"
-        if not p.is_file():
+        if not p.exists():
             return {"format": "ppvae.Run/1", "sections": {}}
         try:
-            doc = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise RunError(f"{p}: not valid JSON ({e})") from e
-        if doc.get("format") != "ppvae.Run/1":
-            raise RunError(f"{p}: not a ppvae run report (format {doc.get('format')!r})")
+            doc = json.loads(p.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunError(f"{p}: not valid JSON ({e}); move it away to start a new report"
+                           ) from e
+        except OSError as e:
+            raise RunError(f"cannot read {p}: {e.strerror or e}") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("sections"), dict) or \
+                doc.get("format") != "ppvae.Run/1":
+            fmt = doc.get("format") if isinstance(doc, dict) else None
+            raise RunError(f"{p}: not a ppvae run report (format {fmt!r}); move it away to "
+                           "start a new report")
         return doc
 
     def set_section(self, name: str, title: str, markdown: str, data: dict[str, Any], *,
@@ -476,13 +544,13 @@ class RunDir(NamedTuple):
 
     def _write(self, doc: dict[str, Any]) -> None:
         """Write report.json and render report.md from ``doc``."""
-        doc["config"] = self.read_config() if self.config_path.is_file() else {}
+        doc["config"] = _finite(self.read_config()) if self.config_path.is_file() else {}
         doc["versions"] = versions()
         doc["warnings"] = [{"section": k, "message": m} for k in SECTIONS
                            if k in doc["sections"] for m in doc["sections"][k].get("warnings")
                            or []]
-        (self.path / "report.json").write_text(json.dumps(doc, indent=1, allow_nan=False))
-        (self.path / "report.md").write_text(self._markdown(doc))
+        write_text(self.path / "report.json", json.dumps(doc, indent=1, allow_nan=False))
+        write_text(self.path / "report.md", self._markdown(doc))
 
     def _markdown(self, doc: dict[str, Any]) -> str:
         cfg, sections = doc["config"], doc["sections"]
@@ -534,7 +602,10 @@ class RunDir(NamedTuple):
         import matplotlib.pyplot as plt
 
         path = self.path / f"{name}.png"
-        if is_primary():
-            fig.savefig(path, dpi=100)
-        plt.close(fig)
+        try:
+            if is_primary():
+                with replacing(path) as tmp:
+                    fig.savefig(tmp, dpi=100)
+        finally:
+            plt.close(fig)
         return path

@@ -12,8 +12,9 @@ import argparse
 import pyro
 import torch
 
+from .inputs import nonnegative_int, positive_int
 from .runs import provenance, record_warnings
-from .trained import Trained, open_run
+from .trained import Trained, locked_run
 from .zoo import MODELS
 
 __all__ = ["add_arguments", "main", "sample_run"]
@@ -22,15 +23,16 @@ __all__ = ["add_arguments", "main", "sample_run"]
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of ``ppvae sample``."""
     p.add_argument("run", help="run directory")
-    p.add_argument("--num", type=int, default=64, help="images (a conditional model shows "
+    p.add_argument("--num", type=positive_int, default=64, help="images (a conditional model shows "
                    "one row per label)")
-    p.add_argument("--seed", type=int, help="seed of the draws (default: the run's seed)")
+    p.add_argument("--seed", type=nonnegative_int,
+                   help="seed of the draws (default: the run's seed)")
 
 
 def main(args) -> int:
     """Run ``ppvae sample``; returns the exit code."""
-    tr = open_run(args.run)
-    print(f"wrote {tr.run.file(sample_run(tr, num=args.num, seed=args.seed))}")
+    with locked_run(args.run) as tr:
+        print(f"wrote {tr.run.file(sample_run(tr, num=args.num, seed=args.seed))}")
     return 0
 
 

@@ -18,15 +18,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import shlex
+import shutil
 import sys
+from pathlib import Path
 
 import pyro
 import torch
 
-from .inputs import UsageError, check_device, train_config
-from .runs import RunDir, RunError, provenance, record_warnings
+from .files import HOLDER, RunLock, replacing
+from .inputs import (
+    UsageError,
+    check_device,
+    positive_float,
+    positive_int,
+    train_config,
+)
+from .runs import RunDir, RunError, command_line, provenance, record_warnings
 from .trained import Rows, build, label_kw
-from .zoo import GUIDES, MODELS, OBJECTIVES, check_names, make_objective
+from .zoo import GUIDES, MODELS, OBJECTIVES, make_objective
 
 __all__ = ["add_arguments", "guide_posterior", "main", "train_run"]
 
@@ -48,22 +58,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-path", dest="data_path",
                    help="binarized-mnist: an .npz file or a folder of .amat files")
     p.add_argument("--binarize", choices=("static", "threshold", "dynamic"))
-    p.add_argument("--latent-dim", dest="latent_dim", type=int)
-    p.add_argument("--hidden", type=int, nargs="+", help="hidden layer sizes")
-    p.add_argument("--top-latent-dim", dest="top_latent_dim", type=int,
+    p.add_argument("--latent-dim", dest="latent_dim", type=positive_int)
+    p.add_argument("--hidden", type=positive_int, nargs="+", help="hidden layer sizes")
+    p.add_argument("--top-latent-dim", dest="top_latent_dim", type=positive_int,
                    help="hierarchical model: size of the top layer")
-    p.add_argument("--num-flows", dest="num_flows", type=int, help="flow guide layers")
-    p.add_argument("--channels", type=int, help="conv model/guide channels")
+    p.add_argument("--num-flows", dest="num_flows", type=positive_int, help="flow guide layers")
+    p.add_argument("--channels", type=positive_int, help="conv model/guide channels")
     p.add_argument("--objective", choices=tuple(OBJECTIVES))
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--particles", type=int, help="ELBO particles per datapoint")
-    p.add_argument("--iwae-k", dest="iwae_k", type=int, help="objective iwae: k")
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--batch-size", dest="batch_size", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--particles", type=positive_int, help="ELBO particles per datapoint")
+    p.add_argument("--iwae-k", dest="iwae_k", type=positive_int, help="objective iwae: k")
     p.add_argument("--beta", type=float, help="objective beta: the KL weight")
-    p.add_argument("--warmup-steps", dest="warmup_steps", type=int,
+    p.add_argument("--warmup-steps", dest="warmup_steps", type=positive_int,
                    help="objective kl-warmup: steps")
-    p.add_argument("--patience", type=int, help="early stopping (epochs without improvement)")
+    p.add_argument("--patience", type=positive_int,
+                   help="early stopping (epochs without improvement)")
     p.add_argument("--jit", action="store_true", default=None,
                    help="replay the training step from a captured graph (faster at small "
                    "batches; see ppvae.capture)")
@@ -73,28 +84,125 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args) -> int:
-    """Run ``ppvae train``; returns the exit code (130 when interrupted)."""
+    """Run ``ppvae train``; returns the exit code.
+
+    0 trained; 3 stopped on non-finite values (the last finite epoch is kept); 130 interrupted.
+    Everything that can be checked without training is checked before the run directory is
+    written (the configuration, the data, the pair's contract on a first minibatch, the run
+    directory's report and log); a run that fails before its first epoch is saved leaves the
+    directory as it found it.
+    """
+    from ..core.contract import check_pair
+    from .cli import EXIT_INTERRUPTED, EXIT_NON_FINITE
+
     cfg, out = train_config(args)
     if not args.resume and (out / "config.toml").exists():
         raise UsageError(f"{out} already holds a run (config.toml); continue it with --resume "
                          "or choose another --out")
-    check_names(cfg["model"], cfg["guide"])
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is not a directory")
     check_device(cfg.get("device"))
+    if args.resume:
+        _check_resumable(RunDir(out))
+    pyro.set_rng_seed(cfg.get("seed", 0))  # network initialization is part of the run
+    built = build(cfg)
+    data, model, guide = built
+    with torch.no_grad():  # the pair keeps the contract on a first minibatch
+        rows = data.train[: int(cfg["train"].get("batch_size", 64))]
+        check_pair(model, guide, rows, model_kwargs=label_kw(cfg, data, "train",
+                                                              slice(0, rows.shape[0])))
+    created = _missing_parents(out)
     run = RunDir.create(out)
-    try:
-        res = train_run(cfg, run, resume=args.resume, quiet=args.quiet)
-    except KeyboardInterrupt:  # train_run marked the sections of the older model stale
-        print(f"ppvae: interrupted; the last finished epoch is saved. Continue with: "
-              f"ppvae train --out {run.path} --resume", file=sys.stderr)
-        return 130
+    before = {p.name for p in run.path.iterdir()}
+    resume_cmd = shlex.join(["ppvae", "train", "--out", str(run.path), "--resume"])
+    with RunLock(run.path, command_line()):
+        try:
+            res = train_run(cfg, run, resume=args.resume, quiet=args.quiet, built=built)
+        except KeyboardInterrupt:  # train_run marked the sections of the older model stale
+            if _undo_failed_start(run, before, created, args.resume):
+                print("ppvae: interrupted before the first epoch finished; nothing was kept",
+                      file=sys.stderr)
+            else:
+                print(f"ppvae: interrupted; the last finished epoch is saved. Continue with: "
+                      f"{resume_cmd}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except BaseException:
+            _undo_failed_start(run, before, created, args.resume)
+            raise
+        if res.stopped == "non_finite":
+            if _undo_failed_start(run, before, created, args.resume) or res.epochs == 0:
+                kept = "nothing was kept"
+            else:
+                kept = (f"the last finite epoch ({res.epochs}) is saved in {run.checkpoint}; "
+                        "continue with a smaller learning rate: ppvae train --out "
+                        f"{shlex.quote(str(run.path))} --resume --lr <smaller>")
+            print(f"ppvae: training stopped on non-finite values: {res.message}; {kept}",
+                  file=sys.stderr)
+            return EXIT_NON_FINITE
     valid = f", validation ELBO {res.valid_elbo[-1]:.3f}" if res.valid_elbo else ""
     print(f"trained {res.epochs} epochs ({res.stopped}){valid}")
     print(f"run directory: {run.path}\nreport: {run.file('report.md')}")
     return 0
 
 
-def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = False):
+def _check_resumable(run: RunDir) -> None:
+    """Refuse a resume whose run directory is broken, before anything changes.
+
+    The checkpoint, when present, must be a readable file; metrics.jsonl and report.json must
+    parse (each error names the file).
+    """
+    from ..train.checkpoint import read_meta
+
+    ck = run.checkpoint
+    if ck.exists() or ck.is_symlink():
+        if not ck.is_file():
+            raise RunError(f"{ck} is not a checkpoint file; move it away, or start a new run")
+        read_meta(ck)
+    run.read_metrics()
+    run.read_report()
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, deepest first."""
+    out = []
+    p = path.absolute()
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
+
+
+def _undo_failed_start(run: RunDir, before: set[str], created: list[Path], resume: bool
+                       ) -> bool:
+    """After a new run failed before saving its first epoch: remove what it wrote.
+
+    The files that were not in the directory before, and the folders the command created.
+    Returns True when it did (a new run without a checkpoint); False otherwise (a resumed run,
+    or one with a saved epoch, is kept).
+    """
+    if resume or run.checkpoint.exists():
+        return False
+    for p in run.path.iterdir():
+        if p.name not in before and p.name != HOLDER:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    for folder in created:  # deepest first; only while empty (the lock file goes last)
+        with contextlib.suppress(OSError):
+            holder = folder / HOLDER
+            if holder.exists() and len(list(folder.iterdir())) == 1:
+                holder.unlink()
+            folder.rmdir()
+    return True
+
+
+def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = False,
+              built: tuple | None = None):
     """Train the configured pair into ``run``; returns the :class:`ppvae.FitResult`.
+
+    ``built``: the ``(data, model, guide)`` of :func:`ppvae.app.trained.build` for ``cfg``,
+    when the caller built them already (seeded with the run's seed first); else built here.
 
     Writes the training section of the report (with its provenance and the diagnostic warnings
     training raised). Report sections computed from an older checkpoint (before a resume that
@@ -104,8 +212,10 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
     from ..train.checkpoint import read_meta
     from ..train.fit import fit
 
-    pyro.set_rng_seed(cfg.get("seed", 0))  # network initialization is part of the run
-    data, model, guide = build(cfg)
+    if built is None:
+        pyro.set_rng_seed(cfg.get("seed", 0))  # network initialization is part of the run
+        built = build(cfg)
+    data, model, guide = built
     t = cfg["train"]
     meta = read_meta(run.checkpoint) if resume and run.checkpoint.is_file() else None
     # a resume changes the run directory only once fit has taken the checkpoint (a refused one,
@@ -234,6 +344,7 @@ def guide_posterior(model, guide, x, run: RunDir, name: str, num_samples: int = 
             per = pot.per_datapoint_values(values)  # site -> [S, N, size]
     except (ContractError, NotImplementedError, ValueError):
         return None
-    to_inference_data({k: v.unsqueeze(0) for k, v in per.items()},
-                      datapoints=datapoints).to_netcdf(run.file(name))
+    with replacing(run.file(name)) as tmp:
+        to_inference_data({k: v.unsqueeze(0) for k, v in per.items()},
+                          datapoints=datapoints).to_netcdf(tmp)
     return name

@@ -3,7 +3,8 @@
 * :func:`build`: data, model and guide from a run's configuration (names looked up in the zoo
   table, :mod:`ppvae.app.zoo`; data by :func:`ppvae.app.inputs.build_data`), not yet trained.
 * :func:`open_run`: a trained run (``ppvae evaluate``, ``gaps``, ``sample``, the demo) rebuilt
-  from its ``config.toml`` with the checkpoint's parameters loaded, on the run's device.
+  from its ``config.toml`` with the checkpoint's parameters loaded, on the run's device;
+  :func:`locked_run` the same under the run directory's lock, for the commands.
 * :func:`label_kw`: the keyword arguments (the labels, ``y=``) that model and guide take for
   rows of a split, when the model takes labels.
 * :func:`select_rows` and :class:`Rows`: the one place a subset of a split's rows is chosen
@@ -14,20 +15,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
+from .files import RunLock
 from .inputs import build_data
-from .runs import RunDir, RunError, describe_rows
+from .runs import RunDir, RunError, command_line, describe_rows
 from .zoo import MODELS, DataShape, ModelSpec, build_guide, build_model
 
 if TYPE_CHECKING:
     from ..data import Dataset
 
-__all__ = ["Rows", "Trained", "build", "data_shape", "label_kw", "open_run", "select_rows"]
+__all__ = ["Rows", "Trained", "build", "data_shape", "label_kw", "locked_run", "open_run",
+           "select_rows"]
 
 _TENSORS = ("train", "valid", "test", "train_labels", "valid_labels", "test_labels")
 
@@ -182,3 +186,17 @@ def open_run(path: str | Path) -> Trained:
     params = collect_params(lambda: ELBO().loss(model, guide, x, info=info, kwargs=kw))
     load_checkpoint(run.checkpoint, params=params, model=model, guide=guide, restore_rng=False)
     return Trained(model, guide, data, cfg, run)
+
+
+@contextmanager
+def locked_run(path: str | Path) -> Iterator[Trained]:
+    """A trained run (:func:`open_run`) under the run directory's lock.
+
+    For a command that writes report sections: the lock (:class:`ppvae.app.files.RunLock`)
+    refuses a second command on the directory, and report.json is read first, so a broken
+    one is reported before any computation.
+    """
+    run = RunDir.open(path)
+    with RunLock(run.path, command_line()):
+        run.read_report()
+        yield open_run(run.path)

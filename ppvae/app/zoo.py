@@ -44,8 +44,8 @@ from typing import Any, NamedTuple
 from .. import guides, models
 from ..train import objectives
 
-__all__ = ["GUIDES", "MODELS", "OBJECTIVES", "BuildError", "DataShape", "GuideEntry",
-           "ModelEntry", "ModelSpec", "build_guide", "build_model", "check_names",
+__all__ = ["GUIDES", "MODELS", "OBJECTIVES", "OBJECTIVE_OPTIONS", "BuildError", "DataShape",
+           "GuideEntry", "ModelEntry", "ModelSpec", "build_guide", "build_model", "check_names",
            "default_guide", "make_objective"]
 
 
@@ -89,6 +89,7 @@ class ModelEntry:
     default_guide: str
     likelihoods: tuple[str, ...] = ("bernoulli",)  # "gaussian": real-valued rows
     takes_labels: bool = False  # model and guide get the labels as y=
+    sizes: tuple[str, ...] = ("latent_dim", "hidden")  # the [sizes] keys its builder reads
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class GuideEntry:
     for_models: tuple[str, ...] | None = None  # built from the model object: only these
     needs_labels: bool = False  # only for a model taking labels, on labelled data
     point_mass: bool = False  # its 'ELBO' / 'IWAE' are log p(x, z*), not bounds on log p(x)
+    sizes: tuple[str, ...] = ("latent_dim", "hidden")  # the [sizes] keys its builder reads
 
 
 def _side(shape: DataShape, who: str) -> int:
@@ -169,9 +171,10 @@ def _ladder(model, spec: ModelSpec, shape: DataShape, label: str):
 
 MODELS: Mapping[str, ModelEntry] = MappingProxyType({
     "vae": ModelEntry(_vae, "diag", likelihoods=("bernoulli", "gaussian")),
-    "conv-vae": ModelEntry(_conv_vae, "conv"),
+    "conv-vae": ModelEntry(_conv_vae, "conv", sizes=("latent_dim", "channels")),
     "cvae": ModelEntry(_cvae, "conditional", takes_labels=True),
-    "hierarchical": ModelEntry(_hierarchical, "bottom-up"),
+    "hierarchical": ModelEntry(_hierarchical, "bottom-up",
+                               sizes=("latent_dim", "hidden", "top_latent_dim")),
     "autoencoder": ModelEntry(_autoencoder, "delta"),
 })
 
@@ -179,11 +182,11 @@ GUIDES: Mapping[str, GuideEntry] = MappingProxyType({
     "diag": GuideEntry(_encoder(guides.MLPEncoder), local_family="diag"),
     "full": GuideEntry(_encoder(guides.FullCovEncoder), local_family="full"),
     "flow": GuideEntry(_encoder(guides.FlowEncoder, num_flows="num_flows"),
-                       local_family="flow"),
-    "conv": GuideEntry(_conv, local_family="diag"),
+                       local_family="flow", sizes=("latent_dim", "hidden", "num_flows")),
+    "conv": GuideEntry(_conv, local_family="diag", sizes=("latent_dim", "channels")),
     "conditional": GuideEntry(_conditional, local_family="diag", needs_labels=True),
-    "bottom-up": GuideEntry(_bottom_up),
-    "ladder": GuideEntry(_ladder, for_models=("hierarchical",)),
+    "bottom-up": GuideEntry(_bottom_up, sizes=("latent_dim", "hidden", "top_latent_dim")),
+    "ladder": GuideEntry(_ladder, for_models=("hierarchical",), sizes=("hidden",)),
     "delta": GuideEntry(_encoder(guides.DeltaEncoder), point_mass=True),
 })
 
@@ -195,6 +198,10 @@ OBJECTIVES: Mapping[str, Callable[[Mapping[str, Any]], objectives.Objective]] = 
         "kl-warmup": lambda t: objectives.kl_warmup(t.get("warmup_steps", 500)),
         "mean-field": lambda t: objectives.mean_field(t.get("particles", 1)),
     }))
+# the [train] options each objective reads (others set with it are refused as ignored)
+OBJECTIVE_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "elbo": ("particles",), "iwae": ("iwae_k",), "beta": ("beta",),
+    "kl-warmup": ("warmup_steps",), "mean-field": ("particles",)})
 
 
 def default_guide(model: str) -> str:

@@ -1,0 +1,225 @@
+"""The typed schema of a run's configuration, and its check.
+
+A ``ppvae train`` configuration comes in layers, each overriding the one before: the built-in
+defaults, the run's own ``config.toml`` (with ``--resume``), a ``--config`` TOML file, the
+flags. Every layer is checked against one schema (:data:`SCHEMA`) before anything is built or
+written, and an error names the key and the layer it came from (the file, or the flag):
+
+* types are exact: no string, float or boolean is cast to an integer (``epochs = "2"``,
+  ``epochs = 1.7`` and ``epochs = true`` are refused), and a boolean is ``true`` or ``false``
+  (``jit = "no"`` is refused rather than read as true); an integer is accepted where a float
+  is asked for;
+* ranges: sizes, epochs and counts at least 1, a finite learning rate above 0, a seed that
+  torch and numpy both accept;
+* names: model, guide, objective and binarization among the zoo's (:mod:`ppvae.app.zoo`);
+* the combination (:func:`check_combination`): the guide fits the model, and a size or an
+  objective option that the chosen model, guide and objective would ignore is refused rather
+  than dropped without a word (``--iwae-k 50`` with objective ``elbo``).
+
+What needs the data (labels for a conditional pair, the likelihood, the pair's contract) is
+checked when the run is built, still before the run directory is written.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .zoo import GUIDES, MODELS, OBJECTIVE_OPTIONS, OBJECTIVES, check_names
+
+__all__ = ["SCHEMA", "ConfigError", "Field", "Layer", "check_combination", "check_layer",
+           "describe"]
+
+BINARIZE = ("static", "threshold", "dynamic")
+SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+
+
+class ConfigError(ValueError):
+    """A configuration value of the wrong type, out of range, or in a bad combination."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One configuration key: its type, range or choices, and its flag."""
+
+    kind: str  # "int", "float", "str", "bool" or "ints" (a non-empty list of integers)
+    low: float | None = None  # smallest allowed value (ints: of every element)
+    high: float | None = None
+    choices: Sequence[str] | None = None
+    above: bool = False  # the value must be strictly above ``low``
+
+    def check(self, value: Any) -> str | None:
+        """None when ``value`` fits, else what is wrong (to follow the key's name)."""
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                return f"must be true or false, got {_show(value)}"
+            return None
+        if self.kind == "str":
+            if not isinstance(value, str):
+                return f"must be a string, got {_show(value)}"
+            if self.choices is not None and value not in self.choices:
+                return f"\0unknown {{key}} '{value}'; choose one of: {', '.join(self.choices)}"
+            if not value:
+                return "must not be empty"
+            return None
+        if self.kind == "ints":
+            if not isinstance(value, list | tuple) or not value:
+                return f"must be a non-empty list of integers, e.g. [128], got {_show(value)}"
+            for v in value:
+                bad = self._number(v, integer=True)
+                if bad:
+                    return f"must be a list of integers >= {self.low:g}; an element {bad}"
+            return None
+        return self._number(value, integer=self.kind == "int")
+
+    def _number(self, value: Any, *, integer: bool) -> str | None:
+        want = "an integer" if integer else "a number"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"must be {want}, got {_show(value)}"
+        if integer and not isinstance(value, int):
+            return f"must be {want}, got {_show(value)}"
+        if not math.isfinite(value):
+            return f"must be a finite number, got {value}"
+        if self.low is not None and (value <= self.low if self.above else value < self.low):
+            return f"must be {want} {'>' if self.above else '>='} {self.low:g}, got {value}"
+        if self.high is not None and value > self.high:
+            return f"must be {want} <= {self.high:g}, got {value}"
+        return None
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it, with its TOML type."""
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (a boolean)"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list | tuple):
+        return f"the list {list(value)!r}"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+# (table, key) -> Field; table None: the top level
+SCHEMA: Mapping[tuple[str | None, str], Field] = {
+    (None, "model"): Field("str", choices=tuple(MODELS)),
+    (None, "guide"): Field("str", choices=tuple(GUIDES)),
+    (None, "data"): Field("str"),
+    (None, "data_path"): Field("str"),
+    (None, "binarize"): Field("str", choices=BINARIZE),
+    (None, "seed"): Field("int", 0, SEED_MAX),
+    (None, "device"): Field("str"),
+    ("sizes", "latent_dim"): Field("int", 1),
+    ("sizes", "hidden"): Field("ints", 1),
+    ("sizes", "top_latent_dim"): Field("int", 1),
+    ("sizes", "num_flows"): Field("int", 1),
+    ("sizes", "channels"): Field("int", 1),
+    ("train", "objective"): Field("str", choices=tuple(OBJECTIVES)),
+    ("train", "epochs"): Field("int", 1),
+    ("train", "batch_size"): Field("int", 1),
+    ("train", "lr"): Field("float", 0, above=True),
+    ("train", "particles"): Field("int", 1),
+    ("train", "iwae_k"): Field("int", 1),
+    ("train", "beta"): Field("float", 0),
+    ("train", "warmup_steps"): Field("int", 1),
+    ("train", "patience"): Field("int", 1),
+    ("train", "jit"): Field("bool"),
+}
+TABLES = ("sizes", "train")
+
+
+def describe(table: str | None, key: str, where: str) -> str:
+    """How an error names a key.
+
+    ``--latent-dim`` on the command line, else ``<file>: [sizes] latent_dim``.
+    """
+    if where == "command line":
+        return "--" + key.replace("_", "-")
+    return f"{where}: " + (f"[{table}] {key}" if table else key)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a configuration: where it came from and its values."""
+
+    where: str  # a file name, "command line" or "built-in defaults"
+    values: Mapping[str, Any]
+
+
+def check_layer(layer: Layer) -> None:
+    """Check every key of one layer against :data:`SCHEMA`; :class:`ConfigError` names it."""
+    where = layer.where
+    for k, v in layer.values.items():
+        if k in TABLES:
+            if not isinstance(v, Mapping):
+                raise ConfigError(f"{where}: '{k}' must be a table ([{k}]), got {_show(v)}")
+            for kk, vv in v.items():
+                field = SCHEMA.get((k, kk))
+                if field is None:
+                    valid = [key for t, key in SCHEMA if t == k]
+                    raise ConfigError(f"{where}: unknown key '{kk}' in [{k}]{_close(kk, valid)}"
+                                      f"; valid: {', '.join(valid)}")
+                _raise(field.check(vv), k, kk, where)
+            continue
+        field = SCHEMA.get((None, k))
+        if field is None:
+            valid = [key for t, key in SCHEMA if t is None]
+            raise ConfigError(f"{where}: unknown key '{k}'{_close(k, [*valid, *TABLES])}; "
+                              f"valid: {', '.join(valid)}, [sizes], [train]")
+        _raise(field.check(v), None, k, where)
+
+
+def _close(word: str, options: Sequence[str]) -> str:
+    """`` (did you mean 'x'?)`` for a close match among ``options``, else empty."""
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _raise(bad: str | None, table: str | None, key: str, where: str) -> None:
+    """Raise the :class:`ConfigError` of a failed :meth:`Field.check`, naming key and layer."""
+    if bad is None:
+        return
+    if bad.startswith("\0"):  # a whole sentence about the key, e.g. "unknown model 'x'; ..."
+        text = bad[1:].replace("{key}", key.replace("_", " "))
+        raise ConfigError(text if where == "command line" else f"{where}: {text}")
+    raise ConfigError(f"{describe(table, key, where)} {bad}")
+
+
+def _source(layers: Sequence[Layer], table: str | None, key: str) -> str | None:
+    """The last layer (not the defaults) that set ``key``; None: only the defaults did."""
+    for layer in reversed(layers):
+        values = layer.values.get(table, {}) if table else layer.values
+        if layer.where != "built-in defaults" and isinstance(values, Mapping) and key in values:
+            return layer.where
+    return None
+
+
+def check_combination(cfg: Mapping[str, Any], layers: Sequence[Layer]) -> None:
+    """Check the merged configuration's model, guide, objective and the options they use.
+
+    Raises:
+        ConfigError: a guide that does not fit the model (:func:`ppvae.app.zoo.check_names`),
+            or a size or objective option set by the user that the chosen model, guide and
+            objective do not use, naming the key and where it was set.
+    """
+    check_names(cfg["model"], cfg["guide"])
+    model, guide = MODELS[cfg["model"]], GUIDES[cfg["guide"]]
+    used = set(model.sizes) | set(guide.sizes)
+    for key in sorted(cfg.get("sizes", {})):
+        where = _source(layers, "sizes", key)
+        if where is not None and key not in used:
+            raise ConfigError(
+                f"{describe('sizes', key, where)} is not used by model '{cfg['model']}' with "
+                f"guide '{cfg['guide']}' (they use {', '.join(sorted(used))}); remove it")
+    objective = cfg["train"].get("objective", "elbo")
+    takes = OBJECTIVE_OPTIONS[objective]
+    for key in sorted(set().union(*OBJECTIVE_OPTIONS.values())):
+        where = _source(layers, "train", key)
+        if where is not None and key in cfg["train"] and key not in takes:
+            users = [o for o, opts in OBJECTIVE_OPTIONS.items() if key in opts]
+            raise ConfigError(
+                f"{describe('train', key, where)} is used only by objective "
+                f"{' or '.join(repr(u) for u in users)}; this run's objective is '{objective}'")
