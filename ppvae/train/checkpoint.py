@@ -11,31 +11,44 @@ dicts, so :func:`load_checkpoint` reads it with ``torch.load(weights_only=True)`
 * ``optimizer`` / ``scheduler``: their ``state_dict`` s,
 * ``rng``: the torch (and CUDA) generator states, so a resumed run continues exactly,
 * ``meta_json``: JSON text with the ppvae, Pyro and torch versions, the epoch and step, the
-  fit configuration and the training history (:class:`CheckpointMeta`).
+  fit configuration and the training history (:class:`CheckpointMeta`),
+* ``best`` (optional; absent from older checkpoints): the best validation epoch's parameters and
+  module buffers (:class:`BestParams`) when fit restores the best epoch and it is not the
+  checkpoint's own, so that ``restore_best`` holds across a resume.
 
-A file that cannot be read, was not written by ppvae, has another format version, or does not
-match the parameters it is loaded into raises :class:`CheckpointError` naming the file and the
-problem, before anything is overwritten. :func:`same_run` is the check fit's ``resume`` adds:
+A file that cannot be read, was not written by ppvae, has another format version, lacks one of
+the entries above (``best`` aside), or does not match the parameters it is loaded into raises
+:class:`CheckpointError` naming the file and the problem, before anything is overwritten; torch's
+own warnings while reading a file are silenced, so that error is all a caller sees.
+
+The temporary file of a write that was killed (``.{name}.XXXX.tmp`` next to the checkpoint) is
+left behind; :func:`remove_stale_temps` deletes such files, and :func:`ppvae.fit` calls it before
+it writes. Two processes must therefore never write the same checkpoint path at once (the CLI
+holds a lock on its run directory). A symlink at the checkpoint path is replaced by the new file,
+never written through. :func:`same_run` is the check fit's ``resume`` adds:
 the settings that decide the run's course must be those the checkpoint was written with.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 import pyro
 import torch
 
-__all__ = ["FORMAT", "CheckpointError", "CheckpointMeta", "load_checkpoint", "read_meta",
-           "same_run", "save_checkpoint"]
+__all__ = ["FORMAT", "BestParams", "CheckpointError", "CheckpointMeta", "load_checkpoint",
+           "read_meta", "remove_stale_temps", "same_run", "save_checkpoint"]
 
 FORMAT = "ppvae-checkpoint"
 FORMAT_VERSION = 1
+REQUIRED = ("meta_json", "params", "model_state", "guide_state", "optimizer", "scheduler", "rng")
 
 
 class CheckpointError(RuntimeError):
@@ -49,6 +62,18 @@ class CheckpointMeta(NamedTuple):
     versions: dict[str, str]  # ppvae, pyro, torch
     config: dict[str, Any]  # the fit configuration (JSON types)
     state: dict[str, Any]  # training history and early-stopping state (JSON types)
+
+
+class BestParams(NamedTuple):
+    """The best epoch's parameters and buffers, kept when they are not the checkpoint's own.
+
+    ``params`` by parameter-store name (unconstrained); ``buffers`` those of model and guide in
+    the order :func:`ppvae.train.params.module_buffers` lists them.
+    """
+
+    epoch: int  # 0-based
+    params: dict[str, torch.Tensor]
+    buffers: list[torch.Tensor]
 
 
 def _versions() -> dict[str, str]:
@@ -66,8 +91,12 @@ def _rng_state() -> dict[str, Any]:
 
 def save_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor], model=None,
                     guide=None, optimizer=None, scheduler=None, epoch: int, step: int,
-                    config: dict, state: dict) -> Path:
-    """Write a checkpoint atomically; refuses non-finite parameters. Returns the path."""
+                    config: dict, state: dict, best: BestParams | None = None) -> Path:
+    """Write a checkpoint atomically; refuses non-finite parameters. Returns the path.
+
+    ``best``: the best epoch's parameters and buffers, when they are not ``params`` (the
+    ``best`` entry). A symlink at ``path`` is replaced, not written through.
+    """
     path = Path(path)
     for name, p in params.items():
         if not torch.isfinite(p).all():
@@ -85,6 +114,10 @@ def save_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor],
         "scheduler": scheduler.state_dict() if scheduler is not None else {},
         "rng": _rng_state(),
     }
+    if best is not None:
+        payload["best"] = {"epoch": int(best.epoch),
+                           "params": {k: v.detach().cpu() for k, v in best.params.items()},
+                           "buffers": [b.detach().cpu() for b in best.buffers]}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -99,15 +132,41 @@ def save_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor],
     return path
 
 
+def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that killed writes of checkpoint ``path`` left next to it.
+
+    Only regular files named ``.{name}.*.tmp`` (the pattern :func:`save_checkpoint` writes) in
+    the checkpoint's folder, never the checkpoint itself, a symlink or a folder. Call it only
+    while no other process writes ``path``: a write in progress would lose its file. Returns the
+    files removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    removed = []
+    for p in sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp")):
+        if p.name == path.name or p.is_symlink() or not p.is_file():
+            continue
+        try:
+            p.unlink()
+        except FileNotFoundError:  # gone meanwhile
+            continue
+        removed.append(p)
+    return removed
+
+
 def _read(path: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4" for a raw pickle
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(
             f"{path}: not a readable ppvae checkpoint (corrupt, truncated, or containing "
-            f"objects that weights_only loading refuses): {type(e).__name__}: {e}"
+            f"objects that weights_only loading refuses): {type(e).__name__}: {first}"
         ) from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a ppvae checkpoint (no '{FORMAT}' marker)")
@@ -116,6 +175,15 @@ def _read(path: Path) -> dict:
             f"{path}: checkpoint format version {payload.get('format_version')} is not "
             f"supported (this ppvae reads version {FORMAT_VERSION})"
         )
+    for key in REQUIRED:
+        if key not in payload:
+            raise CheckpointError(f"{path}: malformed checkpoint: missing entry '{key}'")
+    rng = payload["rng"]
+    if not isinstance(rng, dict) or not isinstance(rng.get("torch"), torch.Tensor):
+        raise CheckpointError(f"{path}: malformed checkpoint: entry 'rng' has no torch "
+                              "generator state")
+    if not isinstance(payload["params"], dict):
+        raise CheckpointError(f"{path}: malformed checkpoint: entry 'params' is not a dict")
     return payload
 
 
@@ -150,20 +218,45 @@ def _check_shapes(path: Path, saved: dict, live: dict, what: str) -> None:
             )
 
 
+def _best(path: Path, payload: dict, params: dict[str, torch.Tensor],
+          buffers: Sequence[torch.Tensor]) -> BestParams | None:
+    """The checkpoint's ``best`` entry, checked against the live ``params`` and ``buffers``."""
+    entry = payload.get("best")
+    if entry is None:
+        return None
+    try:
+        epoch, saved, bufs = int(entry["epoch"]), dict(entry["params"]), list(entry["buffers"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed checkpoint: entry 'best': {e}") from e
+    _check_shapes(path, saved, params, "best-epoch parameters")
+    shapes = [tuple(b.shape) if isinstance(b, torch.Tensor) else None for b in bufs]
+    if shapes != [tuple(b.shape) for b in buffers]:
+        raise CheckpointError(f"{path}: the best epoch's module buffers {shapes[:5]} do not "
+                              f"match the model/guide's {[tuple(b.shape) for b in buffers][:5]}")
+    return BestParams(epoch, saved, bufs)
+
+
 def load_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor], model=None,
                     guide=None, optimizer=None, scheduler=None, restore_rng: bool = True,
-                    check: Callable[[CheckpointMeta], None] | None = None) -> CheckpointMeta:
+                    check: Callable[[CheckpointMeta], None] | None = None,
+                    buffers: Sequence[torch.Tensor] = (),
+                    best: Callable[[BestParams], None] | None = None) -> CheckpointMeta:
     """Load a checkpoint into existing parameters, modules, optimizer and scheduler (in place).
 
     ``params`` maps parameter-store names to the live (unconstrained) tensors, as
     :func:`ppvae.fit` collects them. ``check(meta)`` may refuse the checkpoint by raising. Raises
     :class:`CheckpointError` on any mismatch; every check runs before anything is overwritten.
+
+    ``best(entry)`` is called with the checkpoint's :class:`BestParams` when it has one (checked
+    against ``params`` and the module ``buffers``, in :func:`ppvae.train.params.module_buffers`
+    order); the entry is not loaded into anything.
     """
     path = Path(path)
     payload = _read(path)
     meta = _meta(path, payload)
     if check is not None:
         check(meta)
+    entry = _best(path, payload, params, buffers) if best is not None else None
     modules = cast("list[tuple[torch.nn.Module, dict]]",  # the states present, so not None
                    [(obj, payload.get(key)) for obj, key in ((model, "model_state"),
                                                              (guide, "guide_state"))
@@ -189,6 +282,8 @@ def load_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor],
         torch.set_rng_state(payload["rng"]["torch"])
         if "cuda" in payload["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(payload["rng"]["cuda"])
+    if best is not None and entry is not None:
+        best(entry)
     return meta
 
 

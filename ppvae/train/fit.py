@@ -47,8 +47,11 @@ Inputs:
 Host syncs happen once per ``check_every`` steps and per epoch, not per step. A non-finite step
 stops training (``nan_policy="stop"``) or rolls back to the last finite state with a smaller
 learning rate (``"rollback"``), naming the step and the first site with a non-finite log density;
-checkpoints (:mod:`ppvae.checkpoint`) hold finite states only. Ctrl-C stops at the next step
-boundary (:mod:`ppvae.interrupt`) with ``KeyboardInterrupt``; the last finished epoch is saved.
+an epoch whose every window had to be rolled back stops the run too (the rollback could not
+recover). Checkpoints (:mod:`ppvae.checkpoint`) hold finite states and finished epochs only, and
+with validation and ``restore_best`` the best epoch's parameters, so that a resumed run returns
+them as an uninterrupted one does. Ctrl-C stops at the next step boundary
+(:mod:`ppvae.interrupt`) with ``KeyboardInterrupt``; the last finished epoch is saved.
 
 Under ``torchrun`` the same call trains data parallel (:mod:`ppvae.distributed`): each rank takes
 its share of every minibatch of ``batch_size * world_size`` rows, gradients are summed across
@@ -75,7 +78,7 @@ import torch
 from ..core.contract import PairInfo
 from ..core.device import resolve_device
 from ..distributed import process as ddp
-from .checkpoint import load_checkpoint, same_run
+from .checkpoint import BestParams, load_checkpoint, remove_stale_temps, same_run
 from .data import TrainData, check_training_pair, check_valid, unpack_data
 from .evaluate import NonFiniteError
 from .loop import Trainer, train
@@ -85,6 +88,7 @@ from .progress import FitResult, TrainState, fit_result
 from .settings import (
     LoopSettings,
     NanPolicy,
+    check_lr,
     check_optimizer,
     make_optimizer,
     make_schedule,
@@ -122,16 +126,26 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
             and ``restore_best``.
         epochs: passes over the training data.
         batch_size: minibatch rows (per rank under torchrun; a DataLoader's own instead).
-        lr: learning rate of the default Adam or of an optimizer class (checkpoints record it).
+        lr: learning rate of the default Adam or of an optimizer class, a finite number > 0
+            (checkpoints record it).
         objective: a :mod:`ppvae.objectives` objective or a ``pyro.infer`` ELBO instance
             (default ``ELBO()``, or ``TraceEnum_ELBO()`` for a model enumerating sites).
         optimizer: None (Adam), a ``torch.optim`` class, a factory ``params -> optimizer``, a
             ``pyro.optim`` optimizer or a ``pyro.optim`` scheduler.
         schedule: None, ``"cosine"``, ``"plateau"`` or ``optimizer -> scheduler``; stepped per
-            epoch (``ReduceLROnPlateau`` on minus the validation/training value).
+            epoch (``ReduceLROnPlateau`` on minus the validation/training value). ``"cosine"``
+            is ``lr (1 + cos(pi e / epochs)) / 2`` at epoch ``e`` of this call's ``epochs``
+            (:class:`ppvae.train.settings.CosineSchedule`): resumed with more epochs, it
+            anneals from the current epoch to zero at the new end (the epochs already trained
+            keep their rates; it never rises); with the same epochs it continues exactly. A
+            rollback's lower rate lasts under it.
         clip_norm: clip the gradient norm (of the per-datapoint mean loss).
         patience: stop after this many epochs without gain.
-        restore_best: at the end, load the parameters of the best validation epoch.
+        restore_best: at the end, load the parameters of the best validation epoch
+            (``FitResult.best_epoch``; with ``valid`` only). Checkpoints keep them, so a
+            resumed run returns them too; one resumed from a checkpoint that lacks them (older
+            ppvae, or written with ``restore_best=False``) returns the last epoch's while the
+            best epoch predates the resume, and its message says so.
         valid_samples: samples per datapoint for the validation ELBO.
         seed: seeds Pyro's RNG and the minibatch order (None: not reseeded).
         device: where data, model and guide (``nn.Module`` s) live; default CUDA if available
@@ -141,7 +155,10 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
         rollback_lr_factor: the factor applied to the learning rate at each rollback.
         check_every: steps between finiteness checks (one host sync each).
         validate: keep distribution validation on in the loop (always on for the pair check).
-        checkpoint: path written atomically after every epoch.
+        checkpoint: path written atomically after every epoch. Temporary files that killed
+            writes left next to it are removed first
+            (:func:`ppvae.train.checkpoint.remove_stale_temps`), so two fits must never write
+            the same path at once.
         resume: a checkpoint to continue from (a missing file starts fresh).
         transform: ``(x_train, generator) -> x`` once per epoch (tensor data only).
         batch_kw: per-datapoint keyword arguments (labels): a dict of tensors ``[N, ...]``
@@ -163,6 +180,7 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
                             restore_best=restore_best, validate=validate, jit=jit, quiet=quiet,
                             nan=NanPolicy(nan_policy, max_rollbacks, rollback_lr_factor))
     check_optimizer(optimizer, schedule)
+    check_lr(lr, optimizer)
     chosen, t_start = as_objective(objective), time.perf_counter()
     placed, world = place(model, guide, data, valid, device, transform=transform,
                           batch_kw=batch_kw, valid_batch_kw=valid_batch_kw, fixed_kw=fixed_kw,
@@ -171,6 +189,8 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
               optimizer=optimizer, schedule=schedule, resume=resume,
               default_objective=objective is None)
     t.checkpoint, t.on_epoch, steps_before = checkpoint, on_epoch, t.state.step
+    if checkpoint is not None and world.is_main:
+        remove_stale_temps(checkpoint)  # of killed writes; before this call's first write
     stopped, message = train(t)
     return fit_result(t.state, steps=t.state.step - steps_before, train_time=t.train_time,
                       wall_time=time.perf_counter() - t_start, stopped=stopped, message=message,
@@ -213,15 +233,23 @@ def start(model, guide, objective: Objective, data: TrainData, world: SingleProc
     sched = sched if sched is not None else make_schedule(schedule, opt, settings.epochs)
     config = run_config(settings, lr=lr, objective=objective.name, seed=first_seed,
                         num_data=data.n, device=data.device, ranks=world.config())
-    state = resume_state(resume, data.device, config, seed is not None, params=params,
-                         model=model, guide=guide, optimizer=opt, scheduler=sched)
     buffers = module_buffers(model, guide)  # rolled back with the parameters
+    saved: list[BestParams] = []  # the checkpoint's best epoch, when it keeps one
+    state = resume_state(resume, data.device, config, seed is not None, params=params,
+                         model=model, guide=guide, optimizer=opt, scheduler=sched,
+                         buffers=buffers, best=saved.append)
     step_loss = training_loss(objective, model, guide, info, list(params.values()), buffers,
                               jit=settings.jit, validate=settings.validate, train_size=data.n)
     world.start_together([*params.values(), *buffers])  # rank 0's parameters and buffers
+    best = None
+    if data.valid is not None and settings.restore_best and state.best.epoch >= 0:
+        if state.best.epoch == state.epoch - 1:  # the checkpoint's own epoch
+            best = Snapshot.take(params, None, buffers)
+        elif saved and saved[0].epoch == state.best.epoch:
+            best = Snapshot.of(saved[0].params, params, saved[0].buffers, buffers)
     return Trainer(model, guide, info, params, opt, sched, buffers, step_loss, data, world,
                    settings, config, state, last_finite=Snapshot.take(params, opt, buffers),
-                   objective=objective)
+                   objective=objective, best_params=best)
 
 
 def probe_pair(model, guide, objective: Objective, data: TrainData, batch_size: int,
@@ -251,7 +279,8 @@ def resume_state(resume: str | os.PathLike | None, device, config: dict, seed_gi
     """A fresh state, or that of the checkpoint ``resume`` when the file exists (on every rank).
 
     The checkpoint is loaded into the ``live`` parameters, modules, optimizer and scheduler once
-    :func:`same_run` agrees it continues this run. The run keeps the checkpoint's seed when
+    :func:`same_run` agrees it continues this run (``live`` also holds the ``buffers`` and the
+    ``best`` callback of :func:`load_checkpoint`). The run keeps the checkpoint's seed when
     none is given (``config["seed"]`` is updated).
     """
     if not ddp.file_everywhere(resume, device=device):

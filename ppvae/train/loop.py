@@ -9,8 +9,15 @@ optimizer; its loss stays on the device. Every ``check_every`` steps and at the 
 one host sync checks the window's losses and the parameters: a finite window is counted and
 becomes the state to roll back to (:class:`ppvae.train.params.Snapshot`); a non-finite one is
 diagnosed (:mod:`ppvae.train.evaluate`), the parameters restored, and training goes on at a
-smaller learning rate (``nan_policy="rollback"``) or stops. A :class:`Trainer` holds what the
-loop reads; the run's progress is its :class:`ppvae.train.progress.TrainState`.
+smaller learning rate (``nan_policy="rollback"``) or stops. An epoch that kept no finite window
+(each rolled back) stops the run as non-finite: it is not recorded, and no checkpoint claims it.
+A :class:`Trainer` holds what the loop reads; the run's progress is its
+:class:`ppvae.train.progress.TrainState`.
+
+With validation and ``restore_best`` the best epoch's parameters and buffers are kept in memory
+(:func:`track_best`) and written into each checkpoint while they are not the checkpoint's own
+(the ``best`` entry, :mod:`ppvae.train.checkpoint`), so that a resumed run restores them too; a
+run resumed from a checkpoint without them says so in its message.
 """
 
 from __future__ import annotations
@@ -28,13 +35,13 @@ from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from ..core.contract import PairInfo
-from .checkpoint import save_checkpoint
+from .checkpoint import BestParams, save_checkpoint
 from .data import Epoch, Minibatch, TrainData
 from .evaluate import NonFiniteError, conditional_pair, describe_failure
 from .interrupt import DeferredInterrupt
 from .params import Snapshot, params_finite
 from .progress import Best, EpochTally, TrainState
-from .settings import LoopSettings, step_schedule
+from .settings import LoopSettings, scale_lr, step_schedule
 from .world import SingleProcess
 
 __all__ = ["Trainer", "train"]
@@ -66,6 +73,7 @@ class Trainer:
     on_epoch: Callable[..., None] | None = None
     objective: Any = None  # what trains (FitResult.objective describes it)
     best_params: Snapshot | None = None  # the best epoch's, with validation and restore_best
+    # (no optimizer state); None after a resume from a checkpoint that lacks them
     train_time: float = 0.0  # seconds in training steps in this call
     param_list: list[torch.Tensor] = field(init=False)
     zero: torch.Tensor = field(init=False)  # the loss of an empty shard
@@ -121,9 +129,29 @@ def train(t: Trainer) -> tuple[str, str]:
         stop.uninstall()
         bar.close()
     stop.check()  # pressed during the last epoch's validation or checkpoint
-    if t.best_params is not None and s.best.epoch != s.epoch - 1:
-        t.best_params.restore(t.params, t.optimizer, t.buffers)
-    return outcome
+    return outcome[0], outcome[1] + restore_best(t, outcome[0])
+
+
+def restore_best(t: Trainer, stopped: str) -> str:
+    """Load the best epoch's parameters when kept; returns what to add to the message.
+
+    With validation and ``restore_best``, when the best epoch is not the last: its parameters
+    are restored (said for a non-finite stop, whose message names the last finite state), or,
+    when they were not available (resumed from a checkpoint written without them), the message
+    says the last epoch's parameters are returned.
+    """
+    s = t.state
+    if t.data.valid is None or not t.settings.restore_best or s.best.epoch < 0 \
+            or s.best.epoch == s.epoch - 1:
+        return ""
+    if t.best_params is None:
+        return (f"; the best epoch's ({s.best.epoch}) parameters were not available (the "
+                "checkpoint resumed from does not keep them), so the parameters returned are "
+                f"the last epoch's ({s.epoch - 1}), not the best")
+    t.best_params.restore(t.params, t.optimizer, t.buffers)
+    if stopped == "non_finite":
+        return f"; restored the best epoch's ({s.best.epoch}) parameters"
+    return ""
 
 
 def run_epoch(t: Trainer, stop: DeferredInterrupt, bar) -> bool:
@@ -144,6 +172,7 @@ def train_epoch(t: Trainer, stop: DeferredInterrupt) -> float:
     ep = t.data.train.epoch(t.seed, t.state.epoch)  # a fresh permutation (or one stream pass)
     t.world.seed_epoch(t.seed, t.state.epoch)
     tally, every = EpochTally(), t.settings.check_every
+    failures: list[str] = []
     for mb in ep.minibatches(t.minibatch):
         stop.check()
         failure = train_step(t, ep, mb, tally)
@@ -152,11 +181,20 @@ def train_epoch(t: Trainer, stop: DeferredInterrupt) -> float:
         if failure is not None:
             tally.drop_window()
             roll_back_or_stop(t, failure)
+            failures.append(failure)
     if tally.window:  # the epoch's last window
         failure = check_window(t, ep, tally)
         if failure is not None:
             tally.drop_window()
             roll_back_or_stop(t, failure)
+            failures.append(failure)
+    if failures and not tally.kept:  # every window rolled back: nothing of the epoch stands
+        s = t.state
+        raise NonFiniteError(
+            f"the rollback could not recover: epoch {s.epoch} (0-based) kept no finite window "
+            f"(each of its {len(failures)} failed window(s) was rolled back; {s.rollbacks} "
+            f"rollback(s) in all), so it is not recorded and the parameters are those of the "
+            f"last finite state, before epoch {s.epoch}. Last failure: {failures[-1]}")
     return tally.train_value()
 
 
@@ -234,8 +272,7 @@ def roll_back_or_stop(t: Trainer, failure: str) -> None:
     nan, s = t.settings.nan, t.state
     if nan.rolls_back and s.rollbacks < nan.max_rollbacks:
         s.rollbacks += 1
-        for g in t.optimizer.param_groups:
-            g["lr"] *= nan.lr_factor
+        scale_lr(t.optimizer, t.scheduler, nan.lr_factor)  # lasting under a cosine schedule
         return
     raise NonFiniteError(failure + (f"; rolled back {s.rollbacks} time(s) before stopping"
                                     if nan.rolls_back else ""))
@@ -281,12 +318,15 @@ def validate(t: Trainer) -> float:
 
 
 def track_best(t: Trainer, value: float) -> None:
-    """Keep the best epoch (and, with validation and ``restore_best``, its parameters)."""
+    """Keep the best epoch (and, with validation and ``restore_best``, its parameters).
+
+    The parameters and buffers only: the optimizer state is not needed to return them.
+    """
     s = t.state
     if value > s.best.value:
         s.best = Best(value, s.epoch, 0)
         if t.data.valid is not None and t.settings.restore_best:
-            t.best_params = t.snapshot()
+            t.best_params = Snapshot.take(t.params, None, t.buffers)
     else:
         s.best = s.best._replace(bad_epochs=s.best.bad_epochs + 1)
 
@@ -296,10 +336,15 @@ def save_epoch(t: Trainer) -> None:
     if t.checkpoint is None:
         return
     s = t.state
+    best = None  # the best epoch's parameters, when restored at the end and not this epoch's
+    if t.best_params is not None and s.best.epoch != s.epoch - 1:
+        names = list(t.params)
+        best = BestParams(s.best.epoch, dict(zip(names, t.best_params.values, strict=True)),
+                          list(t.best_params.buffers))
     if t.world.is_main:
         save_checkpoint(t.checkpoint, params=t.params, model=t.model, guide=t.guide,
                         optimizer=t.optimizer, scheduler=t.scheduler, epoch=s.epoch,
-                        step=s.step, config=t.config, state=s.to_checkpoint())
+                        step=s.step, config=t.config, state=s.to_checkpoint(), best=best)
     t.world.after_checkpoint()
 
 

@@ -10,8 +10,9 @@ state) for rollback and best-epoch restore:
   calls ``backward``) run as in a training step, and a Jit ELBO compiles a graph with gradients.
 * :func:`module_buffers`: the buffers (running statistics, EMA codebooks) of model and guide,
   which a rollback restores with the parameters.
-* :class:`Snapshot` copies parameter values, module buffers and optimizer state, and restores
-  them in place (keeping the current learning rates).
+* :class:`Snapshot` copies parameter values, module buffers and optimizer state (or not: the
+  best epoch's snapshot needs none), and restores them in place (keeping the current learning
+  rates).
 * :func:`params_finite` (a device tensor, no host sync) and :func:`nonfinite_param` (the name
   of the first non-finite parameter) check the parameters.
 """
@@ -71,26 +72,46 @@ class Snapshot(NamedTuple):
     """
 
     values: list[torch.Tensor]
-    optimizer: dict
+    optimizer: dict | None  # None: the optimizer is left as it is on restore
     buffers: tuple[torch.Tensor, ...] = ()
 
     @classmethod
     def take(cls, params: dict[str, torch.Tensor], optimizer,
              buffers: Sequence[torch.Tensor] = ()) -> Snapshot:
-        """Copy the parameters' values, the optimizer state and the buffers."""
+        """Copy the parameters' values, the optimizer state (None: none) and the buffers."""
         with torch.no_grad():
             values = [p.detach().clone() for p in params.values()]
             saved = [b.detach().clone() for b in buffers]
-        return cls(values, copy.deepcopy(optimizer.state_dict()), tuple(saved))
+        state = copy.deepcopy(optimizer.state_dict()) if optimizer is not None else None
+        return cls(values, state, tuple(saved))
+
+    @classmethod
+    def of(cls, saved: dict[str, torch.Tensor], params: dict[str, torch.Tensor],
+           buffers: Sequence[torch.Tensor], like: Sequence[torch.Tensor] = ()) -> Snapshot:
+        """A snapshot without optimizer state of values ``saved`` by parameter name.
+
+        Each value and buffer moved to its live tensor's (``params``, ``like``) device and dtype.
+        """
+        with torch.no_grad():
+            values = [saved[n].to(device=p.device, dtype=p.dtype).clone()
+                      for n, p in params.items()]
+            bufs = [b.to(device=live.device, dtype=live.dtype).clone()
+                    for b, live in zip(buffers, like, strict=True)]
+        return cls(values, None, tuple(bufs))
 
     def restore(self, params: dict[str, torch.Tensor], optimizer,
                 buffers: Sequence[torch.Tensor] = ()) -> None:
-        """Copy the saved values back in place, keeping the optimizer's current learning rates."""
+        """Copy the saved values back in place, keeping the optimizer's current learning rates.
+
+        A snapshot without optimizer state leaves the optimizer as it is.
+        """
         with torch.no_grad():
             for p, v in zip(params.values(), self.values, strict=True):
                 p.copy_(v)
             for b, v in zip(buffers, self.buffers, strict=True):
                 b.copy_(v)
+        if self.optimizer is None:
+            return
         lrs = [g["lr"] for g in optimizer.param_groups]  # keep the current learning rates
         optimizer.load_state_dict(copy.deepcopy(self.optimizer))
         for g, lr in zip(optimizer.param_groups, lrs, strict=True):

@@ -109,13 +109,17 @@ class FitResult(NamedTuple):
     train_objective: list[float]  # per epoch: mean per-datapoint objective (ELBO by default)
     valid_elbo: list[float]  # per epoch: mean per-datapoint validation ELBO (empty: no valid)
     lr: list[float]  # per epoch: learning rate used
-    best_epoch: int  # epoch (0-based) with the best validation (else training) value
+    # epoch (0-based) with the best validation (else training) value; with valid and restore_best
+    # the parameters fit leaves are this epoch's, unless the message says they were not available
+    best_epoch: int
     epochs: int  # epochs completed
     steps: int  # optimizer steps completed
     wall_time: float  # seconds in this call
     steps_per_second: float  # optimizer steps per second of training time in this call
     stopped: str  # "completed", "early_stopping" or "non_finite"
-    message: str  # why it stopped; for non-finite: the step and the offending site
+    # why it stopped; for non-finite: the step and the offending site, or the epoch whose every
+    # window was rolled back
+    message: str
     rollbacks: int  # non-finite steps rolled back
     objective: str = ""  # what trained, e.g. "elbo" or "TraceEnum_ELBO(num_particles=1)"
 

@@ -14,8 +14,11 @@ checkpoint records.
   or ``pyro.optim.ClippedAdam({...})`` (its constructor and arguments; per-parameter arguments
   become parameter groups), or a ``pyro.optim.PyroLRScheduler`` such as
   ``pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam, "optim_args": {...}, "gamma": 0.9})``
-  (the optimizer and its scheduler, stepped per epoch). :func:`make_schedule` (``"cosine"``,
-  ``"plateau"`` or a factory) is stepped per epoch by :func:`step_schedule`.
+  (the optimizer and its scheduler, stepped per epoch). :func:`check_lr` refuses an ``lr`` that
+  is not a finite number > 0 where the optimizer uses it. :func:`make_schedule` (``"cosine"``:
+  :class:`CosineSchedule`, ``"plateau"`` or a factory) is stepped per epoch by
+  :func:`step_schedule`; a rollback lowers the learning rates through :func:`scale_lr`, which
+  keeps a closed-form schedule from undoing it.
 * :func:`run_config`: the settings that identify a run, written into every checkpoint and
   compared on resume (:func:`ppvae.train.checkpoint.same_run`).
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,13 +41,16 @@ from pyro.params.param_store import (
 )
 
 __all__ = [
+    "CosineSchedule",
     "LoopSettings",
     "NanPolicy",
+    "check_lr",
     "check_optimizer",
     "check_settings",
     "make_optimizer",
     "make_schedule",
     "run_config",
+    "scale_lr",
     "step_schedule",
 ]
 
@@ -129,6 +136,19 @@ def check_optimizer(spec, schedule) -> None:
         f"{{'lr': 1e-3}}, 'gamma': 0.9}})), got {spec!r}")
 
 
+def check_lr(lr, spec) -> None:
+    """Refuse an ``lr`` that is not a finite number > 0 where the optimizer uses it, by name.
+
+    fit passes ``lr`` to the default Adam (``spec`` None) and to a ``torch.optim.Optimizer``
+    subclass; a factory or a ``pyro.optim`` optimizer brings its own learning rate.
+    """
+    if spec is not None and not isinstance(spec, type):
+        return
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not math.isfinite(lr) \
+            or lr <= 0:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+
+
 def make_optimizer(params: dict[str, torch.Tensor], spec, lr: float
                    ) -> tuple[torch.optim.Optimizer, Any, float]:
     """The optimizer ``spec`` describes over ``params`` (by parameter-store name).
@@ -177,12 +197,56 @@ def _pyro_optimizer(spec: PyroOptim, params: dict[str, torch.Tensor]) -> torch.o
     return make(list(groups.values()))
 
 
+class CosineSchedule(torch.optim.lr_scheduler.LRScheduler):
+    """``schedule="cosine"``: ``lr(e) = lr0 (1 + cos(pi e / epochs)) / 2`` in closed form.
+
+    ``e`` counts the scheduler's steps (epochs completed) and ``epochs`` is the horizon of the
+    current fit call, also after :meth:`load_state_dict`: a run resumed with more epochs anneals
+    from where it is to zero at its new end (never back up); ``e >= epochs`` gives 0. ``lr0``
+    is each group's base learning rate (``base_lrs``), which :func:`scale_lr` lowers with the
+    group's at a rollback. Loads the state of a ``CosineAnnealingLR`` (checkpoints of ppvae
+    before this class), whose ``T_max`` and ``eta_min`` it ignores.
+
+    Args:
+        optimizer: the optimizer whose groups' learning rates it sets.
+        epochs: the horizon (at least 1).
+    """
+
+    _STATE = ("base_lrs", "last_epoch", "_step_count", "_last_lr")  # what a load takes
+
+    def __init__(self, optimizer: torch.optim.Optimizer, epochs: int) -> None:
+        self.epochs = max(int(epochs), 1)
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[Any]:
+        """The learning rates at step ``last_epoch`` (the current ones when constructed)."""
+        if getattr(self, "_is_initial", False):
+            return [g["lr"] for g in self.optimizer.param_groups]
+        return self.closed_form()
+
+    def closed_form(self) -> list[Any]:
+        """``base_lr (1 + cos(pi e / epochs)) / 2`` per group, ``e = min(last_epoch, epochs)``."""
+        e = min(max(self.last_epoch, 0), self.epochs)
+        factor = 0.5 * (1.0 + math.cos(math.pi * e / self.epochs))
+        return [base * factor for base in self.base_lrs]
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load the step count and base rates; keep this call's horizon and set the rates."""
+        super().load_state_dict({k: v for k, v in state_dict.items() if k in self._STATE})
+        for g, lr in zip(self.optimizer.param_groups, self.closed_form(), strict=True):
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(lr)
+            else:
+                g["lr"] = lr
+        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
+
 def make_schedule(spec, optimizer, epochs: int):
     """The learning-rate scheduler ``spec`` names (None: none)."""
     if spec is None:
         return None
     if spec == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+        return CosineSchedule(optimizer, epochs)
     if spec == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, factor=0.5, patience=3)
     if callable(spec):
@@ -197,6 +261,19 @@ def step_schedule(scheduler, value: float) -> None:
         scheduler.step(-value)
     elif scheduler is not None:
         scheduler.step()
+
+
+def scale_lr(optimizer: torch.optim.Optimizer, scheduler, factor: float) -> None:
+    """Multiply every group's learning rate by ``factor`` (a rollback), lastingly.
+
+    A scheduler's ``base_lrs`` are scaled too, so that a closed-form schedule (such as
+    :class:`CosineSchedule`, computed from them) keeps the reduction at its next step.
+    """
+    for g in optimizer.param_groups:
+        g["lr"] *= factor
+    base = getattr(scheduler, "base_lrs", None)
+    if isinstance(base, list) and len(base) == len(optimizer.param_groups):
+        scheduler.base_lrs = [b * factor for b in base]
 
 
 def run_config(s: LoopSettings, *, lr: float, objective: str, seed: int, num_data: int | None,

@@ -111,7 +111,7 @@ def test_nan_in_data_stops_cleanly_and_keeps_a_finite_checkpoint(tmp_path, digit
     ck = tmp_path / "nan.pt"
     vae = _vae(3)
     kw = dict(batch_size=32, quiet=True, device="cpu", checkpoint=ck, nan_policy=policy,
-              max_rollbacks=1)
+              max_rollbacks=1, check_every=2)  # windows of 2 steps: the rest of a bad epoch stands
     ppvae.fit(vae, vae.guide, x, epochs=1, **kw)
     x[200, 5] = float("nan")  # not in the first batch that the contract check sees
     r = ppvae.fit(vae, vae.guide, x, epochs=5, resume=ck, **kw)
@@ -123,6 +123,7 @@ def test_nan_in_data_stops_cleanly_and_keeps_a_finite_checkpoint(tmp_path, digit
     # completes and is checkpointed) and stops when it meets it again in the next epoch
     done = 1 if policy == "stop" else 2
     assert r.epochs == done and r.rollbacks == (0 if policy == "stop" else 1)
+    assert all(math.isfinite(v) for v in r.train_objective)
     assert all(torch.isfinite(p).all() for p in vae.parameters())
     _assert_checkpoint_finite(ck, done)
 
@@ -130,8 +131,9 @@ def test_nan_in_data_stops_cleanly_and_keeps_a_finite_checkpoint(tmp_path, digit
 def test_poisoned_learning_rate_stops_naming_step_and_site(tmp_path, digits):
     vae = _vae(4)
     ck = tmp_path / "lr.pt"
-    r = ppvae.fit(vae, vae.guide, digits.train[:256], epochs=2, batch_size=32, lr=math.inf,
-                  quiet=True, device="cpu", checkpoint=ck, check_every=4)
+    r = ppvae.fit(vae, vae.guide, digits.train[:256], epochs=2, batch_size=32, quiet=True,
+                  device="cpu", checkpoint=ck, check_every=4,  # fit refuses lr=inf itself
+                  optimizer=lambda ps: torch.optim.Adam(ps, lr=math.inf))
     assert r.stopped == "non_finite"
     # step 0's update (lr = inf) poisons the parameters; step 1's loss is the first non-finite
     assert "at step 1" in r.message and "diverged" in r.message, r.message
