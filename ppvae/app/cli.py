@@ -136,7 +136,8 @@ class _StartupInterrupt:
         self._previous: Any = None
 
     def __enter__(self) -> _StartupInterrupt:
-        if threading.current_thread() is threading.main_thread():
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
             self._previous = signal.signal(signal.SIGINT, self._note)
         return self
 
