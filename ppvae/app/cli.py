@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 import signal
 import sys
 import threading
@@ -69,6 +70,12 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         """Print one line and exit with code 2 (argparse prints the whole usage)."""
         hint = ""
+        bad_choice = re.match(r"argument .*: invalid choice: '([^']*)' \(choose from (.*)\)",
+                              message)
+        if bad_choice:
+            close = difflib.get_close_matches(
+                bad_choice.group(1), re.findall(r"'([^']*)'", bad_choice.group(2)), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
         if message.startswith("unrecognized arguments:"):
             options = [o for a in self._actions for o in a.option_strings]
             for word in message.split(":", 1)[1].split():

@@ -71,7 +71,7 @@ class Field:
             for v in value:
                 bad = self._number(v, integer=True)
                 if bad:
-                    return f"must be a list of integers >= {self.low:g}; an element {bad}"
+                    return f"must be a list of integers >= {_num(self.low)}; an element {bad}"
             return None
         return self._number(value, integer=self.kind == "int")
 
@@ -84,10 +84,16 @@ class Field:
         if not math.isfinite(value):
             return f"must be a finite number, got {value}"
         if self.low is not None and (value <= self.low if self.above else value < self.low):
-            return f"must be {want} {'>' if self.above else '>='} {self.low:g}, got {value}"
+            return (f"must be {want} {'>' if self.above else '>='} {_num(self.low)}, got "
+                    f"{value}")
         if self.high is not None and value > self.high:
-            return f"must be {want} <= {self.high:g}, got {value}"
+            return f"must be {want} <= {_num(self.high)}, got {value}"
         return None
+
+
+def _num(x: float | None) -> str:
+    """A bound as written: 1, not 1.0."""
+    return str(int(x)) if x is not None and float(x).is_integer() else str(x)
 
 
 def _show(value: Any) -> str:

@@ -122,7 +122,10 @@ def check_device(device: str | None) -> None:
     try:
         resolve_device(device)
     except (RuntimeError, ValueError) as e:
-        raise UsageError(f"device '{device}': {e}") from e
+        if "Expected one of" in str(e) or "Invalid device" in str(e):
+            raise UsageError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:<index> or "
+                             "mps") from e
+        raise UsageError(str(e)) from e
 
 
 def _merge(base: dict, over: Mapping[str, Any]) -> dict:
@@ -206,7 +209,11 @@ def build_data(name: str, *, binarize: str | None = None, path: str | None = Non
             raise BuildError(f"data file missing: {e}") from e
         except (ValueError, RuntimeError) as e:
             raise BuildError(f"data set '{name}': {e}") from e
-    if Path(name).suffix in (".npy", ".csv", ".txt"):
+    suffix = Path(name).suffix
+    if suffix and suffix not in (".npy", ".csv", ".txt"):
+        raise BuildError(f"{name}: unsupported data file type '{suffix}'; use a .npy, .csv or "
+                         f".txt file of rows, or one of the data sets: {', '.join(DATASETS)}")
+    if suffix:
         # 80 / 10 / 10: train, validation and test need a row each
         x = load_matrix(name, min_rows=3).to(torch.float32)
         if binarize is not None and binarize != "dynamic":

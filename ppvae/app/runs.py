@@ -287,8 +287,10 @@ def to_toml(config: dict[str, Any]) -> str:
 def read_toml(path: str | os.PathLike) -> dict[str, Any]:
     """Parse a TOML file; a missing or malformed file raises :class:`RunError` naming it."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise RunError(f"config file not found: {p}")
+    if not p.is_file():
+        raise RunError(f"config file {p} is not a file")
     try:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -331,6 +333,8 @@ class RunDir(NamedTuple):
     def open(cls, path: str | os.PathLike) -> RunDir:
         """An existing run directory (it must hold config.toml)."""
         p = Path(path)
+        if not p.exists():
+            raise RunError(f"run directory {p} does not exist")
         if not (p / "config.toml").is_file():
             raise RunError(f"{p} is not a ppvae run directory (no config.toml); "
                            "create one with 'ppvae train'")
