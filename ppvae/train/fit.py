@@ -53,6 +53,18 @@ with validation and ``restore_best`` the best epoch's parameters, so that a resu
 them as an uninterrupted one does. Ctrl-C stops at the next step boundary
 (:mod:`ppvae.interrupt`) with ``KeyboardInterrupt``; the last finished epoch is saved.
 
+Resuming (``resume=``) continues the run exactly when its settings are unchanged. With
+``restore_best`` the checkpoint also keeps the best epoch's parameters, so a resumed run returns
+them; one resumed from a checkpoint that lacks them (older ppvae, or written with
+``restore_best=False``) returns the last epoch's while the best epoch predates the resume, and
+its message says so. ``schedule="cosine"`` is ``lr (1 + cos(pi e / epochs)) / 2`` at epoch ``e``
+of this call's ``epochs`` (:class:`ppvae.train.settings.CosineSchedule`): resumed with more
+epochs, it anneals from the current epoch to zero at the new end (the epochs already trained
+keep their rates; it never rises); a rollback's lower rate lasts under it. Temporary files that
+killed checkpoint writes left are removed before the first write
+(:func:`ppvae.train.checkpoint.remove_stale_temps`), so two fits must never write the same
+checkpoint at once (the command line locks its run directory).
+
 Under ``torchrun`` the same call trains data parallel (:mod:`ppvae.distributed`): each rank takes
 its share of every minibatch of ``batch_size * world_size`` rows, gradients are summed across
 ranks weighted by shard size (one process's step on the whole minibatch), rank 0 checkpoints.
@@ -122,43 +134,30 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
         guide: its guide.
         data: a tensor / numpy array ``[N, ...]``, a :class:`ppvae.data.Dataset` record, a
             ``torch.utils.data.Dataset`` (indexed) or a ``DataLoader`` (streamed).
-        valid: held-out data (any form of ``data``) for the per-epoch ELBO, early stopping
-            and ``restore_best``.
+        valid: held-out data (as ``data``) for the epoch's ELBO, early stopping, restore_best.
         epochs: passes over the training data.
         batch_size: minibatch rows (per rank under torchrun; a DataLoader's own instead).
-        lr: learning rate of the default Adam or of an optimizer class, a finite number > 0
-            (checkpoints record it).
+        lr: learning rate (> 0, finite) of the default Adam or of an optimizer class.
         objective: a :mod:`ppvae.objectives` objective or a ``pyro.infer`` ELBO instance
             (default ``ELBO()``, or ``TraceEnum_ELBO()`` for a model enumerating sites).
         optimizer: None (Adam), a ``torch.optim`` class, a factory ``params -> optimizer``, a
             ``pyro.optim`` optimizer or a ``pyro.optim`` scheduler.
         schedule: None, ``"cosine"``, ``"plateau"`` or ``optimizer -> scheduler``; stepped per
-            epoch (``ReduceLROnPlateau`` on minus the validation/training value). ``"cosine"``
-            is ``lr (1 + cos(pi e / epochs)) / 2`` at epoch ``e`` of this call's ``epochs``
-            (:class:`ppvae.train.settings.CosineSchedule`): resumed with more epochs, it
-            anneals from the current epoch to zero at the new end (the epochs already trained
-            keep their rates; it never rises); with the same epochs it continues exactly. A
-            rollback's lower rate lasts under it.
+            epoch (``ReduceLROnPlateau`` on minus the validation/training value); on resume:
+            the module docstring, "Resuming".
         clip_norm: clip the gradient norm (of the per-datapoint mean loss).
         patience: stop after this many epochs without gain.
         restore_best: at the end, load the parameters of the best validation epoch
-            (``FitResult.best_epoch``; with ``valid`` only). Checkpoints keep them, so a
-            resumed run returns them too; one resumed from a checkpoint that lacks them (older
-            ppvae, or written with ``restore_best=False``) returns the last epoch's while the
-            best epoch predates the resume, and its message says so.
+            (``FitResult.best_epoch``; with ``valid`` only; also after a resume).
         valid_samples: samples per datapoint for the validation ELBO.
         seed: seeds Pyro's RNG and the minibatch order (None: not reseeded).
-        device: where data, model and guide (``nn.Module`` s) live; default CUDA if available
-            (under torchrun with NCCL: GPU ``LOCAL_RANK``).
+        device: where data and modules live; default CUDA if there (torchrun: ``LOCAL_RANK``).
         nan_policy: ``"stop"`` or ``"rollback"`` (to the last finite state).
         max_rollbacks: the most rollbacks ``nan_policy="rollback"`` makes.
         rollback_lr_factor: the factor applied to the learning rate at each rollback.
         check_every: steps between finiteness checks (one host sync each).
-        validate: keep distribution validation on in the loop (always on for the pair check).
-        checkpoint: path written atomically after every epoch. Temporary files that killed
-            writes left next to it are removed first
-            (:func:`ppvae.train.checkpoint.remove_stale_temps`), so two fits must never write
-            the same path at once.
+        validate: keep distribution validation on in the loop (on for the pair check).
+        checkpoint: path written atomically after every epoch (never by two fits at once).
         resume: a checkpoint to continue from (a missing file starts fresh).
         transform: ``(x_train, generator) -> x`` once per epoch (tensor data only).
         batch_kw: per-datapoint keyword arguments (labels): a dict of tensors ``[N, ...]``
@@ -167,13 +166,11 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
         valid_batch_kw: the same for ``valid`` (for a Dataset / DataLoader: the training names).
         fixed_kw: keyword arguments passed to model and guide unchanged.
         data_key: the key of x in dict items of a Dataset / DataLoader.
-        jit: capture the objective as a graph once per minibatch shape and replay it
-            (:mod:`ppvae.capture`; same tensor operations for every minibatch, checked). Not with
-            ``validate``, Pyro's Jit ELBOs or ELBOs computing their own gradients.
+        jit: replay the objective from a graph captured per minibatch shape
+            (:mod:`ppvae.capture`; not with ``validate``, Jit ELBOs or own-gradient ELBOs).
         quiet: no progress bar.
-        on_epoch: called after each epoch (and its checkpoint) as ``on_epoch(epoch=e,
-            train=..., valid=... or None, lr=..., step=..., seconds=...)``, ``e`` counting
-            completed epochs (a run log such as the CLI's metrics.jsonl).
+        on_epoch: called after each epoch's checkpoint as ``on_epoch(epoch=e, train=...,
+            valid=... or None, lr=..., step=..., seconds=...)``, ``e`` the epochs completed.
     """
     settings = LoopSettings(epochs=epochs, batch_size=batch_size, check_every=check_every,
                             valid_samples=valid_samples, patience=patience, clip_norm=clip_norm,
