@@ -111,11 +111,15 @@ def _require_continuous(model, guide, x: torch.Tensor, figure: str, *,
 
 
 def _image_shape(d: int, image_shape) -> tuple[int, int]:
+    """The (height, width) each row is drawn as.
+
+    ``image_shape``, a square, or a D x 1 strip (rows of features that are not images).
+    """
     if image_shape is not None:
         return tuple(image_shape)
     side = math.isqrt(d)
     if side * side != d:
-        raise ValueError(f"cannot lay out {d} values as a square image; pass image_shape")
+        return d, 1
     return side, side
 
 
@@ -132,7 +136,8 @@ def _tile(images: torch.Tensor, nrows: int, ncols: int, shape: tuple[int, int]) 
 
 def _show(canvas: np.ndarray, title: str, size: float = 4.0) -> Figure:
     fig, ax = plt.subplots(figsize=(size, size * canvas.shape[0] / canvas.shape[1] + 0.4))
-    ax.imshow(canvas, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    low, high = min(0.0, float(canvas.min())), max(1.0, float(canvas.max()))  # real values
+    ax.imshow(canvas, cmap="gray", vmin=low, vmax=high, interpolation="nearest")
     ax.set_title(title)
     ax.axis("off")
     fig.tight_layout()

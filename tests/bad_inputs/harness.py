@@ -54,7 +54,8 @@ def assert_refused(code, err, expect=(), *, exit_code=2):
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one line on stderr, got {len(lines)}:\n{err}"
-    assert re.match(r"^ppvae( [a-z]+)?: (error|interrupted)", lines[0]), lines[0]
+    assert re.match(r"^ppvae( [a-z]+)?: (error:|interrupted|training stopped)", lines[0]), \
+        lines[0]
     for fragment in (expect,) if isinstance(expect, str) else expect:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
     return lines[0]
