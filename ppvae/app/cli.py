@@ -205,6 +205,8 @@ def _os_error(e: OSError) -> str:
     why = reason(e)
     if e.filename is not None:
         return f"{e.filename}: {why}"
+    if e.strerror and e.errno is not None and str(e.strerror).startswith("cannot "):
+        return str(e.strerror)  # a message that names the file already
     return why if e.strerror else str(e)
 
 

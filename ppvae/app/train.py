@@ -115,30 +115,30 @@ def main(args) -> int:
     run = RunDir.create(out)
     before = {p.name for p in run.path.iterdir()}
     resume_cmd = shlex.join(["ppvae", "train", "--out", str(run.path), "--resume"])
-    with RunLock(run.path, command_line()):
-        try:
+    try:
+        with RunLock(run.path, command_line()):
             res = train_run(cfg, run, resume=args.resume, quiet=args.quiet, built=built)
-        except KeyboardInterrupt:  # train_run marked the sections of the older model stale
-            if _undo_failed_start(run, before, created, args.resume):
-                print("ppvae: interrupted before the first epoch finished; nothing was kept",
-                      file=sys.stderr)
-            else:
-                print(f"ppvae: interrupted; the last finished epoch is saved. Continue with: "
-                      f"{resume_cmd}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        except BaseException:
-            _undo_failed_start(run, before, created, args.resume)
-            raise
-        if res.stopped == "non_finite":
-            if _undo_failed_start(run, before, created, args.resume) or res.epochs == 0:
-                kept = "nothing was kept"
-            else:
-                kept = (f"the last finite epoch ({res.epochs}) is saved in {run.checkpoint}; "
-                        "continue with a smaller learning rate: ppvae train --out "
-                        f"{shlex.quote(str(run.path))} --resume --lr <smaller>")
-            print(f"ppvae: training stopped on non-finite values: {res.message}; {kept}",
+    except KeyboardInterrupt:  # train_run marked the sections of the older model stale
+        if _undo_failed_start(run, before, created, args.resume):
+            print("ppvae: interrupted before the first epoch finished; nothing was kept",
                   file=sys.stderr)
-            return EXIT_NON_FINITE
+        else:
+            print(f"ppvae: interrupted; the last finished epoch is saved. Continue with: "
+                  f"{resume_cmd}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BaseException:
+        _undo_failed_start(run, before, created, args.resume)
+        raise
+    if res.stopped == "non_finite":
+        if _undo_failed_start(run, before, created, args.resume) or res.epochs == 0:
+            kept = "nothing was kept"
+        else:
+            kept = (f"the last finite epoch ({res.epochs}) is saved in {run.checkpoint}; a "
+                    "resume keeps the run's settings, so train again with a smaller --lr "
+                    "into a new --out")
+        print(f"ppvae: training stopped on non-finite values: {res.message}; {kept}",
+              file=sys.stderr)
+        return EXIT_NON_FINITE
     valid = f", validation ELBO {res.valid_elbo[-1]:.3f}" if res.valid_elbo else ""
     print(f"trained {res.epochs} epochs ({res.stopped}){valid}")
     print(f"run directory: {run.path}\nreport: {run.file('report.md')}")

@@ -126,8 +126,11 @@ def save_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor],
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # name the file (e.g. a full disk)
+            kept = "the previous checkpoint is unchanged" if path.exists() else "none was written"
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}; {kept}") from e
         raise
     return path
 

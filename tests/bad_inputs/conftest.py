@@ -40,21 +40,19 @@ def _mount_tmpfs(path: Path, size: str) -> bool:
 
 
 def _fill(path: Path) -> None:
-    """Fill the file system of ``path`` until no byte is left."""
-    with open(path / "filler", "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * (1 << 16))
-                f.flush()
-        except OSError as e:
-            assert e.errno == errno.ENOSPC
-    with open(path / "filler2", "wb") as f:  # the last partial block
-        try:
-            while True:
-                f.write(b"\0" * 512)
-                f.flush()
-        except OSError:
-            pass
+    """Fill the file system of ``path`` until no byte is left (unbuffered writes, halving the
+    chunk at each ENOSPC down to one byte)."""
+    fd = os.open(path / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        chunk = 1 << 20
+        while chunk:
+            try:
+                os.write(fd, b"\0" * chunk)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+                chunk //= 2
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture

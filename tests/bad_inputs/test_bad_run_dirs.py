@@ -234,7 +234,7 @@ def test_a_run_stopped_on_non_finite_values_exits_3_and_keeps_its_last_finite_ep
     line = assert_refused(code, err, [
         "training stopped on non-finite values", "step 7: site 'x' is NaN",
         "the last finite epoch (1) is saved"], exit_code=3)
-    assert "--resume --lr <smaller>" in line
+    assert "train again with a smaller --lr into a new --out" in line
     after = snapshot(run_copy)
     assert after["checkpoint.pt"] == before["checkpoint.pt"]
     assert out == ""
