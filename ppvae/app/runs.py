@@ -3,8 +3,9 @@
 A run directory holds
 
 * ``config.toml``: the run's configuration (model, guide, data, training options), written here
-  by hand for flat and one-level nested tables of simple values (str, int, float, bool and
-  lists of them) and read back with the standard library's :mod:`tomllib`,
+  for flat and one-level nested tables of simple values (str, int, float, bool and lists of
+  them; strings escaped by :func:`toml_string`, so any UTF-8 text round-trips) and read back
+  with the standard library's :mod:`tomllib`,
 * ``metrics.jsonl``: one JSON object per training epoch, appended as the epoch ends,
 * ``checkpoint.pt``: the :mod:`ppvae.checkpoint` file written by :func:`ppvae.fit` every epoch
   (so an interrupted run resumes), and ``guide-<name>.pt`` for guides trained later on the
@@ -31,8 +32,11 @@ and netCDF files are moved into the ``stale/`` folder. Nothing in the top level 
 directory describes another model state than the current checkpoint. Writing the section again
 removes its stale entry and files.
 
-Only the primary process writes (``RANK`` 0 when launched by torchrun), so a distributed
-training run shares one directory.
+Every file is written whole by :mod:`ppvae.app.files` (temporary file, flush, rename: a crash or
+a full disk keeps the previous version, symlinks are replaced, not written through), and the
+commands hold the directory's lock (:class:`ppvae.app.files.RunLock`) while they write. Only the
+primary process writes (``RANK`` 0 when launched by torchrun), so a distributed training run
+shares one directory.
 """
 
 from __future__ import annotations
