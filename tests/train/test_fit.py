@@ -7,6 +7,7 @@ import signal
 import pyro
 import pytest
 import torch
+from faults import PoisonOnce
 
 import ppvae
 from ppvae.models import VAE
@@ -146,7 +147,7 @@ def test_rollback_recovers_after_a_transient_failure(digits):
     vae = _vae(5)
     r = ppvae.fit(vae, vae.guide, digits.train[:256], epochs=2, batch_size=32, lr=1e-3,
                   quiet=True, device="cpu", nan_policy="rollback", check_every=2,
-                  optimizer=lambda ps: _PoisonOnce(ps, at=3))
+                  optimizer=lambda ps: PoisonOnce(ps, at=3))
     assert r.stopped == "completed" and r.rollbacks == 1
     assert r.lr[-1] == pytest.approx(0.5e-3)
     assert all(math.isfinite(v) for v in r.train_objective)
@@ -173,26 +174,10 @@ def test_a_non_finite_step_also_restores_module_buffers(digits):
     vae = _RunningVAE()
     r = ppvae.fit(vae, vae.guide, digits.train[:256], epochs=2, batch_size=32, lr=1e-3,
                   quiet=True, device="cpu", check_every=2,
-                  optimizer=lambda ps: _PoisonOnce(ps, at=3))
+                  optimizer=lambda ps: PoisonOnce(ps, at=3))
     assert r.stopped == "non_finite"
     assert torch.isfinite(vae.running) and float(vae.running) != 0.0
     assert all(torch.isfinite(p).all() for p in vae.parameters())
-
-
-class _PoisonOnce(torch.optim.Adam):
-    """Adam that writes a NaN into the first parameter at one step."""
-
-    def __init__(self, params, at):
-        super().__init__(params, lr=1e-3)
-        self.at, self.calls = at, 0
-
-    def step(self, closure=None):
-        out = super().step(closure)
-        self.calls += 1
-        if self.calls == self.at:
-            with torch.no_grad():
-                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
-        return out
 
 
 def test_early_stopping_and_restore_best(digits):

@@ -13,6 +13,7 @@ import warnings
 import pyro
 import pytest
 import torch
+from faults import PoisonOnce
 
 import ppvae
 from ppvae.models import VAE
@@ -189,27 +190,11 @@ def test_cosine_loads_the_cosine_annealing_state_of_older_checkpoints(tmp_path, 
     assert r.lr[2:] == pytest.approx([_cosine(3e-3, e, 4) for e in (2, 3)], rel=1e-12)
 
 
-class _PoisonOnce(torch.optim.Adam):
-    """Adam (lr 1e-3) that writes a NaN into the first parameter after its ``at``-th step."""
-
-    def __init__(self, params, at):
-        super().__init__(params, lr=1e-3)
-        self.at, self.calls = at, 0
-
-    def step(self, closure=None):
-        out = super().step(closure)
-        self.calls += 1
-        if self.calls == self.at:
-            with torch.no_grad():
-                self.param_groups[0]["params"][0].view(-1)[0] = math.nan
-        return out
-
-
 def test_a_rollback_lowers_the_cosine_schedule_lastingly(digits):
     vae = _vae(5)
     r = ppvae.fit(vae, vae.guide, digits.train[:96], epochs=4, batch_size=32, quiet=True,
                   device="cpu", nan_policy="rollback", check_every=1, schedule="cosine",
-                  optimizer=lambda ps: _PoisonOnce(ps, at=2))
+                  optimizer=lambda ps: PoisonOnce(ps, at=2))
     assert r.stopped == "completed" and r.rollbacks == 1
     assert r.lr == pytest.approx([_cosine(0.5e-3, e, 4) for e in range(4)], rel=1e-12)
 
