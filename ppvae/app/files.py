@@ -144,13 +144,19 @@ class RunLock:
         self._fd: int | None = None
 
     def holder(self) -> str:
-        """Who holds the lock, from ``.ppvae-lock`` (``"another process"`` when unknown)."""
-        try:
-            info = json.loads((self.path / HOLDER).read_text(encoding="utf-8"))
-            return (f"pid {info['pid']}, `{info['command']}`, since "
-                    f"{time.strftime('%H:%M:%S', time.localtime(info['since']))}")
-        except (OSError, ValueError, KeyError, TypeError):
-            return "another process"
+        """Who holds the lock, from ``.ppvae-lock`` (``"another process"`` when unknown).
+
+        The holder writes the file just after taking the lock, so a command that lost the race
+        by a few milliseconds waits up to half a second for it.
+        """
+        for _ in range(10):
+            try:
+                info = json.loads((self.path / HOLDER).read_text(encoding="utf-8"))
+                return (f"pid {info['pid']}, `{info['command']}`, since "
+                        f"{time.strftime('%H:%M:%S', time.localtime(info['since']))}")
+            except (OSError, ValueError, KeyError, TypeError):
+                time.sleep(0.05)
+        return "another process"
 
     def acquire(self) -> RunLock:
         """Take the lock; :class:`ppvae.app.runs.RunError` when held or not writable."""

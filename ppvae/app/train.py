@@ -92,32 +92,52 @@ def main(args) -> int:
     directory's report and log); a run that fails before its first epoch is saved leaves the
     directory as it found it.
     """
-    from ..core.contract import check_pair
+    from .cli import EXIT_INTERRUPTED
+
+    try:
+        prepared = _preflight(args)
+    except KeyboardInterrupt:
+        print("ppvae: interrupted before training started; nothing was written",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    cfg, out, built = prepared
+    created = _missing_parents(out)
+    run = RunDir(out)
+    lock = RunLock(out, command_line())
+    try:
+        RunDir.create(out)
+        lock.acquire()
+    except BaseException:
+        _remove_empty(created, own_lock=False)  # folders this command made, while empty
+        raise
+    try:  # from here on this command holds the lock: what it undoes is its own
+        before = {p.name for p in run.path.iterdir()}
+        if not args.resume and run.config_path.exists():  # written since the first check
+            raise UsageError(f"{out} already holds a run (config.toml); continue it with "
+                             "--resume or choose another --out")
+        res = _train_or_undo(cfg, run, args, built, before, created)
+    finally:
+        lock.release()
+    if isinstance(res, int):
+        return res
+    valid = f", validation ELBO {res.valid_elbo[-1]:.3f}" if res.valid_elbo else ""
+    print(f"trained {res.epochs} epochs ({res.stopped}){valid}")
+    print(f"run directory: {run.path}\nreport: {run.file('report.md')}")
+    return 0
+
+
+def _train_or_undo(cfg: dict, run: RunDir, args, built: tuple, before: set[str],
+                   created: list[Path]):
+    """Train; the caller holds the lock.
+
+    A new run that fails before its first epoch is saved is undone. Returns the FitResult, or
+    the exit code of an interruption or a non-finite stop.
+    """
     from .cli import EXIT_INTERRUPTED, EXIT_NON_FINITE
 
-    cfg, out = train_config(args)
-    if not args.resume and (out / "config.toml").exists():
-        raise UsageError(f"{out} already holds a run (config.toml); continue it with --resume "
-                         "or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is not a directory")
-    check_device(cfg.get("device"))
-    if args.resume:
-        _check_resumable(RunDir(out))
-    pyro.set_rng_seed(cfg.get("seed", 0))  # network initialization is part of the run
-    built = build(cfg)
-    data, model, guide = built
-    with torch.no_grad():  # the pair keeps the contract on a first minibatch
-        rows = data.train[: int(cfg["train"].get("batch_size", 64))]
-        check_pair(model, guide, rows, model_kwargs=label_kw(cfg, data, "train",
-                                                              slice(0, rows.shape[0])))
-    created = _missing_parents(out)
-    run = RunDir.create(out)
-    before = {p.name for p in run.path.iterdir()}
     resume_cmd = shlex.join(["ppvae", "train", "--out", str(run.path), "--resume"])
     try:
-        with RunLock(run.path, command_line()):
-            res = train_run(cfg, run, resume=args.resume, quiet=args.quiet, built=built)
+        res = train_run(cfg, run, resume=args.resume, quiet=args.quiet, built=built)
     except KeyboardInterrupt:  # train_run marked the sections of the older model stale
         if _undo_failed_start(run, before, created, args.resume):
             print("ppvae: interrupted before the first epoch finished; nothing was kept",
@@ -139,10 +159,34 @@ def main(args) -> int:
         print(f"ppvae: training stopped on non-finite values: {res.message}; {kept}",
               file=sys.stderr)
         return EXIT_NON_FINITE
-    valid = f", validation ELBO {res.valid_elbo[-1]:.3f}" if res.valid_elbo else ""
-    print(f"trained {res.epochs} epochs ({res.stopped}){valid}")
-    print(f"run directory: {run.path}\nreport: {run.file('report.md')}")
-    return 0
+    return res
+
+
+def _preflight(args) -> tuple[dict, Path, tuple]:
+    """Everything ``train`` checks before it writes: (config, run directory, built pair)."""
+    from ..core.contract import ContractError, check_pair
+
+    cfg, out = train_config(args)
+    if not args.resume and (out / "config.toml").exists():
+        raise UsageError(f"{out} already holds a run (config.toml); continue it with --resume "
+                         "or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is not a directory")
+    check_device(cfg.get("device"))
+    if args.resume:
+        _check_resumable(RunDir(out))
+    pyro.set_rng_seed(cfg.get("seed", 0))  # network initialization is part of the run
+    built = build(cfg)
+    data, model, guide = built
+    rows = data.train[: int(cfg["train"].get("batch_size", 64))]
+    try:
+        with torch.no_grad():  # the pair keeps the contract on a first minibatch
+            check_pair(model, guide, rows, model_kwargs=label_kw(cfg, data, "train",
+                                                                  slice(0, rows.shape[0])))
+    except ContractError as e:
+        raise ContractError(f"model '{cfg['model']}' with guide '{cfg['guide']}' on data "
+                            f"'{cfg['data']}': {e}") from e
+    return cfg, out, built
 
 
 def _check_resumable(run: RunDir) -> None:
@@ -182,19 +226,27 @@ def _undo_failed_start(run: RunDir, before: set[str], created: list[Path], resum
     """
     if resume or run.checkpoint.exists():
         return False
-    for p in run.path.iterdir():
+    for p in run.path.iterdir() if run.path.is_dir() else ():
         if p.name not in before and p.name != HOLDER:
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
-    for folder in created:  # deepest first; only while empty (the lock file goes last)
+    _remove_empty(created, own_lock=True)
+    return True
+
+
+def _remove_empty(folders: list[Path], *, own_lock: bool) -> None:
+    """Remove ``folders`` (deepest first) that hold nothing.
+
+    ``own_lock``: also those holding only the lock file, which this command holds.
+    """
+    for folder in folders:
         with contextlib.suppress(OSError):
             holder = folder / HOLDER
-            if holder.exists() and len(list(folder.iterdir())) == 1:
+            if own_lock and holder.exists() and len(list(folder.iterdir())) == 1:
                 holder.unlink()
             folder.rmdir()
-    return True
 
 
 def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = False,

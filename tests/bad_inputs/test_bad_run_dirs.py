@@ -117,6 +117,7 @@ def test_a_new_run_directory_in_use_is_refused(tmp_path, capsys):
     out = tmp_path / "new"
     out.mkdir()
     with RunLock(out, "ppvae demo"):
+        (out / "metrics.jsonl").write_text("{}\n")  # the holder's first file: not ours to undo
         refused(["train", "--out", out, "--epochs", "1", "--quiet"], capsys,
                 "in use by another ppvae command", watch=[tmp_path])
 

@@ -68,7 +68,7 @@ def test_two_trainings_on_one_directory_one_refused(tmp_path):
     assert codes == [0, 2], results
     refused_err = next(e for c, e in results if c == 2)
     line = assert_refused(2, refused_err)
-    assert "in use by another ppvae command (pid" in line or "already holds a run" in line
+    assert "in use by another ppvae command (pid " in line or "already holds a run" in line
     epochs = [json.loads(r)["epoch"] for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(1, 31))
 
