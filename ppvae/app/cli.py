@@ -240,8 +240,6 @@ def _run(args) -> int:
         elif isinstance(e, MemoryError) or "out of memory" in str(e).lower():
             msg, code = (f"out of memory ({type(e).__name__}); use fewer rows, samples or "
                          "chains, or a smaller --batch-size", EXIT_USAGE)
-        elif isinstance(e, RecursionError):
-            msg, code = f"internal error: {type(e).__name__}", EXIT_INTERNAL
         else:
             msg = (f"internal error: {type(e).__name__}: {e} (this is a bug in ppvae: "
                    "--debug shows the traceback; please report it)")

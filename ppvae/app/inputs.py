@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .config import Layer, check_combination, check_layer
+from .config import SCHEMA, Layer, check_combination, check_layer
 from .runs import read_toml, toml_string
 from .zoo import BuildError, default_guide
 
@@ -33,10 +33,8 @@ __all__ = ["UsageError", "build_data", "check_device", "load_matrix", "nonnegati
            "positive_float", "positive_int", "train_config"]
 
 # config keys: top level, [sizes] and [train] (the run directory's config.toml has this shape)
-_TOP = ("model", "guide", "data", "data_path", "binarize", "seed", "device")
-_SIZES = ("latent_dim", "hidden", "top_latent_dim", "num_flows", "channels")
-_TRAIN = ("objective", "epochs", "batch_size", "lr", "particles", "iwae_k", "beta",
-          "warmup_steps", "patience", "jit")
+_TOP, _SIZES, _TRAIN = (tuple(k for t, k in SCHEMA if t == table)
+                        for table in (None, "sizes", "train"))
 _DEFAULTS = {"model": "vae", "data": "digits", "seed": 0, "device": "auto",
              "sizes": {"latent_dim": 4, "hidden": [128]},
              "train": {"objective": "elbo", "epochs": 30, "batch_size": 64, "lr": 3e-3}}

@@ -13,8 +13,6 @@ from pathlib import Path
 
 from ppvae.app import cli
 
-CONFIG_TOML = "config.toml"
-
 
 def snapshot(root) -> dict | None:
     """Relative path -> ('file', bytes) / ('link', target) / ('dir',); None if absent."""
