@@ -17,6 +17,7 @@ IWAE bound from the best available proposal (the fitted q* with the highest ELBO
 from __future__ import annotations
 
 import functools
+import inspect
 import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -28,6 +29,7 @@ from ..core.bounds import Bound, elbo, iwae
 from ..core.contract import check_pair, is_latent
 from ..core.diagnostic_warnings import khat_threshold
 from ..core.enum import is_enumerated
+from ..core.progress import stage
 from ..core.trace import trace_fn
 from ..infer.ais import ais_log_px
 from ..infer.local.families import FAMILIES
@@ -46,14 +48,15 @@ __all__ = [
 ]
 
 def iwae_log_px(model, x, proposal, model_kwargs, *, k: int = 1000, num_estimates: int = 2,
-                chunk_size: int | None = None) -> LogPx:
+                chunk_size: int | None = None, progress: bool | None = None) -> LogPx:
     """Log p(x) by the IWAE_k bound with ``proposal`` as the importance distribution.
 
     :func:`ppvae.iwae` with its calibrated default (two independent estimates, ``2 k`` samples
-    per datapoint); the Pareto k̂ of the weights comes along for the report.
+    per datapoint); the Pareto k̂ of the weights comes along for the report. ``progress``
+    goes to :func:`ppvae.iwae`.
     """
     b = iwae(model, proposal, x, k, num_estimates=num_estimates, chunk_size=chunk_size,
-             model_kwargs=model_kwargs)
+             model_kwargs=model_kwargs, progress=progress)
     source = (f"local {proposal.family} q*" if isinstance(proposal, LocalGuide)
               else type(proposal).__name__)
     limit = khat_threshold(k) if b.khat is not None else None
@@ -124,7 +127,7 @@ def _as_log_px(value) -> LogPx:
 def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
          local: Mapping[str, LocalGuide] | None = None, local_steps: int = 1000,
          local_options: Mapping | None = None, num_samples: int = 1000,
-         log_px_options: Mapping | None = None,
+         log_px_options: Mapping | None = None, progress: bool | None = None,
          model_kwargs: Mapping[str, Any] | None = None) -> GapReport:
     """Split each guide's inference gap on ``x`` into approximation and amortization gaps.
 
@@ -141,28 +144,37 @@ def gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
         num_samples: samples per datapoint for each ELBO.
         log_px_options: options for the log p(x) estimator (for "iwae": ``k``, default 1000,
             ``num_estimates``, default 2, ``chunk_size``).
+        progress: one bar over the stages (per guide: ELBO[q], the q* fit, ELBO[q*]; then
+            log p(x)), each stage's own bar beneath it: True, False, or None for them only on
+            a terminal (:mod:`ppvae.core.progress`).
         model_kwargs: passed to model and guides.
     """
     kwargs = dict(model_kwargs or {})
     guides, families = named_guides(guides, families)
     local, timings, partial = dict(local or {}), [], []
-    for name, guide in guides.items():
-        check_pair(model, guide, x,
-                   model_kwargs=kwargs)  # bad x or a broken pair: a named error first
-        family = families.get(name) or infer_family(guide, x, kwargs)
-        if family not in FAMILIES:
-            raise ValueError(f"family for guide '{name}' must be one of {FAMILIES}, "
-                             f"got {family!r}")
-        amortized, local[name], optimal, spent = guide_elbos(
-            model, guide, x, family, local.get(name), name=name, local_steps=local_steps,
-            local_options=local_options, num_samples=num_samples, kwargs=kwargs)
-        timings += spent
-        partial.append((name, family, amortized, optimal))
+    total = 3 * len(guides) + 1 - sum(name in local for name in guides)
+    with stage(progress, "gaps", total=total, unit="stage") as bar:
+        for name, guide in guides.items():
+            check_pair(model, guide, x,
+                       model_kwargs=kwargs)  # bad x or a broken pair: a named error first
+            family = families.get(name) or infer_family(guide, x, kwargs)
+            if family not in FAMILIES:
+                raise ValueError(f"family for guide '{name}' must be one of {FAMILIES}, "
+                                 f"got {family!r}")
+            amortized, local[name], optimal, spent = guide_elbos(
+                model, guide, x, family, local.get(name), name=name, local_steps=local_steps,
+                local_options=local_options, num_samples=num_samples, kwargs=kwargs,
+                progress=progress, bar=bar)
+            timings += spent
+            partial.append((name, family, amortized, optimal))
 
-    t = time.perf_counter()
-    best = max(partial, key=lambda r: r[3].mean)  # the q* with the highest ELBO
-    ref = estimate_log_px(model, x, log_px, local[best[0]], kwargs, log_px_options)
-    timings.append((f"log p(x) {ref.estimator}", time.perf_counter() - t))
+        t = time.perf_counter()
+        best = max(partial, key=lambda r: r[3].mean)  # the q* with the highest ELBO
+        bar.set_postfix_str("log p(x)")
+        ref = estimate_log_px(model, x, log_px, local[best[0]], kwargs, log_px_options,
+                              progress=progress)
+        bar.update(1)
+        timings.append((f"log p(x) {ref.estimator}", time.perf_counter() - t))
 
     rows = []
     for name, family, amortized, optimal in partial:
@@ -191,32 +203,53 @@ def named_guides(guides, families) -> tuple[Mapping[str, Any], dict[str, str]]:
 
 def guide_elbos(model, guide, x: torch.Tensor, family: str, qstar: LocalGuide | None, *,
                 name: str, local_steps: int, local_options: Mapping | None, num_samples: int,
-                kwargs: Mapping) -> tuple[Bound, LocalGuide, Bound, list[tuple[str, float]]]:
+                kwargs: Mapping, progress: bool | None = False, bar=None
+                ) -> tuple[Bound, LocalGuide, Bound, list[tuple[str, float]]]:
     """One guide's stage of :func:`gaps`: ELBO[q], q* (fitted unless given) and ELBO[q*].
 
-    Also returns the seconds each took.
+    Also returns the seconds each took. ``progress`` goes to each step's own bar; ``bar``
+    (the stages' bar of :func:`gaps`, if any) names each step and counts it when done.
     """
     timings = []
-    t = time.perf_counter()
-    amortized = elbo(model, guide, x, num_samples, model_kwargs=kwargs)
-    timings.append((f"ELBO[q] {name}", time.perf_counter() - t))
-    if qstar is None:
+
+    def timed(label: str, fn):
+        if bar is not None:
+            bar.set_postfix_str(label)
         t = time.perf_counter()
-        qstar = fit_local(model, x, family, guide, num_steps=local_steps,
-                          **dict(local_options or {}), model_kwargs=kwargs)
-        timings.append((f"fit_local {family} q* {name}", time.perf_counter() - t))
-    t = time.perf_counter()
-    optimal = elbo(model, qstar, x, num_samples, model_kwargs=kwargs)
-    timings.append((f"ELBO[q*] {name}", time.perf_counter() - t))
+        out = fn()
+        timings.append((label, time.perf_counter() - t))
+        if bar is not None:
+            bar.update(1)
+        return out
+
+    amortized = timed(f"ELBO[q] {name}", lambda: elbo(model, guide, x, num_samples,
+                                                      model_kwargs=kwargs, progress=progress))
+    if qstar is None:
+        options = {"progress": progress, **dict(local_options or {})}
+        qstar = timed(f"fit_local {family} q* {name}", lambda: fit_local(
+            model, x, family, guide, num_steps=local_steps, **options, model_kwargs=kwargs))
+    optimal = timed(f"ELBO[q*] {name}", lambda: elbo(model, qstar, x, num_samples,
+                                                     model_kwargs=kwargs, progress=progress))
     return amortized, qstar, optimal, timings
 
 
+def _takes_progress(fn) -> bool:
+    """Whether the estimator ``fn`` accepts a ``progress`` keyword (by name or ``**kw``)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a callable without a signature: do not guess
+        return False
+    return any((p.name == "progress" and p.kind != p.POSITIONAL_ONLY)
+               or p.kind == p.VAR_KEYWORD for p in params)
+
+
 def estimate_log_px(model, x: torch.Tensor, log_px, proposal, kwargs: Mapping,
-                    options: Mapping | None = None) -> LogPx:
+                    options: Mapping | None = None, *, progress: bool | None = False) -> LogPx:
     """The log p(x) stage of :func:`gaps`.
 
     ``log_px`` is exact values (a tensor ``[N]``), an estimator of :data:`LOG_PX` by name, or a
-    callable, run with ``proposal`` and ``options``.
+    callable, run with ``proposal`` and ``options`` (and ``progress``, unless ``options`` sets
+    it, when the callable takes a ``progress`` keyword).
     """
     if isinstance(log_px, torch.Tensor):
         ref = LogPx(log_px.detach(), torch.zeros_like(log_px), "exact")
@@ -225,8 +258,11 @@ def estimate_log_px(model, x: torch.Tensor, log_px, proposal, kwargs: Mapping,
             raise ValueError(f"unknown log_px estimator {log_px!r}; known: {sorted(LOG_PX)} "
                              "(or pass a tensor of exact values, or a callable)")
         fn = LOG_PX[log_px] if isinstance(log_px, str) else log_px
+        opts = dict(options or {})
+        if "progress" not in opts and _takes_progress(fn):
+            opts["progress"] = progress
         with torch.no_grad():
-            ref = _as_log_px(fn(model, x, proposal, dict(kwargs), **dict(options or {})))
+            ref = _as_log_px(fn(model, x, proposal, dict(kwargs), **opts))
     if ref.per_datapoint.shape != x.shape[:1]:
         raise ValueError(f"log_px has shape {tuple(ref.per_datapoint.shape)}, expected "
                          f"[N] = [{x.shape[0]}]")

@@ -54,7 +54,7 @@ log-weight fluctuations; :mod:`ppvae.core.psis`, issue 16). The Kish effective s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -63,7 +63,7 @@ from .contract import check_pair
 from .diagnostic_warnings import ImportanceWeightWarning, khat_threshold, warn
 from .estimate import record_mean, record_mean_stderr
 from .psis import MIN_WEIGHTS, merge_top, pareto_tail, reported_khat, top_count
-from .weights import iter_log_weights, resolve_chunk_size
+from .weights import iter_log_weights, pair_info, resolve_chunk_size, samples_bar
 
 __all__ = [
     "Bound",
@@ -161,17 +161,34 @@ def iwae_from_log_weights(lw: torch.Tensor, k: int) -> Bound:
 
 def elbo(
     model, guide, x: torch.Tensor, num_samples: int = 100, *, chunk_size: int | None = None,
-    model_kwargs: Mapping[str, Any] | None = None,
+    model_kwargs: Mapping[str, Any] | None = None, progress: bool | None = None,
 ) -> Bound:
-    """Per-datapoint ELBO ``E_q[log p(x, z) - log q(z | x)]`` from ``num_samples`` samples each."""
+    """Per-datapoint ELBO ``E_q[log p(x, z) - log q(z | x)]`` from ``num_samples`` samples each.
+
+    In nats, with the Monte Carlo s.e. of each datapoint's mean (module docstring). The
+    samples stream in chunks of ``chunk_size`` (default about 32k datapoint-samples);
+    ``progress`` shows a bar over them when they take several chunks (True, False, or None for
+    one only on a terminal: :mod:`ppvae.core.progress`).
+    """
     kwargs = dict(model_kwargs or {})
     if num_samples < 2:
         raise ValueError("num_samples must be >= 2 to estimate a standard error")
+    info = pair_info(model, guide, x, None, kwargs)
+    chunk = resolve_chunk_size(chunk_size, info.num_data)
+    with samples_bar(progress, num_samples, chunk, "elbo") as bar:
+        n_tot, mean, m2 = _welford(iter_log_weights(model, guide, x, num_samples,
+                                                    chunk_size=chunk, info=info,
+                                                    model_kwargs=kwargs, bar=bar))
+    se = (m2 / (n_tot - 1)).sqrt() / math.sqrt(n_tot)
+    return Bound("elbo", 1, mean, se, n_tot)
+
+
+def _welford(chunks) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(count, mean ``[N]``, sum of squared deviations ``[N]``) over chunks ``[S_i, N]``."""
     mean: torch.Tensor | None
     m2: torch.Tensor | None
     n_tot, mean, m2 = 0, None, None
-    for lw in iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size,
-                               model_kwargs=kwargs):
+    for lw in chunks:
         lw = lw.detach()
         nb = lw.shape[0]
         mb = lw.mean(0)
@@ -186,8 +203,7 @@ def elbo(
         m2 = m2 + m2b + delta**2 * n_tot * nb / tot
         n_tot = tot
     assert mean is not None and m2 is not None  # num_samples >= 2: at least one chunk
-    se = (m2 / (n_tot - 1)).sqrt() / math.sqrt(n_tot)
-    return Bound("elbo", 1, mean, se, n_tot)
+    return n_tot, mean, m2
 
 
 def _combine(k: int, lse1: torch.Tensor, lse2: torch.Tensor,
@@ -242,6 +258,7 @@ def iwae(
     num_estimates: int = 2,
     chunk_size: int | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    progress: bool | None = None,
 ) -> Bound:
     """Per-datapoint IWAE_k bound ``log (1/k) sum_i w_i``, streamed (memory bounded by the chunk).
 
@@ -255,7 +272,9 @@ def iwae(
     :func:`ppvae.core.diagnostic_warnings.khat_threshold` (NaN, and no warning, where the
     weights' tail is too flat to matter: module docstring). k = 5000 over 1000 MNIST-sized
     datapoints needs only one chunk of activations in memory (plus the largest
-    ``3 sqrt(k) + 1`` log weights per datapoint for k̂).
+    ``3 sqrt(k) + 1`` log weights per datapoint for k̂). ``progress`` shows a bar over the
+    ``k * num_estimates`` samples when they take several chunks (True, False, or None for one
+    only on a terminal: :mod:`ppvae.core.progress`).
     """
     kwargs = dict(model_kwargs or {})
     if k < 1 or num_estimates < 1:
@@ -263,38 +282,62 @@ def iwae(
                          f"num_estimates={num_estimates}")
     info = check_pair(model, guide, x, model_kwargs=kwargs)
     chunk = resolve_chunk_size(chunk_size, info.num_data)
-    want_top = k >= MIN_WEIGHTS
-    count = top_count(k * num_estimates)
+    with samples_bar(progress, k * num_estimates, chunk, "iwae") as bar:
+        def draw(num: int, size: int) -> Iterator[torch.Tensor]:
+            for lw in iter_log_weights(model, guide, x, num, chunk_size=size, info=info,
+                                       model_kwargs=kwargs, bar=bar):
+                yield lw.detach()
+
+        # whole estimates per chunk, or each estimate streamed over several chunks
+        lse1, lse2, top = (_whole_estimates if k <= chunk else _streamed_estimates)(
+            draw, k, num_estimates, chunk)
+    b = _combine(k, lse1, lse2, top)
+    _warn_khat(b, stacklevel=4)
+    return b
+
+
+def _whole_estimates(draw, k: int, num_estimates: int, chunk: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """IWAE's log-sum-exps ``[E, N]`` (and top weights) with ``chunk // k`` estimates a chunk.
+
+    ``draw(num, size)`` yields log weights ``[<= size, N]``; chunks ``[m * k, N]`` are viewed
+    as ``[m, k, N]``.
+    """
+    count, want_top = top_count(k * num_estimates), k >= MIN_WEIGHTS
+    per_chunk, done = max(1, chunk // k), 0
     lse1s: list[torch.Tensor] = []
     lse2s: list[torch.Tensor] = []
     top: torch.Tensor | None = None  # the largest log weights over all estimates, for k̂
-    if k <= chunk:  # whole estimates per chunk: [m * k, N] -> [m, k, N]
-        per_chunk = max(1, chunk // k)
-        done = 0
-        while done < num_estimates:
-            m = min(per_chunk, num_estimates - done)
-            lw = torch.cat(list(iter_log_weights(model, guide, x, m * k, chunk_size=m * k,
-                                                 info=info, model_kwargs=kwargs))).detach()
-            lw = lw.reshape(m, k, -1)  # [m, k, N]
-            lse1s.append(torch.logsumexp(lw, 1))
-            lse2s.append(torch.logsumexp(2 * lw, 1))
+    while done < num_estimates:
+        m = min(per_chunk, num_estimates - done)
+        lw = torch.cat(list(draw(m * k, m * k))).reshape(m, k, -1)  # [m, k, N]
+        lse1s.append(torch.logsumexp(lw, 1))
+        lse2s.append(torch.logsumexp(2 * lw, 1))
+        if want_top:
+            top = merge_top(top, lw.reshape(m * k, -1), count)
+        done += m
+    return torch.cat(lse1s), torch.cat(lse2s), top
+
+
+def _streamed_estimates(draw, k: int, num_estimates: int, chunk: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """IWAE's log-sum-exps ``[E, N]`` (and top weights), each estimate over several chunks.
+
+    Running log-sum-exps and top weights keep one chunk ``[chunk, N]`` alive at a time.
+    """
+    count, want_top = top_count(k * num_estimates), k >= MIN_WEIGHTS
+    lse1s: list[torch.Tensor] = []
+    lse2s: list[torch.Tensor] = []
+    top: torch.Tensor | None = None
+    for _ in range(num_estimates):
+        lse1 = lse2 = None
+        for lw in draw(k, chunk):
+            c1, c2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
+            lse1 = c1 if lse1 is None else torch.logaddexp(lse1, c1)
+            lse2 = c2 if lse2 is None else torch.logaddexp(lse2, c2)
             if want_top:
-                top = merge_top(top, lw.reshape(m * k, -1), count)
-            done += m
-    else:  # stream each estimate over several chunks with running log-sum-exps and top weights
-        for _ in range(num_estimates):
-            lse1 = lse2 = None
-            for lw in iter_log_weights(model, guide, x, k, chunk_size=chunk, info=info,
-                                       model_kwargs=kwargs):
-                lw = lw.detach()
-                c1, c2 = torch.logsumexp(lw, 0), torch.logsumexp(2 * lw, 0)
-                lse1 = c1 if lse1 is None else torch.logaddexp(lse1, c1)
-                lse2 = c2 if lse2 is None else torch.logaddexp(lse2, c2)
-                if want_top:
-                    top = merge_top(top, lw, count)
-            assert lse1 is not None and lse2 is not None  # k >= 1: at least one chunk
-            lse1s.append(lse1.unsqueeze(0))
-            lse2s.append(lse2.unsqueeze(0))
-    b = _combine(k, torch.cat(lse1s), torch.cat(lse2s), top)
-    _warn_khat(b, stacklevel=4)
-    return b
+                top = merge_top(top, lw, count)
+        assert lse1 is not None and lse2 is not None  # k >= 1: at least one chunk
+        lse1s.append(lse1.unsqueeze(0))
+        lse2s.append(lse2.unsqueeze(0))
+    return torch.cat(lse1s), torch.cat(lse2s), top

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator, Mapping
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any, cast
 
 import torch
 from pyro import poutine
+from tqdm.auto import tqdm
 
 from .contract import (
     PairInfo,
@@ -33,9 +34,18 @@ from .contract import (
 )
 from .enum import enum_log_density, replay_continuous
 from .modes import evaluation
+from .progress import bar
 from .trace import particle_groups, trace_fn, trace_pair
 
-__all__ = ["default_chunk_size", "enumerated_log_weights", "iter_log_weights", "log_weights"]
+__all__ = [
+    "default_chunk_size",
+    "enumerated_log_weights",
+    "iter_log_weights",
+    "log_weights",
+    "pair_info",
+    "resolve_chunk_size",
+    "samples_bar",
+]
 
 # Datapoint-particle pairs per chunk when the caller gives none: for a 784-pixel model with a
 # 500-unit MLP this keeps each chunk's activations around a few hundred MB.
@@ -56,6 +66,32 @@ def resolve_chunk_size(chunk_size: int | None, num_data: int) -> int:
         raise ValueError(f"chunk_size must be an integer >= 1, or None for the default; "
                          f"got {chunk_size!r}")
     return int(chunk_size)
+
+
+def samples_bar(progress: bool | None, total: int, chunk: int,
+                desc: str) -> AbstractContextManager[tqdm | None]:
+    """A bar over ``total`` samples per datapoint drawn ``chunk`` at a time, as a context.
+
+    It is shown (as :func:`ppvae.core.progress.enabled` says) only when the samples take
+    several chunks: one chunk is one vectorized evaluation, with nothing to show in between,
+    and then no bar is made at all (None: a training step calling :func:`log_weights` pays
+    nothing for it).
+    """
+    if total <= chunk:
+        return nullcontext(None)
+    return bar(progress, total=total, desc=desc, unit="sample")
+
+
+def pair_info(model, guide, x: torch.Tensor, info: PairInfo | None, kwargs: Mapping[str, Any],
+              eval_modules: bool = True) -> PairInfo:
+    """``info``, or the pair's :class:`PairInfo` from :func:`check_pair` when it is None.
+
+    The check runs with the networks in eval mode when ``eval_modules``.
+    """
+    if info is not None:
+        return info
+    with evaluation(model, guide) if eval_modules else nullcontext():
+        return check_pair(model, guide, x, model_kwargs=dict(kwargs))
 
 
 def enumerated_log_weights(model, guide, x, particles: int | None, info: PairInfo,
@@ -118,6 +154,7 @@ def iter_log_weights(
     info: PairInfo | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     eval_modules: bool = True,
+    bar: tqdm | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the log weights of :func:`log_weights` chunk by chunk, each ``[chunk, N]``.
 
@@ -125,19 +162,18 @@ def iter_log_weights(
     ``info`` skips the contract check when the caller has already run it. With
     ``eval_modules`` (the default) the pair's networks run in eval mode, so a datapoint's
     weights do not depend on the rest of the batch (:mod:`ppvae.core.modes`); training
-    objectives pass False.
+    objectives pass False. ``bar`` (:func:`samples_bar`) is advanced by each chunk's samples.
     """
     kwargs = dict(model_kwargs or {})
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    modes = evaluation(model, guide) if eval_modules else nullcontext()
-    if info is None:
-        with modes:
-            info = check_pair(model, guide, x, model_kwargs=kwargs)
+    info = pair_info(model, guide, x, info, kwargs, eval_modules)
     chunk = resolve_chunk_size(chunk_size, info.num_data)
     for size in _chunk_sizes(num_samples, chunk):
         with evaluation(model, guide) if eval_modules else nullcontext():
             lw = _chunk(model, guide, x, size, info, kwargs)
+        if bar is not None:
+            bar.update(size)
         yield lw
 
 
@@ -151,6 +187,7 @@ def log_weights(
     info: PairInfo | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
     eval_modules: bool = True,
+    progress: bool | None = None,
 ) -> torch.Tensor:
     """Per-datapoint log weights ``log p(x_n, z) - log q(z | x_n)``, z ~ q: ``[num_samples, N]``.
 
@@ -165,13 +202,20 @@ def log_weights(
         info: a :class:`PairInfo` from an earlier check, to skip re-checking in loops.
         model_kwargs: passed to both model and guide (labels for a conditional model, ...).
         eval_modules: run the pair's networks in eval mode (default; restored afterwards).
+        progress: a bar over the samples when they take several chunks: True, False, or None
+            for one only on a terminal (:mod:`ppvae.core.progress`).
 
     Works under ``torch.no_grad()`` for evaluation and with gradients (reparameterized
     samples) for training objectives.
     """
     kwargs = dict(model_kwargs or {})
-    return torch.cat(
-        list(iter_log_weights(model, guide, x, num_samples, chunk_size=chunk_size, info=info,
-                              model_kwargs=kwargs, eval_modules=eval_modules)),
-        dim=0,
-    )
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    info = pair_info(model, guide, x, info, kwargs, eval_modules)
+    chunk = resolve_chunk_size(chunk_size, info.num_data)
+    with samples_bar(progress, num_samples, chunk, "log_weights") as b:
+        return torch.cat(
+            list(iter_log_weights(model, guide, x, num_samples, chunk_size=chunk, info=info,
+                                  model_kwargs=kwargs, eval_modules=eval_modules, bar=b)),
+            dim=0,
+        )

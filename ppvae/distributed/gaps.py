@@ -38,6 +38,7 @@ from .sharded import (
     gather_block_meta,
     gather_blocks,
     local_guide_rows,
+    main_progress,
     map_blocks,
     sharded_fit_local,
 )
@@ -66,23 +67,12 @@ def _slowest(timings: list[tuple[str, float]]) -> dict[str, float]:
     return out
 
 
-def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
-                 local: Mapping[str, LocalGuide] | None = None, local_steps: int = 1000,
-                 local_options: Mapping | None = None, num_samples: int = 1000,
-                 log_px_options: Mapping | None = None, seed: int = 0, block_size: int = 256,
-                 batch_kw: dict | None = None,
-                 model_kwargs: Mapping[str, Any] | None = None) -> GapReport:
-    """:func:`ppvae.gaps` sharded over ranks; every rank returns the whole report.
-
-    The same arguments, plus ``seed`` and ``block_size`` (:mod:`ppvae.sharded`) and
-    ``batch_kw`` (per-datapoint model keywords). ``local`` q* must cover all N rows.
-    """
-    kwargs = dict(model_kwargs or {})
-    guides, families = named_guides(guides, families)
-    fams = {name: families.get(name) or infer_family(g, x, kwargs)
-            for name, g in guides.items()}
+def _fit_qstars(model, guides: Mapping[str, Any], x: torch.Tensor, fams: Mapping[str, str],
+                local: Mapping[str, LocalGuide] | None, *, seed: int, block_size: int,
+                batch_kw: dict | None, num_steps: int, options: dict, kwargs: dict
+                ) -> tuple[dict[str, LocalGuide], dict[str, float]]:
+    """Stage 1: q* per guide (``local``'s, else fitted sharded) and each fit's seconds."""
     n = x.shape[0]
-
     qstar, fit_seconds = dict(local or {}), {}
     for i, (name, guide) in enumerate(guides.items()):
         if name in qstar:
@@ -90,13 +80,37 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
         guide_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
         qstar[name] = sharded_fit_local(model, x, fams[name], guide, seed=guide_seed,
                                         block_size=block_size, batch_kw=batch_kw,
-                                        num_steps=local_steps, **dict(local_options or {}),
-                                        model_kwargs=kwargs)
+                                        num_steps=num_steps, **options, model_kwargs=kwargs)
         fit_seconds[name] = cast(LocalFit, qstar[name].fit).seconds  # set by sharded_fit_local
     for name, q in qstar.items():
         if q.num_data != n:
             raise ValueError(f"local q* for guide '{name}' covers {q.num_data} rows; "
                              f"x has {n}")
+    return qstar, fit_seconds
+
+
+def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None,
+                 local: Mapping[str, LocalGuide] | None = None, local_steps: int = 1000,
+                 local_options: Mapping | None = None, num_samples: int = 1000,
+                 log_px_options: Mapping | None = None, seed: int = 0, block_size: int = 256,
+                 batch_kw: dict | None = None, progress: bool | None = None,
+                 model_kwargs: Mapping[str, Any] | None = None) -> GapReport:
+    """:func:`ppvae.gaps` sharded over ranks; every rank returns the whole report.
+
+    The same arguments, plus ``seed`` and ``block_size`` (:mod:`ppvae.sharded`) and
+    ``batch_kw`` (per-datapoint model keywords). ``local`` q* must cover all N rows.
+    ``progress``: each stage's bars over blocks (and within them), on the main rank only.
+    """
+    kwargs, inner = dict(model_kwargs or {}), main_progress(progress)
+    guides, families = named_guides(guides, families)
+    fams = {name: families.get(name) or infer_family(g, x, kwargs)
+            for name, g in guides.items()}
+    n = x.shape[0]
+
+    qstar, fit_seconds = _fit_qstars(model, guides, x, fams, local, seed=seed,
+                                     block_size=block_size, batch_kw=batch_kw,
+                                     num_steps=local_steps, kwargs=kwargs,
+                                     options={"progress": progress, **dict(local_options or {})})
 
     exact = log_px if isinstance(log_px, torch.Tensor) else None
     if exact is not None and exact.shape != x.shape[:1]:
@@ -106,10 +120,10 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
         ref = exact[lo:hi] if exact is not None else x.new_zeros(hi - lo)
         return gaps(model, guides, x[lo:hi], ref, families=fams,
                     local={k: local_guide_rows(q, lo, hi) for k, q in qstar.items()},
-                    num_samples=num_samples, model_kwargs={**kwargs, **block_rows(batch_kw, lo,
-                                                                                  hi)})
+                    num_samples=num_samples, progress=inner,
+                    model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)})
 
-    reports = map_blocks(elbos, n, block_size, seed, "gap_elbos")
+    reports = map_blocks(elbos, n, block_size, seed, "gap_elbos", progress)
     metas = gather_block_meta([[(r.guide, r.family, r.estimators) for r in rep.rows]
                                for rep in reports])[0]
     columns = [{f: _gather_cpu([getattr(rep.rows[i], f) for rep in reports]) for f in _TENSORS}
@@ -129,10 +143,11 @@ def sharded_gaps(model, guides, x: torch.Tensor, log_px="iwae", *, families=None
         def reference(lo, hi):
             t = time.perf_counter()
             ref = estimate_log_px(model, x[lo:hi], log_px, local_guide_rows(qstar[best], lo, hi),
-                                  {**kwargs, **block_rows(batch_kw, lo, hi)}, log_px_options)
+                                  {**kwargs, **block_rows(batch_kw, lo, hi)}, log_px_options,
+                                  progress=inner)
             return ref, (f"log p(x) {ref.estimator}", time.perf_counter() - t)
 
-        refs = map_blocks(reference, n, block_size, seed, "log_px")
+        refs = map_blocks(reference, n, block_size, seed, "log_px", progress)
         label = gather_block_meta([r.estimator for r, _ in refs])[0]
         log_px_col = _gather_cpu([r.per_datapoint.double().cpu() for r, _ in refs])
         log_px_se = _gather_cpu([r.stderr.double().cpu() for r, _ in refs])

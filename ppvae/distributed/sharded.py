@@ -32,6 +32,7 @@ from pyro.util import get_rng_state, set_rng_state
 
 from ..core.bounds import Bound, elbo, iwae
 from ..core.contract import check_pair
+from ..core.progress import stage as progress_stage
 from ..core.weights import log_weights
 from ..infer.ais import AISResult, ais
 from ..infer.local.families import LocalFamily
@@ -44,6 +45,7 @@ __all__ = [
     "gather_block_meta",
     "gather_blocks",
     "local_guide_rows",
+    "main_progress",
     "map_blocks",
     "sharded_ais",
     "sharded_elbo",
@@ -73,14 +75,27 @@ def _block_seed(seed: int, stage: str, block: int) -> int:
     return int(np.random.SeedSequence([seed, _STAGES[stage], block]).generate_state(1)[0])
 
 
-def map_blocks(fn, n: int, block_size: int, seed: int, stage: str) -> list:
-    """``[fn(start, stop)]`` over this rank's blocks, each under its own seed."""
+def main_progress(progress: bool | None) -> bool | None:
+    """``progress`` on the main rank, False on the others (one set of bars per job)."""
+    return progress if ddp.is_main() else False
+
+
+def map_blocks(fn, n: int, block_size: int, seed: int, stage: str,
+               progress: bool | None = False) -> list:
+    """``[fn(start, stop)]`` over this rank's blocks, each under its own seed.
+
+    ``progress``: a bar over the main rank's blocks (:mod:`ppvae.core.progress`).
+    """
     state = get_rng_state()
+    ranges = block_ranges(n, block_size)
     try:
         out = []
-        for b, lo, hi in block_ranges(n, block_size):
-            pyro.set_rng_seed(_block_seed(seed, stage, b))
-            out.append(fn(lo, hi))
+        with progress_stage(main_progress(progress), f"{stage} blocks", total=len(ranges),
+                            unit="block") as bar:
+            for b, lo, hi in ranges:
+                pyro.set_rng_seed(_block_seed(seed, stage, b))
+                out.append(fn(lo, hi))
+                bar.update(1)
         return out
     finally:
         set_rng_state(state)
@@ -103,15 +118,20 @@ def gather_block_meta(local: list) -> list:
 
 def sharded_log_weights(model, guide, x: torch.Tensor, num_samples: int = 1, *, seed: int = 0,
                         block_size: int = 256, batch_kw: dict | None = None,
-                        chunk_size: int | None = None,
+                        chunk_size: int | None = None, progress: bool | None = None,
                         model_kwargs: Mapping[str, Any] | None = None) -> torch.Tensor:
-    """:func:`ppvae.log_weights` (detached) sharded over ranks: ``[num_samples, N]``."""
-    kwargs = dict(model_kwargs or {})
+    """:func:`ppvae.log_weights` (detached) sharded over ranks: ``[num_samples, N]``.
+
+    ``progress``: bars over the blocks and within them, on the main rank only.
+    """
+    kwargs, inner = dict(model_kwargs or {}), main_progress(progress)
     def one(lo, hi):
         with torch.no_grad():
             return log_weights(model, guide, x[lo:hi], num_samples, chunk_size=chunk_size,
-                               model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)})  # [S, B]
-    return gather_blocks(map_blocks(one, x.shape[0], block_size, seed, "log_weights"), 1)
+                               model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)},
+                               progress=inner)  # [S, B]
+    return gather_blocks(map_blocks(one, x.shape[0], block_size, seed, "log_weights",
+                                    progress), 1)
 
 
 def _merge_bounds(parts: list[Bound]) -> Bound:
@@ -127,43 +147,45 @@ def _merge_bounds(parts: list[Bound]) -> Bound:
 
 def sharded_elbo(model, guide, x: torch.Tensor, num_samples: int = 100, *, seed: int = 0,
                  block_size: int = 256, batch_kw: dict | None = None,
-                 chunk_size: int | None = None,
+                 chunk_size: int | None = None, progress: bool | None = None,
                  model_kwargs: Mapping[str, Any] | None = None) -> Bound:
-    """:func:`ppvae.elbo` sharded over ranks (module docstring)."""
-    kwargs = dict(model_kwargs or {})
+    """:func:`ppvae.elbo` sharded over ranks (module docstring; bars on the main rank)."""
+    kwargs, inner = dict(model_kwargs or {}), main_progress(progress)
     def one(lo, hi):
         with torch.no_grad():
             return elbo(model, guide, x[lo:hi], num_samples, chunk_size=chunk_size,
-                        model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)})
-    return _merge_bounds(map_blocks(one, x.shape[0], block_size, seed, "elbo"))
+                        model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)}, progress=inner)
+    return _merge_bounds(map_blocks(one, x.shape[0], block_size, seed, "elbo", progress))
 
 
 def sharded_iwae(model, guide, x: torch.Tensor, k: int, *, num_estimates: int = 2,
                  seed: int = 0, block_size: int = 256, batch_kw: dict | None = None,
-                 chunk_size: int | None = None,
+                 chunk_size: int | None = None, progress: bool | None = None,
                  model_kwargs: Mapping[str, Any] | None = None) -> Bound:
-    """:func:`ppvae.iwae` sharded over ranks (module docstring)."""
-    kwargs = dict(model_kwargs or {})
+    """:func:`ppvae.iwae` sharded over ranks (module docstring; bars on the main rank)."""
+    kwargs, inner = dict(model_kwargs or {}), main_progress(progress)
     def one(lo, hi):
         with torch.no_grad():
             return iwae(model, guide, x[lo:hi], k, num_estimates=num_estimates,
-                        chunk_size=chunk_size,
+                        chunk_size=chunk_size, progress=inner,
                         model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)})
-    return _merge_bounds(map_blocks(one, x.shape[0], block_size, seed, "iwae"))
+    return _merge_bounds(map_blocks(one, x.shape[0], block_size, seed, "iwae", progress))
 
 
 def sharded_ais(model, x: torch.Tensor, *, seed: int = 0, block_size: int = 256,
                 batch_kw: dict | None = None, model_kwargs: Mapping[str, Any] | None = None,
-                **options) -> AISResult:
+                progress: bool | None = None, **options) -> AISResult:
     """:func:`ppvae.ais` sharded over ranks (module docstring).
 
     ``options`` are its options, ``model_kwargs`` (fixed) and ``batch_kw`` (per-datapoint,
-    blocked) the model's arguments.
+    blocked) the model's arguments. ``progress``: bars over the blocks and each block's
+    annealing, on the main rank only.
     """
-    kwargs = dict(model_kwargs or {})
+    kwargs, inner = dict(model_kwargs or {}), main_progress(progress)
     parts = map_blocks(lambda lo, hi: ais(
-        model, x[lo:hi], **options, model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)}),
-        x.shape[0], block_size, seed, "ais")
+        model, x[lo:hi], **options, progress=inner,
+        model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)}),
+        x.shape[0], block_size, seed, "ais", progress)
     guide = options.get("guide") or model
     pd = check_pair(model, guide, x[:1],
                     model_kwargs={**kwargs, **block_rows(batch_kw, 0, 1)}).particle_dim
@@ -207,9 +229,22 @@ def local_guide_rows(guide: LocalGuide, start: int, stop: int) -> LocalGuide:
         guide.plate)
 
 
+def _padded_trace(trace: torch.Tensor, length: int) -> torch.Tensor:
+    """A block's ``trace [W, B]`` to ``[length, B]``: its last window repeated (NaN if none)."""
+    if trace.shape[0] == length:
+        return trace
+    last = trace[-1:] if trace.shape[0] else torch.full_like(trace[:1].expand(1, -1), math.nan)
+    return torch.cat([trace, last.expand(length - trace.shape[0], -1)])
+
+
 def _merge_fits(fits: list[LocalFit], rows: list[int]) -> LocalFit:
+    """One :class:`LocalFit` over all blocks of all ranks, in datapoint order.
+
+    A block that stopped early (every datapoint frozen) has its last window mean repeated in
+    ``history`` and ``trace`` up to the longest block's number of windows.
+    """
     metas = gather_block_meta([(f.family, f.init, f.num_steps, f.max_steps, f.num_particles,
-                                f.history, r) for f, r in zip(fits, rows, strict=True)])
+                                f.history, r, f.window) for f, r in zip(fits, rows, strict=True)])
     seconds = max(ddp.gather_objects(sum(f.seconds for f in fits)))  # wall clock: slowest rank
     length = max(len(m[5]) for m in metas)
     hist = torch.tensor([list(m[5]) + [m[5][-1]] * (length - len(m[5])) if m[5] else
@@ -217,29 +252,32 @@ def _merge_fits(fits: list[LocalFit], rows: list[int]) -> LocalFit:
     weights = torch.tensor([m[6] for m in metas], dtype=torch.float64)  # [B]
     history = tuple((weights @ hist / weights.sum()).tolist()) if length else ()
     family, init, _, max_steps, particles = metas[0][:5]
+    trace = gather_blocks([_padded_trace(f.trace, length) for f in fits], 1)  # [W, N]
     return LocalFit(family, init, max(m[2] for m in metas), max_steps, particles,
                     gather_blocks([f.converged for f in fits]),
                     gather_blocks([f.steps_used for f in fits]),
-                    gather_blocks([f.elbo for f in fits]), history, seconds)
+                    gather_blocks([f.elbo for f in fits]), history, seconds, trace, metas[0][7])
 
 
 def sharded_fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
                       seed: int = 0, block_size: int = 256, batch_kw: dict | None = None,
-                      model_kwargs: Mapping[str, Any] | None = None, **options) -> LocalGuide:
+                      model_kwargs: Mapping[str, Any] | None = None,
+                      progress: bool | None = None, **options) -> LocalGuide:
     """:func:`ppvae.fit_local` sharded over ranks: one :class:`LocalGuide` over all N rows.
 
     Every rank gets the guide, its ``fit`` merged (per-datapoint fields gathered, ``history``
     the row-weighted mean over blocks, ``seconds`` the slowest rank's). ``init`` may be a fitted
-    :class:`LocalGuide` over all N rows (each block starts from its rows).
+    :class:`LocalGuide` over all N rows (each block starts from its rows). ``progress``: bars
+    over the blocks and each block's steps, on the main rank only.
     """
-    kwargs = dict(model_kwargs or {})
+    kwargs, inner = dict(model_kwargs or {}), main_progress(progress)
 
     def one(lo, hi):
         start = local_guide_rows(init, lo, hi) if isinstance(init, LocalGuide) else init
-        return fit_local(model, x[lo:hi], family, start, **options,
+        return fit_local(model, x[lo:hi], family, start, **options, progress=inner,
                          model_kwargs={**kwargs, **block_rows(batch_kw, lo, hi)})
 
-    parts = map_blocks(one, x.shape[0], block_size, seed, "fit_local")
+    parts = map_blocks(one, x.shape[0], block_size, seed, "fit_local", progress)
     sites = latent_sites(model, x[:1], model_kwargs={**kwargs, **block_rows(batch_kw, 0, 1)})
     names = [[n for n, _ in LocalFamily(family, x.new_zeros(1, s.size), torch.eye(
         s.size, dtype=x.dtype, device=x.device)[None]).named_parameters()] for s in sites]

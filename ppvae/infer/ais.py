@@ -48,12 +48,14 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import torch
+from tqdm.auto import tqdm
 
 from ..core.bounds import delta_stderr, logmeanexp
 from ..core.diagnostic_warnings import AIS_ACCEPT_RANGE, AISWarning, warn
 from ..core.estimate import record_mean, record_mean_stderr
 from ..core.modes import evaluates
 from ..core.potential import Potential
+from ..core.progress import stage
 from .hmc import hmc_step
 
 __all__ = [
@@ -172,7 +174,8 @@ class Annealed(NamedTuple):
 
 def anneal(pot: Potential, u: torch.Tensor, betas: torch.Tensor, *, num_leapfrog: int = 1,
            step_size: float | torch.Tensor = 0.1, target_accept: float = 0.65,
-           adapt_rate: float = 0.05, step_sizes: torch.Tensor | None = None) -> Annealed:
+           adapt_rate: float = 0.05, step_sizes: torch.Tensor | None = None,
+           bar: tqdm | None = None) -> Annealed:
     """Run AIS from ``u [C, N, D]`` (a draw from f_{betas[0]}) along ``betas``.
 
     ``betas`` may decrease (reverse AIS for BDMC). With ``step_sizes [T, C or 1, N]`` the
@@ -180,6 +183,7 @@ def anneal(pot: Potential, u: torch.Tensor, betas: torch.Tensor, *, num_leapfrog
     ``step_size`` (a number or ``[C, N]``) and moves by ``adapt_rate * (accept - target_accept)``
     after every transition (online adaptation: cheap, but the kernels then depend on the chain's
     past, which biases the estimate slightly; :func:`ais` adapts in a pilot run instead).
+    ``bar`` (a :func:`ppvae.core.progress.bar`) counts the transitions.
     """
     betas = betas.to(dtype=u.dtype, device=u.device)
     tm = pot.terms(u)
@@ -204,12 +208,16 @@ def anneal(pot: Potential, u: torch.Tensor, betas: torch.Tensor, *, num_leapfrog
                                                   inv_mass)
         acc_sum = acc_sum + acc
         trace.append(eps)
+        if bar is not None:
+            bar.update(1)
         if step_sizes is None:
             eps = eps * torch.exp(adapt_rate * (acc - target_accept))
     return Annealed(log_w, u, acc_sum / max(len(betas) - 1, 1), torch.stack(trace))
 
 
-def pilot_step_sizes(pot: Potential, betas: torch.Tensor, num_chains: int, **opts) -> torch.Tensor:
+def pilot_step_sizes(pot: Potential, betas: torch.Tensor, num_chains: int, *,
+                     progress: bool | None = False, desc: str = "ais pilot",
+                     **opts) -> torch.Tensor:
     """Per-datapoint step-size schedule ``[T, 1, N]`` from a pilot AIS run.
 
     The pilot first tunes its chains' step sizes for f_0 (:data:`PILOT_WARMUP` transitions at
@@ -219,15 +227,17 @@ def pilot_step_sizes(pot: Potential, betas: torch.Tensor, num_chains: int, **opt
     s.e. of AIS on the 2-D decoder model was 30% larger.) A schedule of fewer than
     :data:`MIN_PILOT_TRANSITIONS` steps is run with every temperature repeated (each step size is
     the one reached at the last repeat), so that short schedules get adapted step sizes too.
+    ``progress`` shows a bar ``desc`` over the pilot's transitions.
     """
     rate = opts.pop("adapt_rate", PILOT_RATE)
-    u = pot.sample_init(num_chains)
-    warm = anneal(pot, u, betas[:1].expand(PILOT_WARMUP + 1), adapt_rate=max(rate, 0.25), **opts)
-    opts["step_size"] = warm.step_sizes[-1]
     t = len(betas) - 1
     reps = max(1, math.ceil(MIN_PILOT_TRANSITIONS / t))
     path = torch.cat([betas[:1], betas[1:].repeat_interleave(reps)]) if reps > 1 else betas
-    pilot = anneal(pot, warm.u, path, adapt_rate=rate, **opts)
+    with stage(progress, desc, total=PILOT_WARMUP + len(path) - 1, unit="step") as b:
+        warm = anneal(pot, pot.sample_init(num_chains), betas[:1].expand(PILOT_WARMUP + 1),
+                      adapt_rate=max(rate, 0.25), bar=b, **opts)
+        opts["step_size"] = warm.step_sizes[-1]
+        pilot = anneal(pot, warm.u, path, adapt_rate=rate, bar=b, **opts)
     steps = pilot.step_sizes[reps - 1 :: reps]  # [T, C, N]
     return steps.log().mean(1, keepdim=True).exp()
 
@@ -285,7 +295,7 @@ def check_acceptance(accept_rate: torch.Tensor, what: str, *, target: float,
 def ais(model, x: torch.Tensor, *, num_steps: int = 2000, num_chains: int = 256,
         guide=None, kind: str = "sigmoid", num_leapfrog: int = 1, step_size: float = 0.1,
         target_accept: float = 0.65, pilot_chains: int = 4, bdmc: bool = False,
-        max_gap: float | None = None,
+        max_gap: float | None = None, progress: bool | None = None,
         model_kwargs: Mapping[str, Any] | None = None) -> AISResult:
     """AIS estimate of log p(x_n) for every datapoint of ``x``.
 
@@ -309,6 +319,8 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 2000, num_chains: int = 256,
             there is likely larger than the error of AIS from it on ``x``.
         max_gap: the BDMC gap above which an :class:`ppvae.AISWarning` says the result is not
             certified (default :data:`ppvae.infer.bdmc.BDMC_GAP_MAX`).
+        progress: bars over the pilot's and the run's annealing steps (and BDMC's stages):
+            True, False, or None for them only on a terminal (:mod:`ppvae.core.progress`).
         model_kwargs: passed to model and guide.
     """
     kwargs = dict(model_kwargs or {})
@@ -317,8 +329,11 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 2000, num_chains: int = 256,
     opts: dict[str, Any] = dict(num_leapfrog=num_leapfrog, step_size=step_size,
                                 target_accept=target_accept)
     with torch.no_grad():
-        steps = pilot_step_sizes(pot, betas, pilot_chains, **opts) if pilot_chains else None
-        run = anneal(pot, pot.sample_init(num_chains), betas, step_sizes=steps, **opts)
+        steps = (pilot_step_sizes(pot, betas, pilot_chains, progress=progress, **opts)
+                 if pilot_chains else None)
+        with stage(progress, "ais", total=num_steps, unit="step") as b:
+            run = anneal(pot, pot.sample_init(num_chains), betas, step_sizes=steps, bar=b,
+                         **opts)
         values, _ = pot.unflatten(run.u)
     check_acceptance(run.accept_rate, f"AIS ({num_steps} steps, {num_chains} chains)",
                      target=target_accept, stacklevel=5)
@@ -335,7 +350,7 @@ def ais(model, x: torch.Tensor, *, num_steps: int = 2000, num_chains: int = 256,
         sandwich = run_bdmc(model, x, guide=guide, num_steps=num_steps, num_chains=num_chains,
                             kind=kind, num_leapfrog=num_leapfrog, step_size=step_size,
                             target_accept=target_accept, pilot_chains=pilot_chains,
-                            model_kwargs=kwargs)
+                            progress=progress, model_kwargs=kwargs)
         res = certify(res, sandwich, max_gap=BDMC_GAP_MAX if max_gap is None else max_gap,
                       stacklevel=5)
     return res

@@ -30,6 +30,7 @@ from ..core.diagnostic_warnings import AISWarning, warn
 from ..core.estimate import mean_stderr
 from ..core.modes import evaluates
 from ..core.potential import Potential, prior_guide
+from ..core.progress import stage
 from .ais import (
     AISResult,
     BDMCCertificate,
@@ -111,7 +112,8 @@ def simulate(model, x: torch.Tensor, *, model_kwargs: Mapping[str, Any] | None =
 def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | None = None,
          guide=None, num_steps: int = 2000, num_chains: int = 256, kind: str = "sigmoid",
          num_leapfrog: int = 1, step_size: float = 0.1, target_accept: float = 0.65,
-         pilot_chains: int = 4, model_kwargs: Mapping[str, Any] | None = None) -> BDMCResult:
+         pilot_chains: int = 4, progress: bool | None = None,
+         model_kwargs: Mapping[str, Any] | None = None) -> BDMCResult:
     """Forward and reverse AIS on simulated data: the per-datapoint BDMC sandwich.
 
     Args:
@@ -130,6 +132,8 @@ def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | 
         pilot_chains: chains of the forward pilot run. Both directions use the same
             temperatures and the pilot's step sizes (per datapoint, fixed), so neither
             direction adapts on its own chains (online adaptation visibly biases reverse AIS).
+        progress: a bar per stage (pilot, forward chains, reverse chains) over its annealing
+            steps: True, False, or None for them only on a terminal (:mod:`ppvae.core.progress`).
         model_kwargs: passed to the model.
     """
     kwargs = dict(model_kwargs or {})
@@ -148,13 +152,17 @@ def bdmc(model, x: torch.Tensor, *, z: dict[str, torch.Tensor] | torch.Tensor | 
     opts: dict[str, Any] = dict(num_leapfrog=num_leapfrog, step_size=step_size,
                                 target_accept=target_accept)
     with torch.no_grad():
-        steps = pilot_step_sizes(pot, betas, pilot_chains, **opts)  # [T, 1, N]
-        fwd = anneal(pot, pot.sample_init(num_chains), betas, step_sizes=steps, **opts)
+        steps = pilot_step_sizes(pot, betas, pilot_chains, progress=progress,
+                                 desc="bdmc pilot", **opts)  # [T, 1, N]
+        with stage(progress, "bdmc forward", total=num_steps, unit="step") as b:
+            fwd = anneal(pot, pot.sample_init(num_chains), betas, step_sizes=steps, bar=b,
+                         **opts)
         # reverse transition t targets betas[T - t]; the forward one for betas[j] is steps[j - 1]
         t = num_steps
         rev_idx = (t - 1 - torch.arange(1, t + 1, device=steps.device)).clamp(min=0)
         u_star = pot.flatten(pot.with_chains(z, num_chains)).detach()  # [C, N, D] all at z*
-        rev = anneal(pot, u_star, betas.flip(0), step_sizes=steps[rev_idx], **opts)
+        with stage(progress, "bdmc reverse", total=num_steps, unit="step") as b:
+            rev = anneal(pot, u_star, betas.flip(0), step_sizes=steps[rev_idx], bar=b, **opts)
         vals_f, _ = pot.unflatten(fwd.u)
         vals_r, _ = pot.unflatten(rev.u)
     check_acceptance(fwd.accept_rate, f"BDMC forward AIS ({num_steps} steps, {num_chains} "

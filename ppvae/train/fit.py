@@ -121,8 +121,8 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
         resume: str | os.PathLike | None = None, transform: Callable | None = None,
         batch_kw: dict | Sequence[str] | None = None,
         valid_batch_kw: dict | Sequence[str] | None = None, fixed_kw: dict | None = None,
-        data_key: str = "x", jit: bool = False, quiet: bool = False,
-        on_epoch: Callable[..., None] | None = None) -> FitResult:
+        data_key: str = "x", jit: bool = False, progress: bool | None = None,
+        quiet: bool = False, on_epoch: Callable[..., None] | None = None) -> FitResult:
     """Train ``model`` and ``guide`` on ``data`` by SVI; returns a :class:`FitResult`.
 
     The loss is minus the minibatch's mean per-datapoint objective whatever scale the model
@@ -142,9 +142,8 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
             (default ``ELBO()``, or ``TraceEnum_ELBO()`` for a model enumerating sites).
         optimizer: None (Adam), a ``torch.optim`` class, a factory ``params -> optimizer``, a
             ``pyro.optim`` optimizer or a ``pyro.optim`` scheduler.
-        schedule: None, ``"cosine"``, ``"plateau"`` or ``optimizer -> scheduler``; stepped per
-            epoch (``ReduceLROnPlateau`` on minus the validation/training value); on resume:
-            the module docstring, "Resuming".
+        schedule: None, ``"cosine"``, ``"plateau"`` (on minus the validation/training value)
+            or ``optimizer -> scheduler``; stepped per epoch (resume: module docstring).
         clip_norm: clip the gradient norm (of the per-datapoint mean loss).
         patience: stop after this many epochs without gain.
         restore_best: at the end, load the parameters of the best validation epoch
@@ -160,21 +159,23 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
         checkpoint: path written atomically after every epoch (never by two fits at once).
         resume: a checkpoint to continue from (a missing file starts fresh).
         transform: ``(x_train, generator) -> x`` once per epoch (tensor data only).
-        batch_kw: per-datapoint keyword arguments (labels): a dict of tensors ``[N, ...]``
-            with tensor data; the names of the tuple elements after x (or of dict keys) with
-            a torch Dataset / DataLoader.
+        batch_kw: per-datapoint keyword arguments (labels): tensors ``[N, ...]`` by name, or
+            for a torch Dataset / DataLoader the names of the items' elements after x.
         valid_batch_kw: the same for ``valid`` (for a Dataset / DataLoader: the training names).
         fixed_kw: keyword arguments passed to model and guide unchanged.
         data_key: the key of x in dict items of a Dataset / DataLoader.
         jit: replay the objective from a graph captured per minibatch shape
             (:mod:`ppvae.capture`; not with ``validate``, Jit ELBOs or own-gradient ELBOs).
-        quiet: no progress bar.
+        progress: a bar over epochs on stderr (train and valid ELBO as postfix): True, False,
+            or None for one only when stderr is a terminal (:mod:`ppvae.core.progress`).
+        quiet: deprecated alias of ``progress=False`` (kept working).
         on_epoch: called after each epoch's checkpoint as ``on_epoch(epoch=e, train=...,
             valid=... or None, lr=..., step=..., seconds=...)``, ``e`` the epochs completed.
     """
     settings = LoopSettings(epochs=epochs, batch_size=batch_size, check_every=check_every,
                             valid_samples=valid_samples, patience=patience, clip_norm=clip_norm,
-                            restore_best=restore_best, validate=validate, jit=jit, quiet=quiet,
+                            restore_best=restore_best, validate=validate, jit=jit,
+                            progress=quiet_alias(progress, quiet),
                             nan=NanPolicy(nan_policy, max_rollbacks, rollback_lr_factor))
     check_optimizer(optimizer, schedule)
     check_lr(lr, optimizer)
@@ -185,13 +186,29 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
     t = start(model, guide, chosen, placed, world, settings, seed=seed, lr=lr,
               optimizer=optimizer, schedule=schedule, resume=resume,
               default_objective=objective is None)
-    t.checkpoint, t.on_epoch, steps_before = checkpoint, on_epoch, t.state.step
-    if checkpoint is not None and world.is_main:
-        remove_stale_temps(checkpoint)  # of killed writes; before this call's first write
+    t.checkpoint, t.on_epoch = checkpoint, on_epoch
+    return run(t, t_start)
+
+
+def run(t: Trainer, t_start: float) -> FitResult:
+    """Train the set-up run ``t``; ``t_start`` is when the call began (for the wall time)."""
+    steps_before = t.state.step
+    if t.checkpoint is not None and t.world.is_main:
+        remove_stale_temps(t.checkpoint)  # of killed writes; before this call's first write
     stopped, message = train(t)
     return fit_result(t.state, steps=t.state.step - steps_before, train_time=t.train_time,
                       wall_time=time.perf_counter() - t_start, stopped=stopped, message=message,
                       objective=t.objective.describe())
+
+
+def quiet_alias(progress: bool | None, quiet: bool) -> bool | None:
+    """``progress`` with the deprecated ``quiet=True`` read as ``progress=False``."""
+    if not isinstance(quiet, bool):
+        raise ValueError(f"quiet must be True or False, got {quiet!r}")
+    if quiet and progress:
+        raise ValueError("quiet=True and progress=True contradict each other; quiet is the "
+                         "deprecated spelling of progress=False: pass progress only")
+    return False if quiet else progress
 
 
 def place(model, guide, data, valid, device, **forms) -> tuple[TrainData, SingleProcess]:

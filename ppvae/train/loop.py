@@ -32,9 +32,9 @@ from typing import Any
 import pyro
 import torch
 from pyro.infer.util import is_validation_enabled
-from tqdm.auto import tqdm
 
 from ..core.contract import PairInfo
+from ..core.progress import bar as progress_bar
 from .checkpoint import BestParams, save_checkpoint
 from .data import Epoch, Minibatch, TrainData
 from .evaluate import NonFiniteError, conditional_pair, describe_failure
@@ -111,8 +111,8 @@ def train(t: Trainer) -> tuple[str, str]:
     """
     s, opts = t.state, t.settings
     outcome = "completed", f"trained {max(0, opts.epochs - s.epoch)} epochs"
-    bar = tqdm(total=opts.epochs, initial=s.epoch, disable=opts.quiet or not t.world.is_main,
-               desc="fit", unit="epoch", leave=False)
+    bar = progress_bar(opts.progress if t.world.is_main else False, total=opts.epochs,
+                       initial=s.epoch, desc="fit", unit="epoch")
     was_validating = is_validation_enabled()
     pyro.enable_validation(opts.validate)  # once for the loop, not per step
     stop = DeferredInterrupt().install(t.world.interruptible)  # Ctrl-C: at a step boundary

@@ -86,7 +86,7 @@ class LoopSettings:
     restore_best: bool = True
     validate: bool = False  # distribution validation on in the loop
     jit: bool = False
-    quiet: bool = False
+    progress: bool | None = None  # the epoch bar (ppvae.core.progress: None = on a terminal)
     nan: NanPolicy = NanPolicy()
 
     def __post_init__(self) -> None:
@@ -111,6 +111,8 @@ def check_settings(s: LoopSettings) -> None:
             raise ValueError(f"{name} must be a finite number > 0{bound}, got {v!r}")
     if nan.policy not in ("stop", "rollback"):
         raise ValueError(f"nan_policy must be 'stop' or 'rollback', got {nan.policy!r}")
+    if s.progress is not None and not isinstance(s.progress, bool):
+        raise ValueError(f"progress must be True, False or None, got {s.progress!r}")
 
 
 def check_optimizer(spec, schedule) -> None:

@@ -143,6 +143,10 @@ def test_sharded_evaluation_does_not_depend_on_the_number_of_ranks(ranks, f64):
     fit = res[0]["local"][1]
     assert fit.num_steps == q.fit.num_steps and fit.history == pytest.approx(q.fit.history)
     assert torch.equal(fit.converged, q.fit.converged) and q.num_data == 24
+    # the per-datapoint trace is gathered in datapoint order; its mean is the merged history
+    assert fit.window == q.fit.window and fit.trace.shape == (len(q.fit.history), 24)
+    torch.testing.assert_close(fit.trace, q.fit.trace, rtol=1e-12, atol=1e-12)
+    assert fit.trace.mean(1).tolist() == pytest.approx(list(fit.history), rel=1e-9)
     one = sharded_gaps(model, guide, x, exact, block_size=b, local_steps=300, num_samples=400)
     for got, want in zip(_rows(res[1]["gaps_exact"]), _rows(one.to_json()), strict=True):
         assert got.keys() == want.keys()

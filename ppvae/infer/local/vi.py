@@ -40,6 +40,7 @@ from ...core.contract import DATA_PLATE, ContractError, check_pair, is_latent
 from ...core.diagnostic_warnings import ConvergenceWarning, warn
 from ...core.enum import is_enumerated, sum_out_discrete
 from ...core.modes import evaluates
+from ...core.progress import stage
 from ...core.sites import LatentSite, latent_site
 from ...core.weights import log_weights
 from .families import (
@@ -64,8 +65,12 @@ class LocalFit(NamedTuple):
     converged: torch.Tensor  # [N] bool: stopped improving by more than tol
     steps_used: torch.Tensor  # [N] steps until convergence (num_steps if not converged)
     elbo: torch.Tensor  # [N] mean ELBO over each datapoint's last window (noisy, for tracking)
-    history: tuple[float, ...]  # mean ELBO over datapoints, one per window
+    history: tuple[float, ...]  # mean ELBO over datapoints, one per window (nats)
     seconds: float
+    # [W, N] mean ELBO of each datapoint over each window (nats; a frozen datapoint keeps its
+    # last value); history is its mean over datapoints. On the device of x.
+    trace: torch.Tensor
+    window: int  # steps per window (the last window may be shorter: num_steps ends it)
 
     @property
     def num_converged(self) -> int:
@@ -169,7 +174,7 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
               num_steps: int = 1000, num_particles: int = 8, lr: float = 0.1,
               lr_decay: float = 1e-3, tol: float = 1e-3, window: int = 100, patience: int = 3,
               freeze_converged: bool = False, num_flows: int = 2, num_init_samples: int = 512,
-              gradient: str = "path",
+              gradient: str = "path", progress: bool | None = None,
               model_kwargs: Mapping[str, Any] | None = None) -> LocalGuide:
     """Fit one q_n per datapoint of ``x`` for ``model``; return the fitted :class:`LocalGuide`.
 
@@ -195,6 +200,8 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
         gradient: "path" (the path derivative of Roeder et al. 2017 for the Gaussian families:
             zero variance where q can equal the posterior; the flow always uses "reparam")
             or "reparam" (the plain reparameterization gradient of the ELBO).
+        progress: a bar over optimizer steps (at window ends: converged datapoints and mean
+            ELBO): True, False, or None for one only on a terminal (:mod:`ppvae.core.progress`).
         model_kwargs: passed to the model (and an initializing guide).
 
     The result's :attr:`LocalGuide.fit` is a :class:`LocalFit`.
@@ -209,10 +216,38 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
     optim = _optimizer(guide, params, lr, lr_decay, num_steps)
     rule = _Convergence(int(x.shape[0]), num_steps, tol, window, patience, freeze_converged,
                         x.dtype, x.device)
-    step = 0
     guide._path_derivative = gradient == "path" and family != "flow"
+    try:
+        with stage(progress, f"fit_local {family}", total=num_steps, unit="step") as bar:
+            step = _optimize(model, guide, x, info, kwargs, num_particles, optim, rule, bar)
+    finally:
+        guide._path_derivative = False
+        for p in params:
+            p.grad = None
+    guide.fit = LocalFit(family, label, step, num_steps, num_particles, ~rule.active,
+                         rule.steps_used, rule.last, tuple(rule.history),
+                         time.perf_counter() - start, rule.trace(), window)
+    n_conv, n = guide.fit.num_converged, int(x.shape[0])
+    if num_steps > 0 and n_conv < n:
+        warn(ConvergenceWarning,
+             f"fit_local({family}): {n_conv}/{n} datapoints converged within {num_steps} steps "
+             f"(rule: no ELBO improvement above tol={tol} over {patience} windows of {window} "
+             "steps); for the others ELBO[q*] is below its optimum, so approximation gaps "
+             "built on it are overestimated and amortization gaps underestimated: raise "
+             "num_steps (--local-steps in the CLI) or lr", stacklevel=2)
+    return guide
+
+
+def _optimize(model, guide: LocalGuide, x: torch.Tensor, info, kwargs, num_particles: int,
+              optim, rule: _Convergence, bar) -> int:
+    """Step ``optim`` on sum_n ELBO_n until ``rule`` ends the fit; returns the steps taken.
+
+    ``bar`` counts the steps; at a window's end its postfix shows the converged datapoints and
+    the mean ELBO that the rule has just read back (no host sync of its own).
+    """
+    params, step = list(guide.parameters()), 0
     with torch.enable_grad(), pyro.validation_enabled(False):  # checked once by check_pair
-        for step in range(1, num_steps + 1):
+        for step in range(1, rule.num_steps + 1):
             lw = log_weights(model, guide, x, num_particles, chunk_size=num_particles,
                              info=info, model_kwargs=kwargs)  # [S, N]
             elbo_n = lw.mean(0)  # [N]
@@ -225,23 +260,14 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
                 with torch.no_grad():
                     for p, o in zip(params, old, strict=True):
                         p.copy_(torch.where(rule.active.view(-1, *[1] * (p.dim() - 1)), p, o))
-            if rule.update(elbo_n.detach(), step):
+            done = rule.update(elbo_n.detach(), step)
+            bar.update(1)
+            if rule.closed:
+                bar.set_postfix(converged=f"{rule.num_converged}/{rule.n}",
+                                elbo=f"{rule.history[-1]:.3f}", refresh=False)
+            if done:
                 break
-    guide._path_derivative = False
-    for p in params:
-        p.grad = None
-    guide.fit = LocalFit(family, label, step, num_steps, num_particles, ~rule.active,
-                         rule.steps_used, rule.last, tuple(rule.history),
-                         time.perf_counter() - start)
-    n_conv, n = guide.fit.num_converged, int(x.shape[0])
-    if num_steps > 0 and n_conv < n:
-        warn(ConvergenceWarning,
-             f"fit_local({family}): {n_conv}/{n} datapoints converged within {num_steps} steps "
-             f"(rule: no ELBO improvement above tol={tol} over {patience} windows of {window} "
-             "steps); for the others ELBO[q*] is below its optimum, so approximation gaps "
-             "built on it are overestimated and amortization gaps underestimated: raise "
-             "num_steps (--local-steps in the CLI) or lr", stacklevel=2)
-    return guide
+    return step
 
 
 def _check_options(family, init, gradient, num_steps, num_particles, window, patience) -> None:
@@ -301,15 +327,26 @@ class _Convergence:
         self.acc = torch.zeros(n, dtype=dtype, device=device)
         self.last = torch.full((n,), math.nan, dtype=dtype, device=device)
         self.history: list[float] = []
+        self.windows: list[torch.Tensor] = []  # self.last at each window's end, [N] each
         self.any_frozen = False
+        self.n, self.num_converged = n, 0
+        self.closed = False  # whether the last update ended a window
+        self.dtype, self.device = dtype, device
+
+    def trace(self) -> torch.Tensor:
+        """The window means so far, ``[W, N]`` (``[0, N]`` before the first window ends)."""
+        if not self.windows:
+            return torch.empty(0, self.n, dtype=self.dtype, device=self.device)
+        return torch.stack(self.windows)
 
     def update(self, elbo_n: torch.Tensor, step: int) -> bool:
-        """Add one step's ELBOs; at a window's end, apply the rule.
+        """Add one step's ELBOs; at a window's end, apply the rule (one host sync).
 
         True: every datapoint is frozen (only with ``freeze``), so the loop can stop.
         """
         self.acc += elbo_n
-        if step % self.window and step != self.num_steps:
+        self.closed = not (step % self.window and step != self.num_steps)
+        if not self.closed:
             return False
         mean = self.acc / (step - (step - 1) // self.window * self.window)  # [N] window mean
         active = self.active
@@ -321,8 +358,13 @@ class _Convergence:
         self.steps_used = torch.where(done, step, self.steps_used)
         self.active = active & ~done
         self.acc.zero_()
-        self.history.append(float(self.last.mean()))
+        self.windows.append(self.last)
+        # the window's one host sync: mean ELBO and converged count together
+        mean_elbo, converged = torch.stack([self.last.mean().double(),
+                                            (~self.active).sum().double()]).tolist()
+        self.history.append(mean_elbo)
+        self.num_converged = int(converged)
         if self.freeze:
-            self.any_frozen = not bool(self.active.all())
-            return not bool(self.active.any())
+            self.any_frozen = self.num_converged > 0
+            return self.num_converged == self.n
         return False
