@@ -161,3 +161,26 @@ def test_errors_name_the_problem(ppca):
         ppvae.fit_local(model, d.x, "gaussian")
     with pytest.raises(ValueError, match="init must be 'prior' or a guide"):
         ppvae.fit_local(model, d.x, init="encoder")
+
+
+def test_trace_holds_each_datapoints_window_means(ppca):
+    """LocalFit.trace [W, N]: the window means whose mean over datapoints is ``history``."""
+    d, model, _ = ppca
+    x = d.x[:20]
+    q = ppvae.fit_local(model, x, "diag", num_steps=250, window=100)  # windows 100, 100, 50
+    fit = q.fit
+    assert fit.window == 100 and fit.num_steps == 250
+    assert fit.trace.shape == (3, 20) and fit.trace.dtype == x.dtype
+    assert fit.trace.device == x.device
+    assert fit.trace.mean(1).tolist() == pytest.approx(list(fit.history), rel=1e-12)
+    assert torch.equal(fit.trace[-1], fit.elbo)  # the last window is the reported ELBO
+    # the ELBO rises from the prior start: every datapoint's second window beats its first
+    assert bool((fit.trace[1] > fit.trace[0]).all())
+    frozen = ppvae.fit_local(model, x, "diag", num_steps=600, window=20, patience=2, tol=0.05,
+                             freeze_converged=True).fit
+    assert frozen.trace.shape == (len(frozen.history), 20) and frozen.num_converged > 0
+    for n in frozen.converged.nonzero().flatten().tolist():  # held from its converging window
+        w = int(frozen.steps_used[n]) // frozen.window - 1
+        assert bool((frozen.trace[w:, n] == frozen.trace[w, n]).all())
+    none = ppvae.fit_local(model, x, "diag", num_steps=0).fit
+    assert none.trace.shape == (0, 20) and none.history == ()
