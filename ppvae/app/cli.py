@@ -13,9 +13,15 @@ Subcommands (each a module of :mod:`ppvae.app` with ``add_arguments(parser)`` fo
     ppca      the PPCA study on synthetic data or on a user's .npy/.csv file
     info      versions, the device ppvae would use, where data is looked for
 
-Configuration comes from flags or a TOML file (``--config``; flags override it). Errors a user
-can cause print one line naming the problem and exit with code 2 (``--debug`` shows the
-traceback).
+Configuration comes from flags or a TOML file (``--config``; flags override it). Every
+command's ``--help`` shows each option's default, and those defaults are the ones the Python API
+uses (``ppvae train``: those of :func:`ppvae.fit`). Errors a user can cause print one line naming
+the problem (and, where it suggests a fix, the flag to use) and exit with code 2 (``--debug``
+shows the traceback).
+
+Global options, before or after the command: ``--quiet`` (no progress bars: it sets
+:func:`ppvae.core.progress.set_default` to False for the command), ``--debug``, ``--threads N``;
+``ppvae --version`` prints the versions of ppvae, torch and Pyro without importing them.
 
 The diagnostic warnings a command raises (:class:`ppvae.DiagnosticWarning`: unconverged q*,
 MCMC failing R-hat / ESS / divergence checks, heavy-tailed importance weights, AIS acceptance)
@@ -32,6 +38,7 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Mapping, Sequence
 from importlib import import_module
 from typing import Any
 
@@ -93,27 +100,124 @@ def _threads(text: str) -> int:
     return positive_int(text)
 
 
+def version_text() -> str:
+    """``ppvae <version>`` and, on a second line, the torch, Pyro and Python versions.
+
+    Read from the installed packages' metadata: nothing is imported, so ``ppvae --version``
+    answers at once.
+    """
+    from importlib import metadata
+
+    def installed(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    try:
+        own = metadata.version("ppvae")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        from .. import __version__ as own
+    return (f"ppvae {own}\ntorch {installed('torch')}, pyro {installed('pyro-ppl')}, "
+            f"python {sys.version.split()[0]}")
+
+
+class _Version(argparse.Action):
+    """``--version``: print :func:`version_text` and exit 0."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.exit(0, version_text() + "\n")
+
+
 def _global_options(p: argparse.ArgumentParser, default) -> None:
-    """``--debug`` and ``--threads``: before the command, or after it (``default`` SUPPRESS)."""
+    """``--debug`` and ``--threads``: before the command, or after it (``default`` SUPPRESS).
+
+    ``--quiet`` is added by :func:`_add_quiet` (a command's parser may still define its own).
+    """
     p.add_argument("--debug", action="store_true", default=default or False,
                    help="show tracebacks on errors")
     p.add_argument("--threads", type=_threads, default=default,
                    help="torch CPU threads (default: 1 for demo, torch's choice otherwise)")
 
 
+_QUIET = "global_quiet"  # dest of the global --quiet (a command's own --quiet sets ``quiet``)
+
+
+def _add_quiet(p: argparse.ArgumentParser, default) -> None:
+    """The global ``--quiet``, unless ``p`` has a ``--quiet`` of its own already."""
+    if "--quiet" not in p._option_string_actions:
+        p.add_argument("--quiet", dest=_QUIET, action="store_true",
+                       default=default if default is not None else False,
+                       help="no progress bars (same as PPVAE_PROGRESS=0)")
+
+
+def _default_text(value: object) -> str | None:
+    """How ``--help`` shows a default; None: nothing to show (None, False, suppressed)."""
+    if value is None or value is False or value is argparse.SUPPRESS:
+        return None
+    if isinstance(value, list | tuple):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _show_defaults(p: argparse.ArgumentParser, shown: Mapping[str, object]) -> None:
+    """Append ``(default: X)`` to the help of every option of ``p`` that has a default.
+
+    ``shown``: the default to show for options whose parsed default is None because a lower
+    layer supplies it (``ppvae train``'s flags default to None so that ``--config`` files can
+    set them; their built-in values are shown). Help that names a default already is left
+    alone.
+    """
+    for action in p._actions:
+        if isinstance(action, argparse._HelpAction | argparse._SubParsersAction | _Version):
+            continue
+        value = action.default if action.default is not None else shown.get(action.dest)
+        text = _default_text(value)
+        if text is None or "default" in (action.help or "").lower():
+            continue
+        text = text.replace("%", "%%")  # argparse %-formats help strings
+        action.help = f"{action.help} (default: {text})" if action.help else f"default: {text}"
+
+
+def _wants_version(argv: Sequence[str]) -> bool:
+    """``--version`` among the global options (before the command)."""
+    for word in argv:
+        if word == "--version":
+            return True
+        if not word.startswith("-"):  # the command (or --threads' value: harmless)
+            if word in COMMANDS:
+                return False
+    return False
+
+
 def _parser() -> argparse.ArgumentParser:
+    from .inputs import train_defaults
+
     p = _Parser(
         prog="ppvae", description="Honest inference for deep latent-variable models: train, "
         "evaluate, inference-gap reports with MCMC references, samples. Each command works "
         "on a run directory; 'ppvae demo' runs the main job on the bundled digits.")
+    p.add_argument("--version", action=_Version, help="print the versions and exit")
     _global_options(p, None)
+    _add_quiet(p, None)
     common = _Parser(add_help=False)
     _global_options(common, argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    shown = {"train": train_defaults()}
     for name, (module_name, help_) in COMMANDS.items():
         module = import_module(f"{__package__}.{module_name}")
         cp = sub.add_parser(name, help=help_, description=help_, parents=[common])
         module.add_arguments(cp)
+        if name == "train":
+            from .inputs import add_data_arguments
+
+            add_data_arguments(cp)  # the data and likelihood flags of train_config
+        _add_quiet(cp, argparse.SUPPRESS)
+        _show_defaults(cp, shown.get(name, {}))
         cp.set_defaults(func=module.main)
     return p
 
@@ -164,21 +268,31 @@ def main(argv: list[str] | None = None) -> int:
     (:data:`EXIT_INTERNAL`) an unexpected error, one line (``--debug``: the traceback); 130
     interrupted (Ctrl-C).
     """
+    words = sys.argv[1:] if argv is None else list(argv)
+    if _wants_version(words):  # before the parser, which imports torch
+        print(version_text())
+        return 0
     with _StartupInterrupt() as startup:
         parser = _parser()
+        from ..core import progress
         from ..core.diagnostic_warnings import collect
         from .runs import set_command
     if startup.pressed:
         print("ppvae: interrupted before the command started; nothing was written",
               file=sys.stderr)
         return EXIT_INTERRUPTED
-    args = parser.parse_args(argv)
-    set_command(sys.argv[1:] if argv is None else argv)  # the reports record the command line
+    args = parser.parse_args(words)
+    args.quiet = bool(getattr(args, _QUIET, False) or getattr(args, "quiet", False))
+    set_command(words)  # the reports record the command line
+    previous = progress._default
+    if args.quiet:
+        progress.set_default(False)
     found: list[str] = []
     try:
         with collect() as found:
             return _run(args)
     finally:
+        progress.set_default(previous)
         set_command(None)
         _print_warnings(found)
 

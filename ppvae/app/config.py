@@ -11,13 +11,22 @@ written, and an error names the key and the layer it came from (the file, or the
   is asked for;
 * ranges: sizes, epochs and counts at least 1, a finite learning rate above 0, a seed that
   torch and numpy both accept;
-* names: model, guide, objective and binarization among the zoo's (:mod:`ppvae.app.zoo`);
-* the combination (:func:`check_combination`): the guide fits the model, and a size or an
-  objective option that the chosen model, guide and objective would ignore is refused rather
-  than dropped without a word (``--iwae-k 50`` with objective ``elbo``).
+* names: model, guide, objective, likelihood and binarization among the zoo's
+  (:mod:`ppvae.app.zoo`);
+* the combination (:func:`check_combination`): the guide fits the model, the likelihood is one
+  the model has, and a size, an objective option or a data option that the chosen model,
+  guide, objective and data would ignore is refused rather than dropped without a word
+  (``--iwae-k 50`` with objective ``elbo``, ``--image-size`` with a CSV file).
 
-What needs the data (labels for a conditional pair, the likelihood, the pair's contract) is
-checked when the run is built, still before the run directory is written.
+Data keys: ``data`` (a data set name, a folder of images, or a ``.npy`` / ``.csv`` / ``.txt``
+file), ``data_path`` (binarized MNIST's files), ``binarize``, ``likelihood`` (written by
+``ppvae train`` once resolved, so config.toml records it), ``image_size`` ``[H, W]`` and
+``image_mode`` (``"L"`` or ``"RGB"``) for a folder of images, ``image_shape`` ``[H, W]`` or
+``[C, H, W]`` for a file of rows that are images.
+
+What needs the data (labels for a conditional pair, whether the likelihood fits the values,
+the pair's contract) is checked when the run is built, still before the run directory is
+written.
 """
 
 from __future__ import annotations
@@ -26,14 +35,17 @@ import difflib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from .zoo import GUIDES, MODELS, OBJECTIVE_OPTIONS, OBJECTIVES, check_names
+from .zoo import GUIDES, LIKELIHOODS, MODELS, OBJECTIVE_OPTIONS, OBJECTIVES, check_names
 
 __all__ = ["SCHEMA", "ConfigError", "Field", "Layer", "check_combination", "check_layer",
-           "describe"]
+           "data_kind", "describe"]
 
 BINARIZE = ("static", "threshold", "dynamic")
+IMAGE_MODES = ("L", "RGB")
+TABLE_SUFFIXES = (".npy", ".csv", ".txt")
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
 
@@ -50,6 +62,7 @@ class Field:
     high: float | None = None
     choices: Sequence[str] | None = None
     above: bool = False  # the value must be strictly above ``low``
+    lengths: Sequence[int] | None = None  # "ints": the lengths allowed (None: any)
 
     def check(self, value: Any) -> str | None:
         """None when ``value`` fits, else what is wrong (to follow the key's name)."""
@@ -72,6 +85,9 @@ class Field:
                 bad = self._number(v, integer=True)
                 if bad:
                     return f"must be a list of integers >= {_num(self.low)}; an element {bad}"
+            if self.lengths is not None and len(value) not in self.lengths:
+                return (f"must be a list of {' or '.join(map(str, self.lengths))} integers, got "
+                        f"{len(value)}: {list(value)!r}")
             return None
         return self._number(value, integer=self.kind == "int")
 
@@ -116,6 +132,10 @@ SCHEMA: Mapping[tuple[str | None, str], Field] = {
     (None, "data"): Field("str"),
     (None, "data_path"): Field("str"),
     (None, "binarize"): Field("str", choices=BINARIZE),
+    (None, "likelihood"): Field("str", choices=LIKELIHOODS),
+    (None, "image_size"): Field("ints", 1, lengths=(2,)),
+    (None, "image_mode"): Field("str", choices=IMAGE_MODES),
+    (None, "image_shape"): Field("ints", 1, lengths=(2, 3)),
     (None, "seed"): Field("int", 0, SEED_MAX),
     (None, "device"): Field("str"),
     ("sizes", "latent_dim"): Field("int", 1),
@@ -129,7 +149,7 @@ SCHEMA: Mapping[tuple[str | None, str], Field] = {
     ("train", "lr"): Field("float", 0, above=True),
     ("train", "particles"): Field("int", 1),
     ("train", "iwae_k"): Field("int", 1),
-    ("train", "beta"): Field("float", 0),
+    ("train", "beta"): Field("float", 0, above=True),
     ("train", "warmup_steps"): Field("int", 1),
     ("train", "patience"): Field("int", 1),
     ("train", "jit"): Field("bool"),
@@ -208,11 +228,20 @@ def check_combination(cfg: Mapping[str, Any], layers: Sequence[Layer]) -> None:
 
     Raises:
         ConfigError: a guide that does not fit the model (:func:`ppvae.app.zoo.check_names`),
-            or a size or objective option set by the user that the chosen model, guide and
-            objective do not use, naming the key and where it was set.
+            a likelihood the model does not have, or a size, objective or data option set by
+            the user that the chosen model, guide, objective and data do not use, naming the
+            key and where it was set.
     """
     check_names(cfg["model"], cfg["guide"])
     model, guide = MODELS[cfg["model"]], GUIDES[cfg["guide"]]
+    likelihood = cfg.get("likelihood")
+    if likelihood is not None and likelihood not in model.likelihoods:
+        set_in = _source(layers, None, "likelihood") or "built-in defaults"
+        has = " or ".join(f"'{m}'" for m, e in MODELS.items() if likelihood in e.likelihoods)
+        raise ConfigError(f"{describe(None, 'likelihood', set_in)} {likelihood}: model "
+                          f"'{cfg['model']}' has only {', '.join(model.likelihoods)}; use model "
+                          f"{has}")
+    _check_data_options(cfg, layers)
     used = set(model.sizes) | set(guide.sizes)
     for key in sorted(cfg.get("sizes", {})):
         where = _source(layers, "sizes", key)
@@ -229,3 +258,33 @@ def check_combination(cfg: Mapping[str, Any], layers: Sequence[Layer]) -> None:
             raise ConfigError(
                 f"{describe('train', key, where)} is used only by objective "
                 f"{' or '.join(repr(u) for u in users)}; this run's objective is '{objective}'")
+
+
+def data_kind(data: str) -> str:
+    """``"name"`` (a data set of :mod:`ppvae.data`), ``"folder"`` (images) or ``"table"``.
+
+    A name with a ``.npy`` / ``.csv`` / ``.txt`` suffix is a table, an existing folder is a
+    folder of images, anything else a data set name.
+    """
+    if Path(data).suffix in TABLE_SUFFIXES:
+        return "table"
+    if Path(data).is_dir():
+        return "folder"
+    return "name"
+
+
+def _check_data_options(cfg: Mapping[str, Any], layers: Sequence[Layer]) -> None:
+    """Refuse an image option the data would ignore (set by the user, not by a default)."""
+    kind = data_kind(cfg["data"])
+    used = {"folder": ("image_size", "image_mode"), "table": ("image_shape",)}.get(kind, ())
+    for key in ("image_size", "image_mode", "image_shape"):
+        where = _source(layers, None, key)
+        if where is not None and key in cfg and key not in used:
+            what = ("a folder of images" if key != "image_shape"
+                    else "a .npy / .csv / .txt file of rows")
+            raise ConfigError(f"{describe(None, key, where)} applies to {what}; data "
+                              f"'{cfg['data']}' is {_KINDS[kind]}")
+
+
+_KINDS = {"name": "a named data set (its shape is known)", "folder": "a folder of images",
+          "table": "a file of rows"}

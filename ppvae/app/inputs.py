@@ -1,43 +1,67 @@
 """What the user hands the command line, checked: data files, the device, a run's configuration.
 
 * :class:`UsageError`: a problem with the user's input, reported in one line with exit code 2.
-* :func:`load_matrix`: a ``.npy`` / ``.csv`` file as an [N, D] float64 tensor, refusing
-  missing, unreadable, non-numeric (strings, complex), non-2-D, empty and non-finite data in
-  one line each.
+* :func:`load_matrix`: a ``.npy`` / ``.csv`` / ``.txt`` file as an [N, D] float64 tensor (a
+  header row of column names is skipped), refusing missing, unreadable, non-numeric (strings,
+  complex; a cell that is not a number is named by line and column), non-2-D, empty and
+  non-finite data in one line each (:func:`ppvae.data.read_table`).
 * :func:`positive_int`, :func:`nonnegative_int`, :func:`positive_float`: argparse types that
   refuse out-of-range flag values (``--num 0``, ``--threads -1``) at parse time.
 * :func:`check_device`: a device the user named that is not there (e.g. ``cuda`` without CUDA).
 * :func:`train_config`: the configuration of ``ppvae train`` and the run directory it goes to.
-  Built-in defaults, then (with ``--resume``) the run's own ``config.toml``, then a
+  Built-in defaults (those of :func:`ppvae.fit` for the training options,
+  :func:`train_defaults`), then (with ``--resume``) the run's own ``config.toml``, then a
   ``--config`` TOML file, then the flags: each overrides the ones before it, and each is
   checked against the typed schema of :mod:`ppvae.app.config` before anything is written.
-* :func:`build_data`: a :class:`ppvae.data.Dataset` from a data set name or a user's file.
+  :func:`add_data_arguments` adds train's flags for the user's data and the likelihood.
+* :func:`build_data`: a :class:`ppvae.data.Dataset` from a data set name, a folder of images
+  or a user's file; :func:`load_data` the same from a run's configuration. Their errors name
+  the command line's flags (``--data-path``, ``--image-size``, ...) where the data API's
+  messages name its arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import SCHEMA, Layer, check_combination, check_layer
+from .config import IMAGE_MODES, SCHEMA, Layer, check_combination, check_layer, data_kind
 from .runs import read_toml, toml_string
-from .zoo import BuildError, default_guide
+from .zoo import LIKELIHOODS, MODELS, OBJECTIVE_DEFAULTS, BuildError, ModelSpec, default_guide
 
-__all__ = ["UsageError", "build_data", "check_device", "load_matrix", "nonnegative_int",
-           "positive_float", "positive_int", "train_config"]
+__all__ = ["DATA_HELP", "UsageError", "add_data_arguments", "build_data", "check_device",
+           "load_data", "load_matrix", "nonnegative_int", "positive_float", "positive_int",
+           "train_config", "train_defaults"]
 
 # config keys: top level, [sizes] and [train] (the run directory's config.toml has this shape)
 _TOP, _SIZES, _TRAIN = (tuple(k for t, k in SCHEMA if t == table)
                         for table in (None, "sizes", "train"))
+_IMAGE_SETS = ("digits", "mnist", "fashion-mnist")  # grey levels: binarized by default
+
+
+def _fit_defaults() -> dict[str, Any]:
+    """epochs, batch_size and lr as :func:`ppvae.fit` defaults them (one source of truth)."""
+    from ..train.fit import fit
+
+    params = inspect.signature(fit).parameters
+    return {k: params[k].default for k in ("epochs", "batch_size", "lr")}
+
+
+_SPEC = ModelSpec()
 _DEFAULTS = {"model": "vae", "data": "digits", "seed": 0, "device": "auto",
-             "sizes": {"latent_dim": 4, "hidden": [128]},
-             "train": {"objective": "elbo", "epochs": 30, "batch_size": 64, "lr": 3e-3}}
+             "sizes": {"latent_dim": _SPEC.latent_dim, "hidden": list(_SPEC.hidden)},
+             "train": {"objective": "elbo", **_fit_defaults()}}
+DATA_HELP = ("digits (bundled), binarized-mnist, mnist, fashion-mnist, ppca; a folder of "
+             "images (flat, or one subfolder per class: labels); or a .npy/.csv/.txt file of "
+             "rows (a CSV header row is allowed)")
 
 
 class UsageError(Exception):
@@ -76,41 +100,18 @@ def positive_float(text: str) -> float:
 def load_matrix(path: str, *, min_rows: int = 2) -> torch.Tensor:
     """The real numeric matrix [N, D] (N >= ``min_rows``, D >= 1, finite) in a file.
 
-    ``.npy`` (no pickles), ``.csv`` or whitespace-separated ``.txt``. Anything else, a missing
-    or unreadable file, strings, complex numbers, another shape or non-finite values raise
-    :class:`UsageError` naming the file and the problem.
+    ``.npy`` (no pickles), ``.csv`` or whitespace-separated ``.txt``, a first row of column
+    names allowed (:func:`ppvae.data.read_table`). Anything else, a missing or unreadable file,
+    strings, complex numbers, another shape or non-finite values raise :class:`UsageError`
+    naming the file and the problem (for text files, the line and column).
     """
-    import numpy as np
+    from ..data.tables import read_table
 
-    p = Path(path)
-    if not p.exists():
-        raise UsageError(f"data file not found: {p}")
-    if not p.is_file():
-        raise UsageError(f"data file {p} is not a file")
     try:
-        if p.suffix == ".npy":
-            arr = np.load(p, allow_pickle=False)
-        elif p.suffix in (".csv", ".txt"):
-            arr = np.loadtxt(p, delimiter="," if p.suffix == ".csv" else None, ndmin=2)
-        else:
-            raise UsageError(f"{p}: unsupported data file type '{p.suffix}' (use .npy or .csv)")
-    except UsageError:
-        raise
-    except Exception as e:
-        raise UsageError(f"{p}: could not read a numeric matrix ({e})") from e
-    if not isinstance(arr, np.ndarray):
-        raise UsageError(f"{p}: expected one array, got {type(arr).__name__}")
-    if arr.dtype.kind == "c":
-        raise UsageError(f"{p}: the data are complex numbers ({arr.dtype}); ppvae models real "
-                         "values")
-    if arr.dtype.kind not in "biuf":
-        raise UsageError(f"{p}: the data are not numbers (dtype {arr.dtype})")
-    if arr.ndim != 2 or arr.shape[0] < min_rows or arr.shape[1] < 1:
-        raise UsageError(f"{p}: expected a 2-D array [N, D] with N >= {min_rows} rows and "
-                         f"D >= 1 columns, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise UsageError(f"{p}: the data contain non-finite values")
-    return torch.as_tensor(arr.astype(np.float64))
+        table = read_table(path, min_rows=min_rows)
+    except (ValueError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from e
+    return torch.as_tensor(table.values)
 
 
 def check_device(device: str | None) -> None:
@@ -142,13 +143,71 @@ def _layer(where: str, values: Mapping[str, Any]) -> Layer:
     return layer
 
 
+def train_defaults() -> dict[str, Any]:
+    """The built-in default of each ``ppvae train`` flag (by its dest), for ``--help``.
+
+    The flags themselves default to None so that a ``--config`` file or a resumed run's
+    config.toml can set them; these are the values used when none does. The training options
+    are :func:`ppvae.fit`'s; the objectives' options those of :data:`ppvae.app.zoo.
+    OBJECTIVE_DEFAULTS`.
+    """
+    d = ModelSpec()
+    usual = ", ".join(f"{m}: {e.default_guide}" for m, e in MODELS.items())
+    return {
+        **{k: v for k, v in _DEFAULTS.items() if not isinstance(v, dict)},
+        **_DEFAULTS["train"], **_DEFAULTS["sizes"],  # type: ignore[dict-item]
+        "guide": f"the model's usual ({usual})",
+        "binarize": "static for digits, mnist, fashion-mnist and image folders with the "
+                    "bernoulli likelihood; none otherwise",
+        "likelihood": "bernoulli for 0/1 or binarized data, else gaussian, which only vae "
+                      "has",
+        "image_mode": "as found: L when every image is grey, else RGB",
+        "top_latent_dim": d.top_latent_dim, "num_flows": d.num_flows, "channels": d.channels,
+        "particles": OBJECTIVE_DEFAULTS["particles"], "iwae_k": OBJECTIVE_DEFAULTS["iwae_k"],
+        "beta": f"{OBJECTIVE_DEFAULTS['beta']}, the command line's own: ppvae.beta_vae has "
+                "none",
+        "warmup_steps": f"{OBJECTIVE_DEFAULTS['warmup_steps']}, the command line's own: "
+                        "ppvae.kl_warmup has none",
+        "patience": "none, no early stopping",
+    }
+
+
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """``ppvae train``'s flags for the likelihood and the user's data (each unless present).
+
+    ``--likelihood``, ``--image-size H W`` and ``--image-mode`` (a folder of images),
+    ``--image-shape H W`` (a file of rows that are images); all feed :func:`train_config`
+    (config keys ``likelihood``, ``image_size``, ``image_mode``, ``image_shape``). The help of
+    an existing ``--data`` flag is set to :data:`DATA_HELP`.
+    """
+    have = p._option_string_actions
+    if "--data" in have:
+        have["--data"].help = f"{DATA_HELP} (default: digits)"
+    if "--likelihood" not in have:
+        p.add_argument("--likelihood", choices=LIKELIHOODS,
+                       help="the model's p(x | z); recorded in config.toml")
+    if "--image-size" not in have:
+        p.add_argument("--image-size", dest="image_size", type=positive_int, nargs=2,
+                       metavar=("H", "W"), help="folder of images: resize every image to H x W "
+                       "(needed when their sizes differ)")
+    if "--image-mode" not in have:
+        p.add_argument("--image-mode", dest="image_mode", choices=IMAGE_MODES,
+                       help="folder of images: L (one grey channel) or RGB")
+    if "--image-shape" not in have:
+        p.add_argument("--image-shape", dest="image_shape", type=positive_int, nargs="+",
+                       metavar="N", help=".npy/.csv/.txt data: draw each row as an H W (or "
+                       "C H W) image in figures")
+
+
 def train_config(args) -> tuple[dict, Path]:
     """The configuration of ``ppvae train`` from its parsed ``args``, and the run directory.
 
     Layers (defaults, the run's config.toml with ``--resume``, ``--config``, flags) are each
     checked against :data:`ppvae.app.config.SCHEMA`, merged, and the merged configuration's
     combination checked (:func:`ppvae.app.config.check_combination`); nothing is written. The
-    directory is ``--out``, default ``runs/<model>-<guide>-<time>``.
+    directory is ``--out``, default ``runs/<model>-<guide>-<time>``. Grey-level image data
+    (digits, MNIST, Fashion-MNIST, a folder of images) are binarized statically unless the
+    configuration says otherwise or asks for a likelihood other than Bernoulli.
     """
     layers = [_layer("built-in defaults", _DEFAULTS)]
     out = Path(args.out) if args.out else None
@@ -160,18 +219,19 @@ def train_config(args) -> tuple[dict, Path]:
         layers.append(_layer(str(out / "config.toml"), read_toml(out / "config.toml")))
     if args.config:
         layers.append(_layer(args.config, read_toml(args.config)))
-    flags: dict[str, Any] = {k: getattr(args, k) for k in _TOP
+    flags: dict[str, Any] = {k: _plain(getattr(args, k)) for k in _TOP
                              if getattr(args, k, None) is not None}
     for table, keys in (("sizes", _SIZES), ("train", _TRAIN)):
         given = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
         if given:
-            flags[table] = {k: list(v) if isinstance(v, tuple) else v for k, v in given.items()}
+            flags[table] = {k: _plain(v) for k, v in given.items()}
     layers.append(_layer("command line", flags))
     cfg: dict = {}
     for layer in layers:
         cfg = _merge(cfg, layer.values)
     cfg.setdefault("guide", default_guide(cfg["model"]))
-    if "binarize" not in cfg and cfg["data"] in ("digits", "mnist", "fashion-mnist"):
+    if ("binarize" not in cfg and cfg.get("likelihood", "bernoulli") == "bernoulli"
+            and (cfg["data"] in _IMAGE_SETS or data_kind(cfg["data"]) == "folder")):
         cfg["binarize"] = "static"
     check_combination(cfg, layers)
     for key in ("data", "data_path"):
@@ -182,43 +242,93 @@ def train_config(args) -> tuple[dict, Path]:
     return cfg, out
 
 
-def _split_file(x: torch.Tensor, seed: int):
-    """80 / 10 / 10 seeded split of a user's matrix."""
-    n = x.shape[0]
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_hold = max(1, n // 10)
-    return x[perm[2 * n_hold:]], x[perm[:n_hold]], x[perm[n_hold:2 * n_hold]]
+def _plain(value: Any) -> Any:
+    """A flag's value as TOML holds it (argparse's tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+# the data API's spelling of a fix -> the command line's flag
+_CLI_WORDS = (
+    (re.compile(r"\bpass path="), "pass --data-path"),
+    (re.compile(r"\bsize=\(H, W\)"), "--image-size H W"),
+    (re.compile(r"\bbinarize='(\w+)'"), r"--binarize \1"),
+    (re.compile(r"\bno binarize option\b"), "no --binarize"),
+    (re.compile(r"^binarize needs\b"), "--binarize needs"),
+    (re.compile(r"\bimage_shape (\([^)]*\))"), r"--image-shape \1"),
+    (re.compile(r"\bmode F\b"), "mode F"),
+)
+
+
+def cli_words(message: str) -> str:
+    """A data API error message with the command line's flags for the API's arguments."""
+    for pattern, flag in _CLI_WORDS:
+        message = pattern.sub(flag, message)
+    return message
 
 
 def build_data(name: str, *, binarize: str | None = None, path: str | None = None,
-               seed: int = 0, download: bool = True):
-    """A :class:`ppvae.data.Dataset` from a data set name or a ``.npy`` / ``.csv`` file.
+               seed: int = 0, download: bool = True, image_size: Sequence[int] | None = None,
+               image_mode: str | None = None, image_shape: Sequence[int] | None = None,
+               progress: bool | None = None):
+    """A :class:`ppvae.data.Dataset` from a data set name, a folder of images or a file.
 
-    A file is read by :func:`load_matrix`, and its rows are split 80 / 10 / 10 with ``seed``.
+    Args:
+        name: one of :data:`ppvae.data.DATASETS`; a folder of images
+            (:func:`ppvae.data.load_image_folder`); or a ``.npy`` / ``.csv`` / ``.txt`` file
+            of rows (:func:`ppvae.data.load_table`). User data are split 80 / 10 / 10 with
+            ``seed``.
+        binarize: None, ``"static"``, ``"threshold"`` or ``"dynamic"``.
+        path: binarized MNIST's ``.npz`` file or folder of ``.amat`` files.
+        seed: seeds the split and the binarization.
+        download: fetch a named data set's missing files.
+        image_size: ``(H, W)`` to resize a folder's images to.
+        image_mode: ``"L"`` or ``"RGB"`` for a folder's images (None: as found).
+        image_shape: ``(H, W)`` or ``(C, H, W)``: the rows of a file are images.
+        progress: a bar while a folder's images are read (None: only on a terminal).
+
+    Raises:
+        BuildError: the data cannot be read, named with the problem; suggestions name the
+            command line's flags.
     """
-    from ..data import DATASETS, Dataset, load_dataset
-    from ..data import binarize as binarize_images
+    from ..data import DATASETS, load_dataset, load_image_folder, load_table
 
-    if name in DATASETS:
-        try:
+    kind = data_kind(name)
+    try:
+        if name in DATASETS:
             return load_dataset(name, binarize=binarize, path=path, seed=seed,
                                 download=download)
-        except FileNotFoundError as e:
-            raise BuildError(f"data file missing: {e}") from e
-        except (ValueError, RuntimeError) as e:
-            raise BuildError(f"data set '{name}': {e}") from e
+        if kind == "folder":
+            return load_image_folder(name, size=image_size, mode=image_mode, binarize=binarize,
+                                     seed=seed, progress=progress)
+        if kind == "table":
+            return load_table(name, image_shape=image_shape, binarize=binarize, seed=seed)
+    except FileNotFoundError as e:
+        raise BuildError(cli_words(f"data file missing: {e}" if name in DATASETS else str(e))
+                         ) from e
+    except (ValueError, RuntimeError) as e:
+        raise BuildError(cli_words(f"data set '{name}': {e}" if name in DATASETS else str(e))
+                         ) from e
     suffix = Path(name).suffix
-    if suffix and suffix not in (".npy", ".csv", ".txt"):
-        raise BuildError(f"{name}: unsupported data file type '{suffix}'; use a .npy, .csv or "
-                         f".txt file of rows, or one of the data sets: {', '.join(DATASETS)}")
     if suffix:
-        # 80 / 10 / 10: train, validation and test need a row each
-        x = load_matrix(name, min_rows=3).to(torch.float32)
-        if binarize is not None and binarize != "dynamic":
-            if not bool(((x >= 0) & (x <= 1)).all()):
-                raise BuildError(f"{name}: binarize needs values in [0, 1]")
-            x = binarize_images(x, binarize, seed=seed)
-        train, valid, test = _split_file(x, seed)
-        return Dataset(Path(name).name, train, valid, test, None, None, None, None, binarize)
-    raise BuildError(f"unknown data set '{name}'; choose one of: {', '.join(DATASETS)}, or a "
-                     ".npy / .csv file of rows")
+        raise BuildError(f"{name}: unsupported data file type '{suffix}'; use a .npy, .csv or "
+                         ".txt file of rows, a folder of images, or one of the data sets: "
+                         f"{', '.join(DATASETS)}")
+    raise BuildError(f"unknown data set '{name}'; choose one of: {', '.join(DATASETS)}, a "
+                     "folder of images, or a .npy / .csv file of rows")
+
+
+def load_data(cfg: dict, *, progress: bool | None = None):
+    """The :class:`ppvae.data.Dataset` of a run's configuration (:func:`build_data`).
+
+    Reads ``data``, ``data_path``, ``binarize``, ``seed``, ``image_size``, ``image_mode`` and
+    ``image_shape``. For a folder of images it records the colour mode it found as
+    ``cfg["image_mode"]``, so that config.toml keeps it and the run reopens the same way even
+    if images are added later.
+    """
+    data = build_data(cfg["data"], binarize=cfg.get("binarize") or None,
+                      path=cfg.get("data_path") or None, seed=cfg.get("seed", 0),
+                      image_size=cfg.get("image_size"), image_mode=cfg.get("image_mode"),
+                      image_shape=cfg.get("image_shape"), progress=progress)
+    if data_kind(cfg["data"]) == "folder" and data.image_shape is not None:
+        cfg.setdefault("image_mode", "L" if len(data.image_shape) == 2 else "RGB")
+    return data

@@ -3,9 +3,10 @@
 :data:`MODELS` and :data:`GUIDES` map a name to a frozen record (:class:`ModelEntry`,
 :class:`GuideEntry`) that holds the builder and every fact the other commands ask about a name:
 
-* a model's default guide, the likelihoods it has (Bernoulli for 0/1 rows; the VAE also a
-  Gaussian one with learned scale for real-valued rows) and whether it takes the labels as
-  ``y=`` (and so needs labelled data);
+* a model's default guide, the likelihoods it has (:data:`LIKELIHOODS`: Bernoulli for 0/1 rows;
+  the VAE also the continuous Bernoulli for grey levels in [0, 1] and a Gaussian with learned
+  scale for real-valued rows) and whether it takes the labels as ``y=`` (and so needs labelled
+  data);
 * a guide's local q* family in the gap report (None: the report cannot take it), the models it
   can be built for (None: any), whether it needs a labelled model and labelled data, and whether
   it is a point mass, whose 'ELBO' and 'IWAE' are the MAP objective log p(x, z*) rather than
@@ -13,7 +14,9 @@
 
 :data:`OBJECTIVES` maps an objective name to its constructor from the run's ``[train]`` table;
 no model restricts the objective. No other module compares model or guide names: it asks these
-tables.
+tables. :func:`resolve_likelihood` decides a run's likelihood (the configured one, checked
+against the data, or the one the data imply) and records it in the configuration, so that
+config.toml says which one was used and every command that reopens the run uses it again.
 
 Models: ``vae`` (:class:`models.VAE`, Kingma and Welling 2014), ``conv-vae``
 (:class:`models.ConvVAE`), ``cvae`` (:class:`models.CVAE`, Sohn et al. 2015), ``hierarchical``
@@ -44,9 +47,14 @@ from typing import Any, NamedTuple
 from .. import guides, models
 from ..train import objectives
 
-__all__ = ["GUIDES", "MODELS", "OBJECTIVES", "OBJECTIVE_OPTIONS", "BuildError", "DataShape",
-           "GuideEntry", "ModelEntry", "ModelSpec", "build_guide", "build_model", "check_names",
-           "default_guide", "make_objective"]
+__all__ = ["GUIDES", "LIKELIHOODS", "MODELS", "OBJECTIVES", "OBJECTIVE_DEFAULTS",
+           "OBJECTIVE_OPTIONS", "BuildError", "DataShape", "GuideEntry", "ModelEntry",
+           "ModelSpec", "build_guide", "build_model", "check_names", "default_guide",
+           "make_objective", "resolve_likelihood"]
+
+# p(x | z) of the zoo's models: 0/1 data; grey levels in [0, 1] (Loaiza-Ganem and Cunningham
+# 2019); real values (learned scale)
+LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
 
 
 class BuildError(ValueError):
@@ -87,7 +95,7 @@ class ModelEntry:
 
     build: Callable[[ModelSpec, DataShape, str, str], Any]  # (spec, shape, likelihood, label)
     default_guide: str
-    likelihoods: tuple[str, ...] = ("bernoulli",)  # "gaussian": real-valued rows
+    likelihoods: tuple[str, ...] = ("bernoulli",)  # among LIKELIHOODS
     takes_labels: bool = False  # model and guide get the labels as y=
     sizes: tuple[str, ...] = ("latent_dim", "hidden")  # the [sizes] keys its builder reads
 
@@ -107,9 +115,9 @@ class GuideEntry:
 def _side(shape: DataShape, who: str) -> int:
     side = math.isqrt(shape.data_dim)
     if shape.image_shape is None or side * side != shape.data_dim or side % 4:
-        raise BuildError(f"'{who}' needs square images with a side divisible by 4; this data "
-                         f"has {shape.data_dim} features per row (image shape "
-                         f"{shape.image_shape})")
+        raise BuildError(f"'{who}' needs square one-channel (grey) images with a side divisible "
+                         f"by 4; this data has {shape.data_dim} values per row (image shape "
+                         f"{shape.image_shape}); for colour images use model 'vae'")
     return side
 
 
@@ -118,7 +126,8 @@ def _vae(spec: ModelSpec, shape: DataShape, likelihood: str, label: str):
     if likelihood == "gaussian":
         return models.VAE(shape.data_dim, spec.latent_dim, h, likelihood="gaussian",
                           learn_sigma=True, name=label)
-    return models.VAE(shape.data_dim, spec.latent_dim, h, name=label)
+    return models.VAE(shape.data_dim, spec.latent_dim, h, name=label,
+                      likelihood=likelihood.replace("-", "_"))
 
 
 def _conv_vae(spec: ModelSpec, shape: DataShape, likelihood: str, label: str):
@@ -170,7 +179,7 @@ def _ladder(model, spec: ModelSpec, shape: DataShape, label: str):
 
 
 MODELS: Mapping[str, ModelEntry] = MappingProxyType({
-    "vae": ModelEntry(_vae, "diag", likelihoods=("bernoulli", "gaussian")),
+    "vae": ModelEntry(_vae, "diag", likelihoods=LIKELIHOODS),
     "conv-vae": ModelEntry(_conv_vae, "conv", sizes=("latent_dim", "channels")),
     "cvae": ModelEntry(_cvae, "conditional", takes_labels=True),
     "hierarchical": ModelEntry(_hierarchical, "bottom-up",
@@ -190,13 +199,25 @@ GUIDES: Mapping[str, GuideEntry] = MappingProxyType({
     "delta": GuideEntry(_encoder(guides.DeltaEncoder), point_mass=True),
 })
 
+# the [train] options of the objectives when a run does not set them: the API's defaults
+# (ppvae.ELBO particles, ppvae.IWAE k); ppvae.beta_vae and ppvae.kl_warmup have none, so the
+# command line's are its own
+OBJECTIVE_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "particles": objectives.ELBO.num_particles, "iwae_k": objectives.IWAE.k, "beta": 2.0,
+    "warmup_steps": 500})
+
+
+def _option(t: Mapping[str, Any], key: str) -> Any:
+    return t.get(key, OBJECTIVE_DEFAULTS[key])
+
+
 OBJECTIVES: Mapping[str, Callable[[Mapping[str, Any]], objectives.Objective]] = (
     MappingProxyType({
-        "elbo": lambda t: objectives.ELBO(t.get("particles", 1)),
-        "iwae": lambda t: objectives.IWAE(t.get("iwae_k", 5)),
-        "beta": lambda t: objectives.beta_vae(t.get("beta", 2.0)),
-        "kl-warmup": lambda t: objectives.kl_warmup(t.get("warmup_steps", 500)),
-        "mean-field": lambda t: objectives.mean_field(t.get("particles", 1)),
+        "elbo": lambda t: objectives.ELBO(_option(t, "particles")),
+        "iwae": lambda t: objectives.IWAE(_option(t, "iwae_k")),
+        "beta": lambda t: objectives.beta_vae(_option(t, "beta")),
+        "kl-warmup": lambda t: objectives.kl_warmup(_option(t, "warmup_steps")),
+        "mean-field": lambda t: objectives.mean_field(_option(t, "particles")),
     }))
 # the [train] options each objective reads (others set with it are refused as ignored)
 OBJECTIVE_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
@@ -236,24 +257,92 @@ def check_names(model: str, guide: str) -> None:
 
 
 def build_model(name: str, spec: ModelSpec, shape: DataShape, *, binary: bool = True,
-                label: str = "model"):
+                likelihood: str | None = None, label: str = "model"):
     """The model ``name`` for data of ``shape``.
 
-    ``binary``: the data are 0/1 (Bernoulli likelihood); otherwise a model with a Gaussian
-    likelihood gets it and the others, Bernoulli only, are refused.
+    ``likelihood``: one of :data:`LIKELIHOODS` (:func:`resolve_likelihood`); None: Bernoulli
+    when ``binary`` (the data are 0/1), else Gaussian. A likelihood the model does not have is
+    refused, naming the models that have it.
     """
     if name not in MODELS:
         raise BuildError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
     entry = MODELS[name]
-    likelihood = "bernoulli" if binary else "gaussian"
+    likelihood = likelihood or ("bernoulli" if binary else "gaussian")
     if likelihood not in entry.likelihoods:
-        real = " or ".join(f"'{m}'" for m, e in MODELS.items() if likelihood in e.likelihoods)
-        raise BuildError(f"model '{name}' has a Bernoulli likelihood and needs 0/1 data; "
-                         f"binarize the data (--binarize static) or use model {real} "
-                         "(Gaussian likelihood for real-valued data)")
+        raise BuildError(_no_likelihood(name, likelihood))
     if entry.takes_labels and not shape.num_classes:
-        raise BuildError(f"model '{name}' needs labelled data (digits, mnist, fashion-mnist)")
+        raise BuildError(f"model '{name}' needs labelled data (digits, mnist, fashion-mnist, or "
+                         "a folder of images in class subfolders)")
     return entry.build(spec, shape, likelihood, label)
+
+
+def _no_likelihood(model: str, likelihood: str) -> str:
+    """Why ``model`` cannot have ``likelihood``, and what to do."""
+    has = " or ".join(f"'{m}'" for m, e in MODELS.items() if likelihood in e.likelihoods)
+    own = ", ".join(MODELS[model].likelihoods)
+    fix = ("binarize the data (--binarize static, for values in [0, 1]) or use " if
+           own == "bernoulli" else "use ")
+    return (f"model '{model}' has the likelihood {own} only, not {likelihood}; {fix}model "
+            f"{has} (--likelihood {likelihood})")
+
+
+def _binary(data) -> bool:
+    """Every value of every split is 0 or 1, or the data are binarized."""
+    return data.binarization is not None or all(
+        bool(((s == 0) | (s == 1)).all()) for s in (data.train, data.valid, data.test))
+
+
+def _unit(data) -> bool:
+    """Every value of every split is in [0, 1]."""
+    return all(bool(((s >= 0) & (s <= 1)).all()) for s in (data.train, data.valid, data.test))
+
+
+def resolve_likelihood(cfg: dict, data) -> str:
+    """The likelihood of the run's model, recorded as ``cfg["likelihood"]``; returns it.
+
+    The configured one (config.toml, ``--config`` or ``--likelihood``) when set, checked
+    against the data: Bernoulli needs 0/1 (or binarized) values, the continuous Bernoulli
+    values in [0, 1]; the Gaussian takes any. Unset: Bernoulli for 0/1 or binarized data,
+    Gaussian otherwise (real-valued rows, grey levels that were not binarized), as the model
+    allows. Recording it means config.toml says which likelihood was trained, and a resumed or
+    reopened run uses that one rather than guessing again.
+
+    Raises:
+        BuildError: a likelihood the data or the model do not allow, naming the fix.
+    """
+    entry = MODELS.get(cfg["model"])
+    if entry is None:
+        raise BuildError(f"unknown model '{cfg['model']}'; choose one of: {', '.join(MODELS)}")
+    name = cfg.get("likelihood")
+    if name is None:
+        name = "bernoulli" if _binary(data) else "gaussian"
+        if name not in entry.likelihoods:
+            raise BuildError(
+                f"model '{cfg['model']}' has a Bernoulli likelihood and needs 0/1 data; "
+                f"{data.name} has values in [{_low(data):.4g}, {_high(data):.4g}]; binarize "
+                "the data (--binarize static, for values in [0, 1]) or use model 'vae' "
+                "(--likelihood gaussian or continuous-bernoulli)")
+    elif name not in entry.likelihoods:
+        raise BuildError(_no_likelihood(cfg["model"], name))
+    elif name == "bernoulli" and not _binary(data):
+        raise BuildError(f"the bernoulli likelihood needs 0/1 data; {data.name} has values in "
+                         f"[{_low(data):.4g}, {_high(data):.4g}]: binarize it (--binarize "
+                         "static, for values in [0, 1]) or choose --likelihood "
+                         "continuous-bernoulli (values in [0, 1]) or gaussian")
+    elif name == "continuous-bernoulli" and not _unit(data):
+        raise BuildError(f"the continuous-bernoulli likelihood needs values in [0, 1]; "
+                         f"{data.name} has values in [{_low(data):.4g}, {_high(data):.4g}]; "
+                         "choose --likelihood gaussian")
+    cfg["likelihood"] = name
+    return name
+
+
+def _low(data) -> float:
+    return min(float(s.min()) for s in (data.train, data.valid, data.test))
+
+
+def _high(data) -> float:
+    return max(float(s.max()) for s in (data.train, data.valid, data.test))
 
 
 def build_guide(name: str, model, model_name: str, spec: ModelSpec, shape: DataShape, *,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["BINARIZATIONS", "binarize", "dynamic_binarize"]
+__all__ = ["BINARIZATIONS", "binarize", "binarize_splits", "dynamic_binarize"]
 
 BINARIZATIONS = (None, "static", "threshold", "dynamic")
 
@@ -35,3 +35,23 @@ def binarize(x: torch.Tensor, how: str | None, *, seed: int = 0) -> torch.Tensor
     if how == "threshold":
         return (x > 0.5).to(x.dtype)
     return x
+
+
+def binarize_splits(train: torch.Tensor, valid: torch.Tensor, test: torch.Tensor,
+                    how: str | None, seed: int = 0
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Binarize a data set's splits (values in [0, 1]) the way :func:`ppvae.data.load_dataset` does.
+
+    ``"static"`` / ``"threshold"``: every split (static draws seeded ``seed``, ``seed + 1``,
+    ``seed + 2``); ``"dynamic"``: training keeps its grey levels (:func:`ppvae.fit` draws a
+    fresh binarization each epoch) while validation and test are drawn once, statically, so
+    evaluation is fixed; None: unchanged.
+    """
+    if how not in BINARIZATIONS:
+        raise ValueError(f"binarize must be one of {BINARIZATIONS}, got {how!r}")
+    if how is None:
+        return train, valid, test
+    train_how = None if how == "dynamic" else how
+    held_how = "static" if how == "dynamic" else how
+    return (binarize(train, train_how, seed=seed), binarize(valid, held_how, seed=seed + 1),
+            binarize(test, held_how, seed=seed + 2))

@@ -12,7 +12,8 @@ Reads, from a path the user gives, either
 
 and downloads the ``.amat`` files from their usual public location into that folder (default:
 ``<root>/binarized_mnist``) when they are missing and ``download`` is true. Malformed files,
-failed downloads and offline machines give an error naming the file and the problem.
+failed downloads and offline machines give an error naming the file and the problem; a failed
+download leaves no empty folder behind (files fetched before the failure are kept).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
+
+from .downloads import undo_new_folders
 
 __all__ = ["AMAT_URL", "SPLITS", "load_binarized_mnist", "read_amat", "read_npz"]
 
@@ -98,8 +101,8 @@ def _download(split: str, folder: Path, base_url: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise RuntimeError(
             f"could not download {url} into {folder} ({e}); offline? Put the three "
-            f"binarized_mnist_*.amat files there, or pass path= an .npz with train/valid/test"
-        ) from e
+            f"binarized_mnist_*.amat files in {folder}, or pass path= an .npz with train, "
+            "valid and test arrays") from e
     return folder / name
 
 
@@ -115,11 +118,12 @@ def load_binarized_mnist(path: str | os.PathLike | None = None, *, root: str | o
     if p.exists() and not p.is_dir():
         raise ValueError(f"{p}: give an .npz file or a folder of binarized_mnist_*.amat files")
     out = []
-    for split in SPLITS:
-        f = p / f"binarized_mnist_{split}.amat"
-        if not f.is_file():
-            if not download:
-                raise FileNotFoundError(f"{f} is missing and download=False")
-            f = _download(split, p, base_url)
-        out.append(read_amat(f))
+    with undo_new_folders(p):  # a failed download leaves no empty folder behind
+        for split in SPLITS:
+            f = p / f"binarized_mnist_{split}.amat"
+            if not f.is_file():
+                if not download:
+                    raise FileNotFoundError(f"{f} is missing and download=False")
+                f = _download(split, p, base_url)
+            out.append(read_amat(f))
     return cast("tuple[np.ndarray, np.ndarray, np.ndarray]", tuple(out))

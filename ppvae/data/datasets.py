@@ -27,8 +27,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from .binarize import BINARIZATIONS
-from .binarize import binarize as binarize_images
+from .binarize import BINARIZATIONS, binarize_splits
 
 __all__ = ["DATASETS", "Dataset", "default_root", "load_dataset"]
 
@@ -44,8 +43,10 @@ class Dataset(NamedTuple):
     train_labels: torch.Tensor | None  # [N_train] int64
     valid_labels: torch.Tensor | None
     test_labels: torch.Tensor | None
-    image_shape: tuple[int, ...] | None  # e.g. (28, 28); None for non-image data
+    image_shape: tuple[int, ...] | None  # (H, W) or (C, H, W), e.g. (28, 28); None: not images
     binarization: str | None  # None, "static", "threshold" or "dynamic"
+    columns: tuple[str, ...] | None = None  # names of the D columns (a CSV header), if known
+    classes: tuple[str, ...] | None = None  # names of the labels 0, 1, ... (folder names), if known
 
     @property
     def data_dim(self) -> int:
@@ -53,9 +54,16 @@ class Dataset(NamedTuple):
         return int(self.train.shape[1])
 
     def __repr__(self) -> str:
+        extra = "" if self.image_shape is None else f", images {self.image_shape}"
+        if self.classes is not None:
+            extra += f", classes {', '.join(self.classes[:5])}" + (
+                ", ..." if len(self.classes) > 5 else "")
+        if self.columns is not None:
+            extra += f", columns {', '.join(self.columns[:5])}" + (
+                ", ..." if len(self.columns) > 5 else "")
         return (f"Dataset({self.name}: train {tuple(self.train.shape)}, valid "
                 f"{tuple(self.valid.shape)}, test {tuple(self.test.shape)}, labels "
-                f"{self.train_labels is not None}, binarization {self.binarization})")
+                f"{self.train_labels is not None}, binarization {self.binarization}{extra})")
 
 
 def default_root() -> Path:
@@ -135,12 +143,8 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None, path=None,
         raise ValueError(f"unknown data set '{name}'; choose one of {DATASETS}")
 
     tensors = [torch.as_tensor(np.asarray(s)).to(device=device, dtype=dtype) for s in splits]
-    if name != "binarized-mnist" and binarize is not None:
-        tr_how = None if binarize == "dynamic" else binarize
-        how = "static" if binarize == "dynamic" else binarize
-        tensors = [binarize_images(tensors[0], tr_how, seed=seed),
-                   binarize_images(tensors[1], how, seed=seed + 1),
-                   binarize_images(tensors[2], how, seed=seed + 2)]
+    if name != "binarized-mnist":
+        tensors = list(binarize_splits(tensors[0], tensors[1], tensors[2], binarize, seed))
     labs = [None] * 3 if labels is None else [torch.as_tensor(np.asarray(y), dtype=torch.int64,
                                                               device=device) for y in labels]
     return Dataset(name, *tensors, *labs, shape, binarize)  # type: ignore[call-arg, arg-type]  # mypy cannot count the lists

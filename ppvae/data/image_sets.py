@@ -3,7 +3,8 @@
 MNIST is LeCun et al. (1998), Fashion-MNIST is Xiao, Rasul and Vollgraf (2017).
 
 torchvision reads the IDX files ``<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``
-(``FashionMNIST`` for Fashion-MNIST) and downloads them when missing and ``download`` is true.
+(``FashionMNIST`` for Fashion-MNIST) and downloads them when missing and ``download`` is true;
+a failed download leaves no empty folder behind.
 The official 60k training images are split into training and validation: the last 10k form the
 validation set (for a smaller file set, the last sixth). Binarization (static or dynamic) is
 applied by :func:`ppvae.data.load_dataset`.
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .downloads import undo_new_folders
+
 __all__ = ["load_torchvision"]
 
 _CLASSES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
@@ -24,7 +27,8 @@ def _read(cls, root: Path, train: bool, download: bool):
     name = cls.__name__
     raw = root / name / "raw"
     try:
-        ds = cls(str(root), train=train, download=download)
+        with undo_new_folders(raw):  # a failed download leaves no empty folder behind
+            ds = cls(str(root), train=train, download=download)
     except RuntimeError as e:
         if "not found" in str(e):
             raise FileNotFoundError(

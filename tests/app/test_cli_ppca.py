@@ -34,7 +34,8 @@ def test_ppca_on_a_user_file(tmp_path, capsys):
 
 @pytest.mark.parametrize("content,message", [
     (None, "data file not found"),
-    ("1,2\n3\n", "could not read a numeric matrix"),
+    ("1,2\n3\n", "bad.csv, line 2: 1 value where the rows above have 2"),
+    ("x,y\n1,2\n3,z\n", "bad.csv, line 3, column 2 ('y'): 'z' is not a number"),
     ("1,2,3\n", "expected a 2-D array"),
 ])
 def test_bad_data_files_get_one_line_errors(tmp_path, capsys, content, message):
