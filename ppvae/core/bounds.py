@@ -63,6 +63,7 @@ from .contract import check_pair
 from .diagnostic_warnings import ImportanceWeightWarning, khat_threshold, warn
 from .estimate import record_mean, record_mean_stderr
 from .psis import MIN_WEIGHTS, merge_top, pareto_tail, reported_khat, top_count
+from .records import per_datapoint_frame
 from .weights import iter_log_weights, pair_info, resolve_chunk_size, samples_bar
 
 __all__ = [
@@ -104,6 +105,14 @@ class Bound(NamedTuple):
             f"{self.per_datapoint.numel()} datapoints, {self.num_samples} samples each"
             f"{self._khat_note()})"
         )
+
+    def to_dataframe(self):
+        """A pandas DataFrame with one row per datapoint (index ``datapoint``).
+
+        Columns ``per_datapoint`` and ``stderr`` (nats), and ``ess`` and ``khat`` where the
+        bound has them (IWAE).
+        """
+        return per_datapoint_frame(self)
 
     def _khat_note(self) -> str:
         if self.khat is None:

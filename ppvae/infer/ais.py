@@ -56,6 +56,7 @@ from ..core.estimate import record_mean, record_mean_stderr
 from ..core.modes import evaluates
 from ..core.potential import Potential
 from ..core.progress import stage
+from ..core.records import frame
 from .hmc import hmc_step
 
 __all__ = [
@@ -112,6 +113,19 @@ class BDMCCertificate(NamedTuple):
         """The gap plus two standard errors: how large the gap may be, given its noise."""
         return self.gap + 2 * self.gap_stderr
 
+    def __repr__(self) -> str:
+        verdict = "certified" if self.certified else "not certified"
+        return (f"BDMCCertificate(gap {self.gap:.4f} ± {self.gap_stderr:.4f} nats over "
+                f"{self.num_data} simulated datapoints, {verdict} below {self.max_gap:g})")
+
+    def to_dataframe(self):
+        """A one-row pandas DataFrame: the fields, ``upper`` and ``certified``."""
+        df = frame({"gap": [self.gap], "gap_stderr": [self.gap_stderr],
+                    "num_data": [self.num_data], "max_gap": [self.max_gap],
+                    "upper": [self.upper], "certified": [self.certified]})
+        df.index.name = None
+        return df
+
     @property
     def certified(self) -> bool:
         """Whether the gap is shown below :attr:`max_gap`: ``gap + 2 s.e. <= max_gap``."""
@@ -130,7 +144,7 @@ class AISResult(NamedTuple):
     stderr: torch.Tensor  # [N] standard error, chains split in halves (module docstring)
     log_weights: torch.Tensor  # [C, N]
     accept_rate: torch.Tensor  # [C, N] mean acceptance probability over the transitions
-    step_size: torch.Tensor  # [C, N] final step sizes
+    step_size: torch.Tensor  # [C, N] final step sizes ([N] in BDMC's: the pilot's, shared)
     samples: dict[str, torch.Tensor]  # final states, site -> [C, *mid, N, *event]
     num_steps: int  # intermediate distributions T
     settings: Mapping[str, Any] | None = None  # what a BDMC certificate must match
@@ -155,6 +169,21 @@ class AISResult(NamedTuple):
         """One line: the mean log p(x) with its s.e., and the BDMC gap when certified."""
         line = f"AIS log p(x) = {self.mean:.4f} ± {self.mean_stderr:.4f}"
         return line + (f" ({self.certificate})" if self.certificate is not None else "")
+
+    def to_dataframe(self):
+        """A pandas DataFrame with one row per datapoint (index ``datapoint``).
+
+        Columns: ``per_datapoint`` (log p(x) estimate, nats; for reverse AIS the upper bound)
+        and ``stderr``; over each datapoint's chains: ``accept_rate`` (mean acceptance),
+        ``step_size`` (mean final step size) and ``chain_ess`` (the Kish effective number of
+        chains ``(sum w)^2 / sum w^2`` of the AIS weights, between 1 and C).
+        """
+        lw = self.log_weights.detach()
+        ess = torch.exp(2 * torch.logsumexp(lw, 0) - torch.logsumexp(2 * lw, 0))  # [N]
+        step = self.step_size.mean(0) if self.step_size.dim() == 2 else self.step_size  # [N]
+        return frame({"per_datapoint": self.per_datapoint, "stderr": self.stderr,
+                      "accept_rate": self.accept_rate.mean(0), "step_size": step,
+                      "chain_ess": ess})
 
     def __repr__(self) -> str:
         c, n = self.log_weights.shape

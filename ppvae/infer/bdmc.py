@@ -31,6 +31,7 @@ from ..core.estimate import mean_stderr
 from ..core.modes import evaluates
 from ..core.potential import Potential, prior_guide
 from ..core.progress import stage
+from ..core.records import frame
 from .ais import (
     AISResult,
     BDMCCertificate,
@@ -77,6 +78,16 @@ class BDMCResult(NamedTuple):
     def mean_gap_stderr(self) -> float:
         """Monte Carlo s.e. of :attr:`mean_gap`."""
         return mean_stderr(self.gap_stderr)
+
+    def to_dataframe(self):
+        """A pandas DataFrame with one row per simulated datapoint (index ``datapoint``).
+
+        Columns (nats): ``lower`` and ``lower_stderr`` (forward AIS), ``upper`` and
+        ``upper_stderr`` (reverse AIS), ``gap`` and ``gap_stderr``.
+        """
+        return frame({"lower": self.lower.per_datapoint, "lower_stderr": self.lower.stderr,
+                      "upper": self.upper.per_datapoint, "upper_stderr": self.upper.stderr,
+                      "gap": self.gap, "gap_stderr": self.gap_stderr})
 
     def __repr__(self) -> str:
         return (f"BDMCResult({self.lower.mean:.4f} <= log p(x) <= {self.upper.mean:.4f}, mean "

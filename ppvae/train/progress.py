@@ -19,8 +19,10 @@ import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
+from ..core.records import frame
 from .checkpoint import CheckpointMeta
 
 __all__ = ["Best", "EpochTally", "FitResult", "History", "TrainState", "fit_result"]
@@ -128,6 +130,38 @@ class FitResult(NamedTuple):
         """The validation ELBO (else training objective) of the best epoch; NaN without epochs."""
         values = self.valid_elbo or self.train_objective
         return values[self.best_epoch] if values else float("nan")
+
+    def to_dataframe(self):
+        """A pandas DataFrame with one row per epoch (all epochs, also those before a resume).
+
+        Columns ``epoch`` (0-based, as :attr:`best_epoch`), ``train`` (mean per-datapoint
+        training objective, nats), ``valid`` (mean validation ELBO, nats; NaN without
+        validation) and ``lr``.
+        """
+        e = len(self.train_objective)
+        valid = self.valid_elbo if len(self.valid_elbo) == e else [math.nan] * e
+        df = frame({"epoch": np.arange(e), "train": np.asarray(self.train_objective, float),
+                    "valid": np.asarray(valid, float), "lr": np.asarray(self.lr, float)})
+        df.index.name = None
+        return df
+
+    def __repr__(self) -> str:
+        what = self.objective or "objective"
+        last = "no epoch"
+        if self.train_objective:
+            last = (f"last epoch's {what} (nats per datapoint): train "
+                    f"{self.train_objective[-1]:.4f}")
+            last += f", valid {self.valid_elbo[-1]:.4f}" if self.valid_elbo else ""
+            last += f"; best epoch {self.best_epoch}: {self.best_value:.4f}"
+        note = "" if self.stopped == "completed" else f": {_clip(self.message, 100)}"
+        rollbacks = f"; {self.rollbacks} rollbacks" if self.rollbacks else ""
+        return (f"FitResult({self.stopped}{note}; {self.epochs} epochs, {self.steps} steps "
+                f"({self.steps_per_second:.1f}/s) in {self.wall_time:.1f} s; {last}{rollbacks})")
+
+
+def _clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters with an ellipsis."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def fit_result(state: TrainState, *, steps: int, train_time: float, wall_time: float,

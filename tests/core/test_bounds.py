@@ -239,3 +239,22 @@ def test_iwae_k1_is_the_elbo_and_bad_arguments(ppca):
     assert torch.isfinite(b.stderr).all()
     with pytest.raises(ValueError, match="num_estimates must be >= 1"):
         ppvae.iwae(model, guide, d.x, 10, num_estimates=0)
+
+
+def test_bound_repr_is_one_line_and_to_dataframe_has_a_row_per_datapoint(ppca):
+    d, model = ppca
+    iw = ppvae.iwae(model, _scaled(d, 1.5), d.x, 30)  # k >= 21: ESS and k̂ come along
+    df = iw.to_dataframe()
+    assert list(df.columns) == ["per_datapoint", "stderr", "ess", "khat"]
+    assert df.index.name == "datapoint" and df.index.tolist() == list(range(60))
+    for col in df.columns:
+        np.testing.assert_array_equal(df[col].to_numpy(), getattr(iw, col).numpy())
+    el = ppvae.elbo(model, _scaled(d, 1.5), d.x, 10)
+    assert list(el.to_dataframe().columns) == ["per_datapoint", "stderr"]  # no ESS, no k̂
+    g = torch.Generator().manual_seed(0)
+    big = ppvae.Bound("iwae", 100, torch.randn(1000, generator=g), torch.rand(1000, generator=g),
+                      200, torch.rand(1000, generator=g) * 100, torch.rand(1000, generator=g))
+    text = repr(big)
+    assert "\n" not in text and len(text) < 200, text  # not 1000 numbers
+    assert f"mean {big.mean:.4f} ± {big.mean_stderr:.4f} over 1000 datapoints" in text
+    assert big.to_dataframe().shape == (1000, 4)

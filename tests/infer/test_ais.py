@@ -155,3 +155,40 @@ def test_ais_log_px_is_the_gap_report_estimator(float64):
     assert ((est - exact) / se).abs().max() < z_threshold(4)
     with pytest.raises(ValueError, match="init"):
         ppvae.infer.ais.ais_log_px(model, data.x, None, {}, init="posterior")
+
+
+def test_ais_and_bdmc_records_print_one_line_and_give_per_datapoint_frames(float64):
+    data, model, _ = _ppca(n=6)
+    res = ais(model, data.x, num_steps=20, num_chains=8)
+    df = res.to_dataframe()
+    assert list(df.columns) == ["per_datapoint", "stderr", "accept_rate", "step_size",
+                                "chain_ess"]
+    assert df.index.name == "datapoint" and len(df) == 6
+    assert df["per_datapoint"].tolist() == res.per_datapoint.tolist()
+    assert df["accept_rate"].to_numpy() == pytest.approx(res.accept_rate.mean(0).numpy())
+    w = (res.log_weights - res.log_weights.max(0).values).exp()  # [C, N]
+    ess = (w.sum(0) ** 2 / (w**2).sum(0)).numpy()
+    assert df["chain_ess"].to_numpy() == pytest.approx(ess)
+    assert ((ess >= 1) & (ess <= 8)).all()
+
+    sandwich = bdmc(model, data.x, num_steps=20, num_chains=8)
+    bf = sandwich.to_dataframe()
+    assert list(bf.columns) == ["lower", "lower_stderr", "upper", "upper_stderr", "gap",
+                                "gap_stderr"]
+    assert bf["gap"].to_numpy() == pytest.approx((bf["upper"] - bf["lower"]).to_numpy())
+    assert sandwich.lower.to_dataframe()["step_size"].notna().all()  # BDMC's [N] step sizes
+
+    cert = ppvae.infer.bdmc.certify(res, sandwich, max_gap=1e9).certificate
+    assert repr(cert).startswith("BDMCCertificate(gap ") and "certified below" in repr(cert)
+    row = cert.to_dataframe()
+    assert row.shape == (1, 6) and bool(row["certified"][0])
+    assert row["upper"][0] == pytest.approx(cert.gap + 2 * cert.gap_stderr)
+
+    g = torch.Generator().manual_seed(0)
+    c, n = 16, 1000
+    big = AISResult(torch.randn(n, generator=g), torch.rand(n, generator=g),
+                    torch.randn(c, n, generator=g), torch.rand(c, n, generator=g),
+                    torch.rand(c, n, generator=g), {"z": torch.randn(c, n, 2, generator=g)}, 100)
+    for text in (repr(big), repr(ppvae.infer.bdmc.BDMCResult(big, big, torch.zeros(n, 3), {}))):
+        assert "\n" not in text and len(text) < 250 and "1000 datapoints" in text, text
+    assert big.to_dataframe().shape == (n, 5)

@@ -184,3 +184,16 @@ def test_trace_holds_each_datapoints_window_means(ppca):
         assert bool((frozen.trace[w:, n] == frozen.trace[w, n]).all())
     none = ppvae.fit_local(model, x, "diag", num_steps=0).fit
     assert none.trace.shape == (0, 20) and none.history == ()
+
+
+def test_local_fit_repr_and_dataframe(ppca):
+    d, model, _ = ppca
+    q = ppvae.fit_local(model, d.x, "diag", num_steps=200, window=50)
+    df = q.fit.to_dataframe()
+    assert list(df.columns) == ["converged", "steps_used", "elbo"]
+    assert df.index.name == "datapoint" and len(df) == 100
+    assert df["converged"].dtype == bool and df["converged"].sum() == q.fit.num_converged
+    assert df["steps_used"].tolist() == q.fit.steps_used.tolist()
+    assert df["elbo"].tolist() == q.fit.elbo.tolist()
+    text = repr(q.fit)
+    assert "\n" not in text and f"{q.fit.num_converged}/100 converged" in text

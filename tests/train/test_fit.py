@@ -331,3 +331,25 @@ def test_the_checkpoint_state_round_trips_through_the_typed_train_state(tmp_path
     assert state.to_checkpoint() == meta.state
     old = TrainState.from_checkpoint(meta._replace(state={"train": [-1.0], "step": 3}))
     assert old.step == 3 and old.best.value == -math.inf and old.history.valid == []
+
+
+def test_fit_result_prints_one_line_and_its_history_is_a_dataframe(digits):
+    vae = _vae(6)
+    r = ppvae.fit(vae, vae.guide, digits.train[:128], valid=digits.valid[:64], epochs=3,
+                  batch_size=32, progress=False, device="cpu")
+    df = r.to_dataframe()
+    assert list(df.columns) == ["epoch", "train", "valid", "lr"] and len(df) == 3
+    assert df["epoch"].tolist() == [0, 1, 2]
+    assert df["train"].tolist() == r.train_objective and df["valid"].tolist() == r.valid_elbo
+    assert df["lr"].tolist() == r.lr
+    text = repr(r)
+    assert "\n" not in text and text.startswith("FitResult(completed; 3 epochs, 12 steps")
+    assert f"valid {r.valid_elbo[-1]:.4f}" in text and f"best epoch {r.best_epoch}" in text
+    no_valid = ppvae.fit(vae, vae.guide, digits.train[:64], epochs=1, batch_size=32,
+                         progress=False, device="cpu").to_dataframe()
+    assert no_valid["valid"].isna().all() and len(no_valid) == 1
+    vae = _vae(4)
+    bad = ppvae.fit(vae, vae.guide, digits.train[:64], epochs=1, batch_size=32, progress=False,
+                    device="cpu", optimizer=lambda ps: torch.optim.Adam(ps, lr=math.inf))
+    assert repr(bad).startswith("FitResult(non_finite: non-finite") and "\n" not in repr(bad)
+    assert len(repr(bad)) < 300  # the message is cut; FitResult.message keeps it whole

@@ -41,6 +41,7 @@ from ...core.diagnostic_warnings import ConvergenceWarning, warn
 from ...core.enum import is_enumerated, sum_out_discrete
 from ...core.modes import evaluates
 from ...core.progress import stage
+from ...core.records import frame
 from ...core.sites import LatentSite, latent_site
 from ...core.weights import log_weights
 from .families import (
@@ -76,6 +77,15 @@ class LocalFit(NamedTuple):
     def num_converged(self) -> int:
         """The number of datapoints that converged."""
         return int(self.converged.sum())
+
+    def to_dataframe(self):
+        """A pandas DataFrame with one row per datapoint (index ``datapoint``).
+
+        Columns ``converged``, ``steps_used`` and ``elbo`` (the last window's mean ELBO, nats);
+        the per-window values are :attr:`trace`.
+        """
+        return frame({"converged": self.converged, "steps_used": self.steps_used,
+                      "elbo": self.elbo})
 
     def __repr__(self) -> str:
         n = self.converged.numel()
