@@ -1,21 +1,51 @@
-"""MCMC diagnostics per datapoint through ArviZ, and conversion of samples to InferenceData.
+"""MCMC diagnostics per datapoint through ArviZ, and conversion of draws to InferenceData.
 
 Samples ``site -> [C, S, N, size]`` (chains, draws, datapoints, coordinates) become ArviZ
 ``InferenceData`` with ``az.from_dict`` and dims (chain, draw, datapoint, latent_dim);
 :func:`diagnostics` gives rank-normalized split R-hat, bulk and tail ESS and MCSE (Vehtari,
 Gelman, Simpson, Carpenter and Bürkner 2021, "Rank-normalization, folding, and localization")
 per datapoint and coordinate, as ArviZ computes them.
+
+The InferenceData of :func:`ppvae.hmc`, :func:`ppvae.nuts` and :func:`ppvae.guide_inference_data`
+follows ArviZ's schema:
+
+* ``posterior``: the latent sites, constrained, dims (chain, draw, datapoint, latent_dim).
+* ``sample_stats`` (MCMC only), with ArviZ's names: ``lp``, ``acceptance_rate``, ``step_size``,
+  ``diverging``, ``n_steps``, ``tree_depth`` (NUTS), ``energy``. Per-transition statistics have
+  dims (chain, draw, datapoint); ``energy`` has dims (chain, draw), as ``az.bfmi`` and
+  ``az.plot_energy`` expect (what it sums is said by each sampler).
+* ``log_likelihood``: ``log p(x_n | z)`` in nats at every draw, summed over the model's observed
+  sites, dims (chain, draw, datapoint), named after the observed site; :func:`pointwise_log_density`
+  computes it. ``az.loo`` and ``az.waic`` run on it. What they estimate here: the latents are
+  local (one z_n per datapoint, the model's parameters fixed), so leaving x_n out returns z_n to
+  its prior and the leave-one-out predictive density of x_n is its marginal likelihood p(x_n).
+  PSIS-LOO estimates it from posterior draws with weights 1 / p(x_n | z), a Pareto-smoothed
+  harmonic-mean estimator: reliable only where its Pareto k̂ is below 0.7, which fails when
+  the posterior is much narrower than the prior (most VAEs on images); :func:`ppvae.iwae` and
+  :func:`ppvae.ais` are the estimators of log p(x) to trust. WAIC's ``lppd`` term is the
+  in-sample posterior predictive ``log E_post[p(x_n | z)]``. For guide draws (not posterior
+  draws) the mean of the group over draws is the ELBO's reconstruction term
+  ``E_q[log p(x_n | z)]``, and LOO / WAIC inherit the guide's error.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 
-__all__ = ["Diagnostics", "check_mcmc", "diagnostics", "import_arviz", "to_inference_data"]
+from ..core.records import frame, record_repr
+
+if TYPE_CHECKING:
+    from ..core.potential import Potential
+
+__all__ = ["Diagnostics", "check_mcmc", "diagnostics", "e_bfmi", "import_arviz",
+           "likelihood_name", "pointwise_log_density", "to_inference_data"]
+
+_MAX_ROWS = 1 << 16  # draws x datapoints evaluated at once by pointwise_log_density
 
 
 def import_arviz():
@@ -26,23 +56,78 @@ def import_arviz():
     return az
 
 
-def to_inference_data(samples: dict[str, torch.Tensor], sample_stats: dict | None = None,
-                      datapoints=None):
+def _numpy(t) -> np.ndarray:
+    return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def to_inference_data(samples: Mapping[str, torch.Tensor], sample_stats: Mapping | None = None,
+                      datapoints=None, *, log_likelihood: Mapping | None = None):
     """``site -> [C, S, N, size]`` samples as ArviZ InferenceData (built with ``az.from_dict``).
 
-    Dims (chain, draw, datapoint, latent_dim) for a single site; with several sites each gets
-    its own ``<site>_dim``. ``sample_stats`` entries ``[C, S, N]`` get dims (datapoint,).
-    ``datapoints``: coordinate labels of the datapoint dim (default 0..N-1).
+    Args:
+        samples: site -> draws ``[C, S, N, size]``; dims (chain, draw, datapoint, latent_dim)
+            for a single site, ``<site>_dim`` for the last one with several.
+        sample_stats: name -> ``[C, S, N]`` (dims chain, draw, datapoint) or ``[C, S]``
+            (chain, draw); ArviZ's names (``diverging``, ``step_size``, ``energy``, ...).
+        datapoints: labels of the datapoint dim (default 0..N-1), e.g. rows of a split.
+        log_likelihood: name -> ``[C, S, N]`` pointwise log-likelihoods (nats), for
+            ``az.loo`` / ``az.waic`` (see the module docstring for what they mean here).
     """
     az = import_arviz()
-    posterior = {k: v.detach().cpu().numpy() for k, v in samples.items()}
+    posterior = {k: _numpy(v) for k, v in samples.items()}
     dims = {k: ["datapoint", "latent_dim" if len(samples) == 1 else f"{k}_dim"]
             for k in samples}
-    stats = {k: v.detach().cpu().numpy() for k, v in (sample_stats or {}).items()}
-    dims.update({k: ["datapoint"] for k in stats})
+    stats = {k: _numpy(v) for k, v in (sample_stats or {}).items()}
+    for k, v in stats.items():
+        if v.ndim not in (2, 3):
+            raise ValueError(f"sample_stats[{k!r}] has shape {v.shape}; expected [C, S] or "
+                             "[C, S, N]")
+        dims[k] = ["datapoint"] if v.ndim == 3 else []
+    loglik = {k: _numpy(v) for k, v in (log_likelihood or {}).items()}
+    for k, v in loglik.items():
+        if v.ndim != 3:
+            raise ValueError(f"log_likelihood[{k!r}] has shape {v.shape}; expected [C, S, N]")
+        dims[k] = ["datapoint"]
     coords = None if datapoints is None else {"datapoint": [int(i) for i in datapoints]}
-    return az.from_dict(posterior=posterior, sample_stats=stats or None, dims=dims,
-                        coords=coords)
+    return az.from_dict(posterior=posterior, sample_stats=stats or None,
+                        log_likelihood=loglik or None, dims=dims, coords=coords)
+
+
+def likelihood_name(pot: Potential) -> str:
+    """The log_likelihood variable's name: the model's observed site (several: joined by '__')."""
+    return "__".join(pot.info.observed) or "x"
+
+
+def pointwise_log_density(pot: Potential, u: torch.Tensor,
+                          max_rows: int = _MAX_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-likelihood and log target of every draw, each ``[K, N]`` in nats.
+
+    ``u [K, N, D]`` are K unconstrained draws for each of the N datapoints of ``pot``. Returns
+    ``log p(x_n | z)`` (summed over the model's observed sites; discrete latents the potential
+    sums out are summed out of it) and ``log p(x_n, z) + log |J|``, the density HMC samples in
+    unconstrained coordinates (Stan's ``lp__``). Evaluated in chunks of at most ``max_rows``
+    draws x datapoints, without gradients.
+    """
+    k, n = u.shape[:2]
+    step = max(1, max_rows // max(n, 1))
+    ll, lt = [], []
+    with torch.no_grad():
+        for i in range(0, k, step):
+            prior, lik, ldj = pot.log_parts(u[i:i + step])
+            ll.append(lik)
+            lt.append(prior + lik + ldj)
+    return torch.cat(ll), torch.cat(lt)
+
+
+def e_bfmi(energy: torch.Tensor) -> torch.Tensor:
+    """E-BFMI, the energy Bayesian fraction of missing information: ``[C, S, ...]`` -> ``[C, ...]``.
+
+    ``E[(E_s - E_{s-1})^2] / Var(E_s)`` over the draws of each chain, ArviZ's ``az.bfmi``
+    (Betancourt 2016, "Diagnosing suboptimal cotangent disintegrations in Hamiltonian Monte
+    Carlo"); values below 0.3 say momentum resampling explores the energy distribution poorly.
+    """
+    e = energy.double()
+    return e.diff(dim=1).pow(2).mean(1) / e.var(1, unbiased=False)
 
 
 class Diagnostics(NamedTuple):
@@ -68,6 +153,28 @@ class Diagnostics(NamedTuple):
     def min_ess_tail(self) -> np.ndarray:
         """Smallest tail ESS per datapoint ``[N]``."""
         return self.ess_tail.min(axis=1)
+
+    def __repr__(self) -> str:
+        """One line per field, tensors summarized (:func:`ppvae.core.records.record_repr`)."""
+        return record_repr(self)
+
+    def to_dataframe(self, datapoints=None, coordinates=None):
+        """One row per (datapoint, coordinate): ``rhat``, ``ess_bulk``, ``ess_tail``, ``mcse_*``.
+
+        A pandas DataFrame with a MultiIndex (``datapoint``, ``coordinate``); ``datapoints``
+        (default 0..N-1) and ``coordinates`` (default 0..D-1, e.g. ``"z[0]"``) label them.
+        ``df.groupby("datapoint").rhat.max()`` is :attr:`max_rhat`.
+        """
+        n, d = self.rhat.shape
+        rows = list(range(n)) if datapoints is None else [int(i) for i in datapoints]
+        cols = list(range(d)) if coordinates is None else list(coordinates)
+        if len(rows) != n or len(cols) != d:
+            raise ValueError(f"these diagnostics are [{n}, {d}] (datapoints, coordinates); got "
+                             f"{len(rows)} datapoint and {len(cols)} coordinate labels")
+        labels = {"datapoint": np.repeat(np.asarray(rows), d),
+                  "coordinate": np.asarray(cols * n)}
+        values = {f: np.asarray(getattr(self, f)).reshape(-1) for f in self._fields}
+        return frame({**labels, **values}).set_index(["datapoint", "coordinate"])
 
 
 def diagnostics(idata) -> Diagnostics:

@@ -12,7 +12,13 @@ near-Gaussian posteriors (Neal 2011, section 5.4.2.2). There is no Python loop o
 or chains.
 
 Results convert to ArviZ ``InferenceData`` (:mod:`ppvae.infer.diagnostics`), where R-hat, ESS
-and MCSE are computed per datapoint and coordinate.
+and MCSE are computed per datapoint and coordinate, with the sampler statistics (``lp``,
+``acceptance_rate``, ``step_size``, ``diverging``, ``n_steps``, ``energy``) and the pointwise
+``log_likelihood`` for ``az.loo`` / ``az.waic``. Every datapoint is its own Hamiltonian system;
+``energy`` in the InferenceData is the sum of the N systems' Hamiltonians (the energy of their
+product, one value per chain and draw as ``az.bfmi`` expects), and the per-datapoint energies
+stay in :attr:`HMCResult.energy` (and ``datapoint_energy`` in the InferenceData), from which
+:meth:`HMCResult.to_dataframe` computes each datapoint's E-BFMI.
 """
 
 from __future__ import annotations
@@ -25,7 +31,17 @@ import torch
 
 from ..core.modes import evaluates
 from ..core.potential import Potential
-from .diagnostics import Diagnostics, check_mcmc, diagnostics, to_inference_data
+from ..core.progress import stage
+from ..core.records import frame, record_repr
+from .diagnostics import (
+    Diagnostics,
+    check_mcmc,
+    diagnostics,
+    e_bfmi,
+    likelihood_name,
+    pointwise_log_density,
+    to_inference_data,
+)
 
 __all__ = ["HMCResult", "hmc", "hmc_step"]
 
@@ -43,6 +59,15 @@ def hmc_step(u, logp, grad, aux, fn, step_size, num_leapfrog: int, inv_mass):
     ``step_size [C, N]``; ``inv_mass [C, N, D]`` (diagonal). Returns the new
     ``(u, logp, grad, aux)`` and the acceptance probabilities ``[C, N]``.
     """
+    return _transition(u, logp, grad, aux, fn, step_size, num_leapfrog, inv_mass)[:5]
+
+
+def _transition(u, logp, grad, aux, fn, step_size, num_leapfrog: int, inv_mass):
+    """:func:`hmc_step`, also returning the Hamiltonian ``[C, N]`` where the transition ends.
+
+    That is the proposal's on acceptance and the starting point's (with its fresh momentum) on
+    rejection: one ``torch.where`` on values the step computes anyway.
+    """
     eps = step_size.unsqueeze(-1)  # [C, N, 1]
     p0 = torch.randn_like(u) / inv_mass.sqrt()  # p ~ N(0, M), M = 1 / inv_mass
     h0 = -logp + 0.5 * (p0.pow(2) * inv_mass).sum(-1)  # [C, N]
@@ -58,7 +83,7 @@ def hmc_step(u, logp, grad, aux, fn, step_size, num_leapfrog: int, inv_mass):
     accepted = torch.rand_like(accept_prob).log() < log_acc
     new_aux = tuple(_where(accepted, a1, a0) for a1, a0 in zip(aux1, aux, strict=True))
     return (_where(accepted, q, u), _where(accepted, lp1, logp), _where(accepted, g1, grad),
-            new_aux, accept_prob)
+            new_aux, accept_prob, torch.where(accepted, h1, h0))
 
 
 class _DualAveraging:
@@ -83,8 +108,47 @@ class _DualAveraging:
         return self.log_eps_bar.exp()
 
 
+class _Adaptation:
+    """Warm-up of every chain's step size and diagonal mass matrix (as Stan's, simplified).
+
+    Dual averaging of the step size throughout the warm-up; the inverse mass matrix is set at
+    75% of the warm-up from the variance of the draws in [15%, 75%) (Welford's algorithm, with
+    Stan's shrinkage towards 1e-3), after which dual averaging restarts; the last warm-up
+    iteration fixes the step size at dual averaging's average.
+    """
+
+    def __init__(self, u: torch.Tensor, num_warmup: int, target: float):
+        self.num_warmup, self.target = num_warmup, target
+        self.step = torch.full(u.shape[:2], 0.1, dtype=u.dtype, device=u.device)  # [C, N]
+        self.inv_mass = torch.ones_like(u)  # [C, N, D]
+        self.da = _DualAveraging(self.step, target)
+        self.w_start, self.w_end = int(0.15 * num_warmup), int(0.75 * num_warmup)
+        self.n, self.mean, self.m2 = 0, torch.zeros_like(u), torch.zeros_like(u)
+
+    def update(self, it: int, u: torch.Tensor, accept_prob: torch.Tensor) -> None:
+        """Adapt after warm-up iteration ``it`` (0-based), which ended at ``u``."""
+        self.step = self.da.update(accept_prob)
+        if self.w_start <= it < self.w_end:  # Welford accumulation of the window's variance
+            self.n += 1
+            delta = u - self.mean
+            self.mean = self.mean + delta / self.n
+            self.m2 = self.m2 + delta * (u - self.mean)
+        if it == self.w_end - 1 and self.n > 2:
+            var = self.m2 / (self.n - 1)
+            n = self.n
+            self.inv_mass = (n / (n + 5)) * var + 1e-3 * (5 / (n + 5))  # Stan's shrinkage
+            self.da = _DualAveraging(self.step, self.target)
+        if it == self.num_warmup - 1:
+            self.step = self.da.final()
+
+
 class HMCResult(NamedTuple):
-    """Draws of batched HMC with its tuned step sizes and mass matrices."""
+    """Draws of batched HMC with its tuned step sizes, mass matrices and sampler statistics.
+
+    Every per-transition tensor is ``[C, S, N]`` (chains, kept draws, datapoints): each
+    datapoint's chains are their own Hamiltonian systems.
+    """
+
     samples: dict[str, torch.Tensor]  # site -> [C, S, N, size], constrained, per datapoint
     accept_prob: torch.Tensor  # [C, S, N] acceptance probability of each kept transition
     step_size: torch.Tensor  # [C, N] tuned step sizes
@@ -92,22 +156,70 @@ class HMCResult(NamedTuple):
     num_leapfrog: int
     divergent: torch.Tensor | None = None  # [C, S, N] bool: divergent kept transitions
     diagnostics: Diagnostics | None = None  # ArviZ R-hat/ESS/MCSE (``diagnose=True``)
+    energy: torch.Tensor | None = None  # [C, S, N] Hamiltonian where each transition ended
+    n_steps: torch.Tensor | None = None  # [S] leapfrog steps of each kept iteration (all chains)
+    lp: torch.Tensor | None = None  # [C, S, N] log p(x_n, z) + log|J| at each draw (nats)
+    log_likelihood: torch.Tensor | None = None  # [C, S, N] log p(x_n | z) at each draw (nats)
+    observed: str = "x"  # the name of the log-likelihood variable (the observed site)
 
-    def to_inference_data(self):
-        """The draws as ArviZ ``InferenceData``, with acceptance, divergences and step size."""
-        c, s = self.accept_prob.shape[:2]
-        stats = {"acceptance_rate": self.accept_prob,
-                 "step_size": self.step_size.unsqueeze(1).expand(c, s, -1)}
+    def __repr__(self) -> str:
+        """One line per field, tensors summarized (:func:`ppvae.core.records.record_repr`)."""
+        return record_repr(self)
+
+    def to_inference_data(self, datapoints=None):
+        """The draws as ArviZ ``InferenceData``: posterior, sample_stats and log_likelihood.
+
+        ``sample_stats``: ``acceptance_rate``, ``step_size``, ``diverging``, ``n_steps``, ``lp``
+        and ``datapoint_energy`` (each ``[chain, draw, datapoint]``) and ``energy``
+        ``[chain, draw]``, the sum over datapoints (module docstring). ``log_likelihood``: the
+        observed site's ``log p(x_n | z)``. ``datapoints`` labels the datapoint dim.
+        """
+        c, s, n = self.accept_prob.shape
+        stats: dict[str, torch.Tensor] = {
+            "acceptance_rate": self.accept_prob,
+            "step_size": self.step_size.unsqueeze(1).expand(c, s, n)}
         if self.divergent is not None:
             stats["diverging"] = self.divergent
-        return to_inference_data(self.samples, stats)
+        if self.n_steps is not None:
+            stats["n_steps"] = self.n_steps.reshape(1, s, 1).expand(c, s, n)
+        if self.lp is not None:
+            stats["lp"] = self.lp
+        if self.energy is not None:
+            stats["energy"] = self.energy.sum(-1)
+            stats["datapoint_energy"] = self.energy
+        loglik = None if self.log_likelihood is None else {self.observed: self.log_likelihood}
+        return to_inference_data(self.samples, stats, datapoints, log_likelihood=loglik)
+
+    def to_dataframe(self):
+        """Per-datapoint sampler health, one row per datapoint (pandas).
+
+        Columns: ``mean_accept_prob`` (over chains and draws), ``step_size`` (mean over
+        chains), ``divergences`` (count), ``min_e_bfmi`` (the worst chain's E-BFMI of the
+        datapoint's energies; below 0.3 the momentum resampling explores the energy poorly),
+        ``mean_log_likelihood`` (nats), and with diagnostics ``max_rhat``, ``min_ess_bulk``,
+        ``min_ess_tail``. The draws themselves: :meth:`to_inference_data` and ``az.summary``.
+        """
+        cols: dict[str, Any] = {"mean_accept_prob": self.accept_prob.mean((0, 1)),
+                                "step_size": self.step_size.mean(0)}
+        if self.divergent is not None:
+            cols["divergences"] = self.divergent.sum((0, 1))
+        if self.energy is not None:
+            cols["min_e_bfmi"] = e_bfmi(self.energy).min(0).values
+        if self.log_likelihood is not None:
+            cols["mean_log_likelihood"] = self.log_likelihood.mean((0, 1))
+        if self.diagnostics is not None:
+            d = self.diagnostics
+            cols.update(max_rhat=d.max_rhat, min_ess_bulk=d.min_ess_bulk,
+                        min_ess_tail=d.min_ess_tail)
+        return frame(cols)
 
 
 @evaluates
 def hmc(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 500,
         num_samples: int = 500, num_leapfrog: int = 10, target_accept: float = 0.8,
         jitter: bool = True, init: torch.Tensor | None = None, guide=None,
-        diagnose: bool = True, model_kwargs: Mapping[str, Any] | None = None) -> HMCResult:
+        diagnose: bool = True, model_kwargs: Mapping[str, Any] | None = None,
+        log_likelihood: bool = True, progress: bool | None = None) -> HMCResult:
     """Batched HMC on the posterior of every datapoint of ``x`` under ``model``.
 
     Warm-up: dual averaging of each chain's step size throughout; the diagonal mass matrix is
@@ -121,7 +233,11 @@ def hmc(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 500,
     With ``diagnose`` (default) the result carries ArviZ's R-hat, bulk/tail ESS and MCSE per
     datapoint (about 1.5 ms per datapoint and latent coordinate on a CPU) and an
     :class:`ppvae.MCMCWarning` is raised when R-hat, ESS or divergences fail their thresholds
-    (:mod:`ppvae.core.diagnostic_warnings`).
+    (:mod:`ppvae.core.diagnostic_warnings`). With ``log_likelihood`` (default) the result
+    holds ``log p(x_n | z)`` at every draw (one batched model evaluation over the kept draws)
+    for ArviZ's ``log_likelihood`` group. ``progress``: a bar over the warm-up and sampling
+    iterations (:mod:`ppvae.core.progress`; None: only on a terminal), showing the median
+    tuned step size and the mean acceptance once the warm-up ends.
     """
     kwargs = dict(model_kwargs or {})
     if num_warmup < 20 or num_samples < 1 or num_leapfrog < 1:
@@ -135,41 +251,50 @@ def hmc(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 500,
         return lp, g, ()
 
     logp, grad = pot.target_and_grad(u)
-    inv_mass = torch.ones_like(u)
-    step = torch.full(u.shape[:2], 0.1, dtype=u.dtype, device=u.device)  # [C, N]
-    da = _DualAveraging(step, target_accept)
-    w_start, w_end = int(0.15 * num_warmup), int(0.75 * num_warmup)
-    n_w, mean_w, m2_w = 0, torch.zeros_like(u), torch.zeros_like(u)
-    kept_u, kept_acc = [], []
-    for it in range(num_warmup + num_samples):
-        n_lf = int(torch.randint(1, num_leapfrog + 1, ())) if jitter else num_leapfrog
-        u, logp, grad, _, acc = hmc_step(u, logp, grad, (), fn, step, n_lf, inv_mass)
-        if it < num_warmup:
-            step = da.update(acc)
-            if w_start <= it < w_end:  # Welford accumulation of the warm-up window's variance
-                n_w += 1
-                delta = u - mean_w
-                mean_w = mean_w + delta / n_w
-                m2_w = m2_w + delta * (u - mean_w)
-            if it == w_end - 1 and n_w > 2:
-                var = m2_w / (n_w - 1)
-                inv_mass = (n_w / (n_w + 5)) * var + 1e-3 * (5 / (n_w + 5))  # Stan's shrinkage
-                da = _DualAveraging(step, target_accept)
-            if it == num_warmup - 1:
-                step = da.final()
-        else:
-            kept_u.append(u)
-            kept_acc.append(acc)
-    us = torch.stack(kept_u, dim=1)  # [C, S, N, D]
-    c, s = us.shape[:2]
-    values, _ = pot.unflatten(us.reshape(c * s, *us.shape[2:]))
-    flat = pot.per_datapoint_values(values)  # site -> [C*S, N, size]
-    samples = {k: v.reshape(c, s, *v.shape[1:]).detach() for k, v in flat.items()}
-    accept = torch.stack(kept_acc, dim=1)  # [C, S, N]
-    divergent = accept == 0  # energy error non-finite or above ~745 nats (exp underflows)
-    res = HMCResult(samples, accept, step, inv_mass, num_leapfrog, divergent)
+    adapt = _Adaptation(u, num_warmup, target_accept)
+    kept: dict[str, list[torch.Tensor]] = {"u": [], "acc": [], "lp": [], "energy": []}
+    n_steps: list[int] = []
+    with stage(progress, "hmc", total=num_warmup + num_samples) as bar:
+        for it in range(num_warmup + num_samples):
+            n_lf = int(torch.randint(1, num_leapfrog + 1, ())) if jitter else num_leapfrog
+            u, logp, grad, _, acc, energy = _transition(u, logp, grad, (), fn, adapt.step, n_lf,
+                                                        adapt.inv_mass)
+            if it < num_warmup:
+                adapt.update(it, u, acc)
+                if it == num_warmup - 1 and not bar.disable:  # the run's one sync for the bar
+                    bar.set_postfix_str(f"step size {float(adapt.step.median()):.3g} (median), "
+                                        f"acceptance {float(acc.mean()):.2f}", refresh=False)
+            else:
+                for key, v in (("u", u), ("acc", acc), ("lp", logp), ("energy", energy)):
+                    kept[key].append(v)
+                n_steps.append(n_lf)
+            bar.update()
+    res = _result(pot, kept, n_steps, adapt, num_leapfrog, log_likelihood)
     if diagnose:
         diag = diagnostics(res.to_inference_data())
-        check_mcmc(diag, c, "hmc", divergent=divergent.sum((0, 1)).cpu().numpy())
+        divergent = res.accept_prob == 0  # as res.divergent
+        check_mcmc(diag, res.accept_prob.shape[0], "hmc",
+                   divergent=divergent.sum((0, 1)).cpu().numpy())
         res = res._replace(diagnostics=diag)
     return res
+
+
+def _result(pot: Potential, kept: dict[str, list[torch.Tensor]], n_steps: list[int],
+            adapt: _Adaptation, num_leapfrog: int, log_likelihood: bool) -> HMCResult:
+    """The :class:`HMCResult` of the kept states (constrained draws, statistics)."""
+    us = torch.stack(kept["u"], dim=1)  # [C, S, N, D]
+    c, s = us.shape[:2]
+    flat_u = us.reshape(c * s, *us.shape[2:])
+    values, _ = pot.unflatten(flat_u)
+    flat = pot.per_datapoint_values(values)  # site -> [C*S, N, size]
+    samples = {k: v.reshape(c, s, *v.shape[1:]).detach() for k, v in flat.items()}
+    accept = torch.stack(kept["acc"], dim=1)  # [C, S, N]
+    divergent = accept == 0  # energy error non-finite or above ~745 nats (exp underflows)
+    ll = None
+    if log_likelihood:
+        ll = pointwise_log_density(pot, flat_u)[0].reshape(c, s, -1)
+    return HMCResult(samples, accept, adapt.step, adapt.inv_mass, num_leapfrog, divergent,
+                     energy=torch.stack(kept["energy"], dim=1),
+                     n_steps=torch.tensor(n_steps, device=us.device),
+                     lp=torch.stack(kept["lp"], dim=1), log_likelihood=ll,
+                     observed=likelihood_name(pot))
