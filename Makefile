@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all lint bench clean
+.PHONY: demo test test-all lint docs docs-serve bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy ppvae
+	$(BIN)/mkdocs build --strict --quiet -d build/site
 	$(BIN)/python -m pytest -q
 
 test-all: $(STAMP)
@@ -27,5 +28,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy ppvae
 
+# the documentation site (mkdocs.yml, docs/): strict, so a broken link, anchor or API reference
+# fails; docs-serve rebuilds on every change
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+docs-serve: $(STAMP)
+	$(BIN)/mkdocs serve
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) build site *.egg-info .pytest_cache .ruff_cache .mypy_cache
