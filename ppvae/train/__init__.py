@@ -9,4 +9,11 @@
 The speed-up layer (``train.speedup``) is the one place that touches Pyro internals, but for
 :mod:`~ppvae.train.pyro_elbos` dropping a copied Jit ELBO's cached compiled function (so that it
 compiles for the pair it is copied for).
+
+:mod:`~ppvae.train.callbacks`: fit's callback interface (:class:`Callback`: on start, step,
+epoch, end) and its loggers :class:`TensorBoardLogger` and :class:`MLflowLogger`.
 """
+
+from .callbacks import Callback, MLflowLogger, TensorBoardLogger
+
+__all__ = ["Callback", "MLflowLogger", "TensorBoardLogger"]

@@ -90,6 +90,7 @@ import torch
 from ..core.contract import PairInfo
 from ..core.device import resolve_device
 from ..distributed import process as ddp
+from .callbacks import Callback, CallbackList, EpochFunction
 from .checkpoint import BestParams, load_checkpoint, remove_stale_temps, same_run
 from .data import TrainData, check_training_pair, check_valid, unpack_data
 from .evaluate import NonFiniteError
@@ -122,7 +123,8 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
         batch_kw: dict | Sequence[str] | None = None,
         valid_batch_kw: dict | Sequence[str] | None = None, fixed_kw: dict | None = None,
         data_key: str = "x", jit: bool = False, progress: bool | None = None,
-        quiet: bool = False, on_epoch: Callable[..., None] | None = None) -> FitResult:
+        quiet: bool = False, on_epoch: Callable[..., None] | None = None,
+        callbacks: Sequence[Callback] = ()) -> FitResult:
     """Train ``model`` and ``guide`` on ``data`` by SVI; returns a :class:`FitResult`.
 
     The loss is minus the minibatch's mean per-datapoint objective whatever scale the model
@@ -166,11 +168,12 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
         data_key: the key of x in dict items of a Dataset / DataLoader.
         jit: replay the objective from a graph captured per minibatch shape
             (:mod:`ppvae.capture`; not with ``validate``, Jit ELBOs or own-gradient ELBOs).
-        progress: a bar over epochs on stderr (train and valid ELBO as postfix): True, False,
-            or None for one only when stderr is a terminal (:mod:`ppvae.core.progress`).
+        progress: a bar over epochs (train, valid ELBO): True, False, None (on a terminal).
         quiet: deprecated alias of ``progress=False`` (kept working).
-        on_epoch: called after each epoch's checkpoint as ``on_epoch(epoch=e, train=...,
-            valid=... or None, lr=..., step=..., seconds=...)``, ``e`` the epochs completed.
+        on_epoch: called after each epoch's checkpoint (on every rank) as ``on_epoch(epoch=e,
+            train=..., valid=... or None, lr=..., step=..., seconds=...)``, e epochs done.
+        callbacks: :class:`ppvae.train.callbacks.Callback` instances (loggers: TensorBoard,
+            MLflow), called on the main rank at start, steps, epochs and end.
     """
     settings = LoopSettings(epochs=epochs, batch_size=batch_size, check_every=check_every,
                             valid_samples=valid_samples, patience=patience, clip_norm=clip_norm,
@@ -186,19 +189,39 @@ def fit(model, guide, data, *, valid=None, epochs: int = 10, batch_size: int = 1
     t = start(model, guide, chosen, placed, world, settings, seed=seed, lr=lr,
               optimizer=optimizer, schedule=schedule, resume=resume,
               default_objective=objective is None)
-    t.checkpoint, t.on_epoch = checkpoint, on_epoch
+    t.checkpoint = checkpoint
+    t.callbacks = CallbackList([EpochFunction(on_epoch)] if on_epoch is not None else [])
+    t.callbacks.callbacks += CallbackList(callbacks).callbacks if world.is_main else []
     return run(t, t_start)
 
 
 def run(t: Trainer, t_start: float) -> FitResult:
-    """Train the set-up run ``t``; ``t_start`` is when the call began (for the wall time)."""
+    """Train the set-up run ``t``; ``t_start`` is when the call began (for the wall time).
+
+    The callbacks see the start, and the end with the result, or the error fit raises.
+    """
     steps_before = t.state.step
     if t.checkpoint is not None and t.world.is_main:
         remove_stale_temps(t.checkpoint)  # of killed writes; before this call's first write
-    stopped, message = train(t)
-    return fit_result(t.state, steps=t.state.step - steps_before, train_time=t.train_time,
-                      wall_time=time.perf_counter() - t_start, stopped=stopped, message=message,
-                      objective=t.objective.describe())
+    try:
+        t.callbacks.start(train_info(t))
+        stopped, message = train(t)
+        result = fit_result(t.state, steps=t.state.step - steps_before,
+                            train_time=t.train_time, wall_time=time.perf_counter() - t_start,
+                            stopped=stopped, message=message, objective=t.objective.describe())
+    except BaseException as e:  # Ctrl-C included: loggers close their files and runs
+        t.callbacks.error(e)
+        raise
+    t.callbacks.end(result)
+    return result
+
+
+def train_info(t: Trainer) -> dict:
+    """What ``on_train_start`` receives (:mod:`ppvae.train.callbacks`)."""
+    return {"config": dict(t.config), "objective": t.objective.describe(),
+            "start_epoch": t.state.epoch, "start_step": t.state.step,
+            "num_parameters": sum(p.numel() for p in t.param_list),
+            "valid": t.data.valid is not None}
 
 
 def quiet_alias(progress: bool | None, quiet: bool) -> bool | None:

@@ -35,6 +35,7 @@ from pyro.infer.util import is_validation_enabled
 
 from ..core.contract import PairInfo
 from ..core.progress import bar as progress_bar
+from .callbacks import CallbackList
 from .checkpoint import BestParams, save_checkpoint
 from .data import Epoch, Minibatch, TrainData
 from .evaluate import NonFiniteError, conditional_pair, describe_failure
@@ -70,7 +71,7 @@ class Trainer:
     state: TrainState
     last_finite: Snapshot  # rolled back to after a non-finite step
     checkpoint: str | os.PathLike | None = None
-    on_epoch: Callable[..., None] | None = None
+    callbacks: CallbackList = field(default_factory=CallbackList)  # this rank's
     objective: Any = None  # what trains (FitResult.objective describes it)
     best_params: Snapshot | None = None  # the best epoch's, with validation and restore_best
     # (no optimizer state); None after a resume from a checkpoint that lacks them
@@ -242,6 +243,9 @@ def train_step(t: Trainer, ep: Epoch, mb: Minibatch, tally: EpochTally) -> str |
         t.optimizer.step()
         tally.add(loss.detach() * here if loss is not None else t.zero, here, mb)
     t.state.step += 1
+    if t.callbacks:
+        t.callbacks.step(t.state.step, loss.detach() if loss is not None and err is None
+                         else t.zero.new_full((), math.nan))
     return failure
 
 
@@ -349,11 +353,11 @@ def save_epoch(t: Trainer) -> None:
 
 
 def report(t: Trainer, train_value: float, t0: float, bar) -> None:
-    """The finished epoch to ``on_epoch`` and the progress bar."""
+    """The finished epoch to the callbacks (``on_epoch``) and the progress bar."""
     s, h = t.state, t.state.history
     valid = h.valid[-1] if h.valid else None
-    if t.on_epoch is not None:
-        t.on_epoch(epoch=s.epoch, train=train_value, valid=valid, lr=h.lr[-1], step=s.step,
-                   seconds=time.perf_counter() - t0)
+    if t.callbacks:
+        t.callbacks.epoch(s.epoch, {"train": train_value, "valid": valid, "lr": h.lr[-1],
+                                    "step": s.step, "seconds": time.perf_counter() - t0})
     bar.update(1)
     bar.set_postfix(train=f"{train_value:.2f}", **({"valid": f"{valid:.2f}"} if h.valid else {}))
