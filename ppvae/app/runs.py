@@ -10,9 +10,9 @@ A run directory holds
 * ``checkpoint.pt``: the :mod:`ppvae.checkpoint` file written by :func:`ppvae.fit` every epoch
   (so an interrupted run resumes), and ``guide-<name>.pt`` for guides trained later on the
   frozen model,
-* ``report.json`` / ``report.md``: sections (training, evaluation, gaps, posterior, samples)
-  that each command adds or replaces; the markdown is re-rendered from all sections in a fixed
-  order,
+* ``report.json`` / ``report.md``: sections (training, evaluation, gaps, posterior, samples;
+  ``ppvae ppca`` writes its own run directory with a PPCA section and no config.toml) that each
+  command adds or replaces; the markdown is re-rendered from all sections in a fixed order,
 * PNG figures and ArviZ netCDF files of posterior samples.
 
 Every section records where its numbers came from (:func:`provenance`): the command line, the
@@ -62,12 +62,13 @@ __all__ = ["READ_THE_NUMBERS", "SECTIONS", "RunDir", "RunError", "checkpoint_id"
            "command_line", "describe_rows", "is_primary", "provenance", "read_toml",
            "record_warnings", "set_command", "to_toml", "versions"]
 
-SECTIONS = ("train", "evaluate", "gaps", "posterior", "samples")  # report.md order
+SECTIONS = ("train", "evaluate", "gaps", "posterior", "samples", "ppca")  # report.md order
 READ_THE_NUMBERS = 'README, "How to read the numbers"'  # where the warnings are explained
 # the command that recomputes a section ({run}: the run directory)
 _RERUN = {"train": "ppvae train --out {run} --resume --epochs N",
           "evaluate": "ppvae evaluate {run}", "gaps": "ppvae gaps {run}",
-          "posterior": "ppvae gaps {run} --mcmc N", "samples": "ppvae sample {run}"}
+          "posterior": "ppvae gaps {run} --mcmc N", "samples": "ppvae sample {run}",
+          "ppca": "ppvae ppca --out {run}"}
 _STALE_DIR = "stale"
 _command: list[str] | None = None  # the CLI's arguments while a command runs
 
@@ -155,9 +156,9 @@ def describe_rows(rec: dict[str, Any]) -> str:
 
 def _describe_provenance(prov: dict[str, Any]) -> str:
     ck = prov.get("checkpoint")
-    where = ("no checkpoint" if not ck else
-             f"checkpoint epoch {ck.get('epoch')} (sha256 `{ck.get('sha256')}`)")
-    parts = [f"Computed by `{prov.get('command')}` at {prov.get('time')} from {where}"]
+    where = ("" if not ck else  # no model state (the PPCA study)
+             f" from checkpoint epoch {ck.get('epoch')} (sha256 `{ck.get('sha256')}`)")
+    parts = [f"Computed by `{prov.get('command')}` at {prov.get('time')}{where}"]
     if prov.get("seed") is not None:
         parts.append(f"seed {prov['seed']}")
     rows = prov.get("rows") or {}
@@ -545,7 +546,8 @@ class RunDir(NamedTuple):
             words = shlex.split(cmd)
         except ValueError:
             words = []
-        own = {"evaluate": "evaluate", "gaps": "gaps", "posterior": "gaps", "samples": "sample"}
+        own = {"evaluate": "evaluate", "gaps": "gaps", "posterior": "gaps", "samples": "sample",
+               "ppca": "ppca"}
         if words[:1] == ["ppvae"] and own.get(name) in words:
             return cmd
         return _RERUN[name].format(run=shlex.quote(str(self.path)))
@@ -562,11 +564,11 @@ class RunDir(NamedTuple):
 
     def _markdown(self, doc: dict[str, Any]) -> str:
         cfg, sections = doc["config"], doc["sections"]
+        what = (f"Model `{cfg.get('model', '?')}`, guide `{cfg.get('guide', '?')}`, data "
+                f"`{cfg.get('data', '?')}`; configuration in `config.toml`. " if cfg else "")
         parts = [f"# ppvae run: {self.path.name}", "",
-                 f"Model `{cfg.get('model', '?')}`, guide `{cfg.get('guide', '?')}`, data "
-                 f"`{cfg.get('data', '?')}`; configuration in `config.toml`. Each section "
-                 "ends with where its numbers come from; report.json holds the same and the "
-                 "indices of the rows used."]
+                 f"{what}Each section ends with where its numbers come from; report.json holds "
+                 "the same and the indices of the rows used."]
         if doc["warnings"]:
             parts += ["", "## Warnings", "",
                       "Diagnostics that failed their thresholds: the numbers they name are less "

@@ -18,9 +18,9 @@ def _numbers(text):
 def test_ppca_on_a_user_file(tmp_path, capsys):
     x = ppvae.data.ppca_dataset(120, 6, 2, 0.4, seed=5).x.numpy()
     path = tmp_path / "mydata.csv"
-    np.savetxt(path, x, delimiter=",")
+    np.savetxt(path, x, delimiter=",", header="a,b,c,d,e,f", comments="")  # a header row
     assert main(["ppca", "--data", str(path), "--latent-dim", "2", "--steps", "200",
-                 "--num-samples", "200", "--iwae-k", "20"]) == 0
+                 "--num-samples", "200", "--iwae-k", "20", "--out", str(tmp_path / "p")]) == 0
     out = capsys.readouterr().out
     assert "maximum likelihood parameters" in out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "---" not in line]
