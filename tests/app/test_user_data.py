@@ -168,7 +168,7 @@ def test_image_shape_of_a_table_and_its_check(tmp_path):
         load_data(cfg)
     with pytest.raises(ValueError, match="--image-size applies to a folder of images"):
         train_config(_args(["--data", str(path), "--image-size", "2", "3"]))
-    with pytest.raises(ValueError, match="--image-shape applies to a .npy / .csv / .txt file"):
+    with pytest.raises(ValueError, match=r"--image-shape applies to a \.npy / \.csv / \.txt file"):
         train_config(_args(["--image-shape", "8", "8"]))
 
 
