@@ -34,7 +34,7 @@ from .contract import (
 )
 from .enum import enum_log_density, replay_continuous
 from .modes import evaluation
-from .progress import bar
+from .progress import bar as progress_bar
 from .trace import particle_groups, trace_fn, trace_pair
 
 __all__ = [
@@ -79,7 +79,7 @@ def samples_bar(progress: bool | None, total: int, chunk: int,
     """
     if total <= chunk:
         return nullcontext(None)
-    return bar(progress, total=total, desc=desc, unit="sample")
+    return progress_bar(progress, total=total, desc=desc, unit="sample")
 
 
 def pair_info(model, guide, x: torch.Tensor, info: PairInfo | None, kwargs: Mapping[str, Any],

@@ -51,7 +51,8 @@ def heldout_elbo(model, guide, batches: Iterable[tuple[torch.Tensor, dict]], inf
     with torch.no_grad(), pyro.validation_enabled(False):
         for xb, kw in batches:
             lw = log_weights(model, guide, xb, num_samples, info=info._replace(
-                num_data=xb.shape[0]), model_kwargs={**(fixed_kw or {}), **kw})  # [S, B]
+                num_data=xb.shape[0]), model_kwargs={**(fixed_kw or {}), **kw},
+                progress=False)  # [S, B]; fit's own bar counts the epochs
             part = lw.mean(0).sum().double()
             total = part if total is None else total + part
             rows += xb.shape[0]
