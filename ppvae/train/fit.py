@@ -65,6 +65,12 @@ killed checkpoint writes left are removed before the first write
 (:func:`ppvae.train.checkpoint.remove_stale_temps`), so two fits must never write the same
 checkpoint at once (the command line locks its run directory).
 
+Progress and logging: ``progress=`` draws a bar over epochs (:mod:`ppvae.core.progress`: by
+default only when stderr is a terminal); ``callbacks=`` takes
+:class:`ppvae.train.callbacks.Callback` instances, called at the start, after every step and
+epoch, and at the end or on an error, such as :class:`~ppvae.train.callbacks.TensorBoardLogger`
+and :class:`~ppvae.train.callbacks.MLflowLogger`.
+
 Under ``torchrun`` the same call trains data parallel (:mod:`ppvae.distributed`): each rank takes
 its share of every minibatch of ``batch_size * world_size`` rows, gradients are summed across
 ranks weighted by shard size (one process's step on the whole minibatch), rank 0 checkpoints.
