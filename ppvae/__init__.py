@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .infer.hmc import HMCResult, hmc
     from .infer.local.vi import LocalFit, LocalGuide, fit_local
     from .infer.nuts import NUTSResult, nuts
+    from .train.callbacks import Callback, MLflowLogger, TensorBoardLogger
     from .train.checkpoint import CheckpointError
     from .train.fit import FitResult, fit
     from .train.objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
@@ -81,6 +82,9 @@ _LAZY = {  # public name: the submodule (under ppvae) that defines it
     "fit_local": "infer.local.vi",
     "NUTSResult": "infer.nuts",
     "nuts": "infer.nuts",
+    "Callback": "train.callbacks",
+    "MLflowLogger": "train.callbacks",
+    "TensorBoardLogger": "train.callbacks",
     "CheckpointError": "train.checkpoint",
     "FitResult": "train.fit",
     "fit": "train.fit",
@@ -104,6 +108,7 @@ __all__ = [
     "AISWarning",
     "BDMCResult",
     "Bound",
+    "Callback",
     "CaptureError",
     "CheckpointError",
     "ContractError",
@@ -119,11 +124,13 @@ __all__ = [
     "LocalGuide",
     "LogPx",
     "MCMCWarning",
+    "MLflowLogger",
     "NUTSResult",
     "PairInfo",
     "ParticleFallbackWarning",
     "PosteriorComparison",
     "PyroObjective",
+    "TensorBoardLogger",
     "__version__",
     "ais",
     "bdmc",
