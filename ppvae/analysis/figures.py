@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
 
 from .report import GapReport
 
@@ -293,8 +292,9 @@ def local_vi_curves(fits, *, data: str = "datapoints", title: str | None = None,
 
     1. ELBO[q*] averaged over datapoints, each window's mean over its steps (nats);
     2. with per-datapoint traces (``LocalFit.trace``): each datapoint's distance to its final
-       window, final − current ELBO (nats, median and 10–90% band over datapoints, symmetric
-       log scale: Monte Carlo noise makes it cross 0 once converged);
+       window, final − current ELBO (nats, median and 10–90% band over datapoints; on a
+       symmetric log scale when it exceeds 2 nats; Monte Carlo noise makes it cross 0 once
+       converged);
     3. the share of datapoints that the stopping rule declared converged by each step.
     """
     named = _as_fits(fits)
@@ -324,8 +324,9 @@ def local_vi_curves(fits, *, data: str = "datapoints", title: str | None = None,
     axes[0].set_title("ELBO[q*], mean over datapoints", fontsize=10)
     axes[0].legend(fontsize=8)
     if has_trace:
-        axes[1].set_yscale("symlog", linthresh=0.1)
-        axes[1].yaxis.set_major_formatter(ScalarFormatter())
+        low, high = axes[1].get_ylim()
+        if max(abs(low), abs(high)) > 2.0:  # from a far start: nats over decades
+            axes[1].set_yscale("symlog", linthresh=0.1)
         axes[1].axhline(0.0, color="black", linewidth=0.8)
         axes[1].set_ylabel("final − current ELBO[q*] per datapoint (nats)")
         axes[1].set_title("distance to the final window (10–90% band)", fontsize=10)

@@ -17,7 +17,9 @@ given ``path``; ``title=`` replaces the default title, which names what is shown
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, cast
 
 import numpy as np
@@ -294,6 +296,21 @@ class _Labeller:
         return getattr(self._base, name)
 
 
+@contextmanager
+def _arviz_on_new_matplotlib() -> Iterator[None]:
+    """ArviZ 0.x's plots without the deprecation warning matplotlib >= 3.11 raises inside them.
+
+    ArviZ passes a dict as ``alias_mapping`` to ``matplotlib.cbook.normalize_kwargs``; the
+    plots are unaffected until matplotlib 3.13.
+    """
+    from matplotlib import MatplotlibDeprecationWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*alias_mapping to normalize_kwargs",
+                                category=MatplotlibDeprecationWarning)
+        yield
+
+
 def _mcmc_selection(idata, var_name, datapoints, dims, max_datapoints, max_dims, where):
     post = idata.posterior
     names = list(post.data_vars)
@@ -317,7 +334,8 @@ def _mcmc_selection(idata, var_name, datapoints, dims, max_datapoints, max_dims,
 def mcmc_traces(idata, *, var_name: str | None = None, datapoints: Sequence | None = None,
                 dims: Sequence | None = None, max_datapoints: int = 2, max_dims: int = 2,
                 datapoint_label: str = "datapoint", sampler: str = "MCMC",
-                title: str | None = None, path: str | os.PathLike | None = None) -> Figure:
+                note: str | None = None, title: str | None = None,
+                path: str | os.PathLike | None = None) -> Figure:
     """ArviZ trace plot of MCMC draws for a few datapoints and latent coordinates.
 
     Args:
@@ -331,6 +349,7 @@ def mcmc_traces(idata, *, var_name: str | None = None, datapoints: Sequence | No
         max_dims: coordinates shown by default.
         datapoint_label: what the datapoint coordinate is, for the panel titles.
         sampler: the sampler's name, for the title.
+        note: appended to the default title in parentheses (e.g. how the points were chosen).
         title: replaces the default title.
         path: also save the figure there.
 
@@ -344,9 +363,10 @@ def mcmc_traces(idata, *, var_name: str | None = None, datapoints: Sequence | No
     rows = len(dps) * len(crd)
     fig = Figure(figsize=(10, 1.9 * rows + 1.2), layout="constrained")
     axes = fig.subplots(rows, 2, squeeze=False)
-    az.plot_trace(idata, var_names=[var], coords={"datapoint": dps, cdim: crd}, axes=axes,
-                  compact=False, labeller=_Labeller(cdim, datapoint_label), legend=False,
-                  show=False)
+    with _arviz_on_new_matplotlib():
+        az.plot_trace(idata, var_names=[var], coords={"datapoint": dps, cdim: crd}, axes=axes,
+                      compact=False, labeller=_Labeller(cdim, datapoint_label), legend=False,
+                      show=False)
     for r in range(rows):
         axes[r, 0].set_ylabel("density", fontsize=8)
         axes[r, 1].set_ylabel("value", fontsize=8)
@@ -360,7 +380,8 @@ def mcmc_traces(idata, *, var_name: str | None = None, datapoints: Sequence | No
                title="chain", loc="outside lower center", ncols=chains, fontsize=8,
                title_fontsize=8, frameon=False)
     text = title or (f"{sampler} traces, {chains} chains x {draws} draws: {len(crd)} of "
-                     f"{total} coordinates of {var} at {len(dps)} of {n} {datapoint_label}s")
+                     f"{total} coordinates of {var} at {len(dps)} of {n} {datapoint_label}s"
+                     + (f" ({note})" if note else ""))
     fig.suptitle(wrap(text, fig.get_figwidth(), 11), fontsize=11)
     return save(fig, path)
 
@@ -368,7 +389,8 @@ def mcmc_traces(idata, *, var_name: str | None = None, datapoints: Sequence | No
 def mcmc_ranks(idata, *, var_name: str | None = None, datapoints: Sequence | None = None,
                dims: Sequence | None = None, max_datapoints: int = 2, max_dims: int = 3,
                datapoint_label: str = "datapoint", sampler: str = "MCMC",
-               title: str | None = None, path: str | os.PathLike | None = None) -> Figure:
+               note: str | None = None, title: str | None = None,
+               path: str | os.PathLike | None = None) -> Figure:
     """ArviZ rank plots of MCMC draws: one panel per (datapoint, coordinate).
 
     Each panel stacks one histogram per chain of the ranks of that chain's draws among all
@@ -380,15 +402,16 @@ def mcmc_ranks(idata, *, var_name: str | None = None, datapoints: Sequence | Non
         idata, var_name, datapoints, dims, max_datapoints, max_dims, "mcmc_ranks")
     fig = Figure(figsize=(3.3 * len(crd) + 0.4, 2.6 * len(dps) + 1.0), layout="constrained")
     axes = fig.subplots(len(dps), len(crd), squeeze=False)
-    az.plot_rank(idata, var_names=[var], coords={"datapoint": dps, cdim: crd}, ax=axes,
-                 kind="bars", labeller=_Labeller(cdim, datapoint_label), show=False)
+    with _arviz_on_new_matplotlib():
+        az.plot_rank(idata, var_names=[var], coords={"datapoint": dps, cdim: crd}, ax=axes,
+                     kind="bars", labeller=_Labeller(cdim, datapoint_label), show=False)
     for ax in axes.ravel():
         ax.tick_params(labelsize=7)
         ax.title.set_fontsize(9)
         ax.xaxis.label.set_fontsize(8)
         ax.yaxis.label.set_fontsize(8)
     text = title or (f"{sampler} rank plots, {chains} chains x {draws} draws: {len(crd)} of "
-                     f"{total} coordinates of {var} at {len(dps)} of {n} {datapoint_label}s "
-                     "(flat bars: the chains mix)")
+                     f"{total} coordinates of {var} at {len(dps)} of {n} {datapoint_label}s"
+                     + (f" ({note})" if note else "") + "; flat bars: the chains mix")
     fig.suptitle(wrap(text, fig.get_figwidth(), 11), fontsize=11)
     return save(fig, path)
