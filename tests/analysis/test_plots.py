@@ -3,6 +3,7 @@ do not apply raise clear errors; the collapse diagnostic matches a closed form o
 
 import matplotlib.image as mpimg
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 import torch
 from registry import REGISTRY, binary_batch, labels
@@ -101,3 +102,61 @@ def test_collapse_matches_closed_form_on_ppca(float64):
 
 def test_binary_batch_is_fixed():
     assert torch.equal(binary_batch(), binary_batch())
+
+
+def _image(fig):
+    (ax,) = fig.axes
+    return ax, np.ma.masked_invalid(ax.images[0].get_array())
+
+
+def test_sample_grid_draws_from_the_likelihood_unless_means():
+    e = REGISTRY["vae/mlp"]()
+    ax, img = _image(plots.sample_grid(e.model, e.x, 16))
+    assert set(np.unique(img.compressed())) <= {0.0, 1.0}  # Bernoulli draws
+    assert img.count() == 16 * 64  # every tile drawn, gaps blank
+    ax, img = _image(plots.sample_grid(e.model, e.x, 16, means=True))
+    vals = img.compressed()
+    assert ((vals > 0) & (vals < 1)).mean() > 0.9  # pixel probabilities
+    assert "decoded means" in ax.figure._suptitle.get_text().lower()
+    with pytest.raises(ValueError, match="row_labels has 3 labels for 4 rows"):
+        plots.sample_grid(e.model, e.x, 16, row_labels=["a", "b", "c"])
+
+
+def test_manifold_axes_carry_the_prior_quantiles():
+    e = REGISTRY["vae/mlp"]()  # a 2-D standard normal latent
+    ax, _ = _image(plots.latent_manifold(e.model, e.x, n=5))
+    u = torch.linspace(0.1, 0.9, 5)
+    z = torch.distributions.Normal(0.0, 1.0).icdf(u)
+    cols = [float(t.get_text()) for t in ax.get_xticklabels()]
+    rows = [float(t.get_text()) for t in ax.get_yticklabels()]
+    assert np.allclose(cols, z, atol=0.03) and np.allclose(rows, z.flip(0), atol=0.03)  # 2 digits
+    assert ax.get_xlabel() == "z[0]" and ax.get_ylabel() == "z[1]"
+
+
+def test_traversals_and_interpolations_label_rows_and_columns():
+    e = REGISTRY["vae/mlp"]()
+    ax, img = _image(plots.latent_traversals(e.model, e.guide, e.x, steps=5, span=2.0,
+                                             label=17, datapoint_label="test row"))
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["z[0]", "z[1]"]
+    assert [float(t.get_text()) for t in ax.get_xticklabels()] == [-2, -1, 0, 1, 2]
+    assert "test row 17" in ax.figure._suptitle.get_text().replace("\n", " ")
+    ax, img = _image(plots.interpolation(e.model, e.guide, e.x, steps=3, num_pairs=2,
+                                         labels=list(range(10, 22))))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["x_a", "0", "0.5", "1", "x_b"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["10 → 11", "12 → 13"]
+    first = img[:8, :8]  # the first input, x[0] as an 8 x 8 image
+    assert np.array_equal(first, e.x[0].reshape(8, 8).numpy())
+    with pytest.raises(ValueError, match="num_pairs=7 needs at least 14 rows"):
+        plots.interpolation(e.model, e.guide, e.x, num_pairs=7)
+
+
+def test_image_shapes_fold_rows_in_colour_or_as_given():
+    e = REGISTRY["vae/mlp"]()
+    _, img = _image(plots.sample_grid(e.model, e.x, 4, image_shape=(4, 16)))
+    assert img.shape == (2 * 5 - 1, 2 * 17 - 1)  # 2 x 2 tiles of 4 x 16 with 1-pixel gaps
+    with pytest.raises(ValueError, match=r"image_shape \(5, 5\) does not fold rows of 64"):
+        plots.sample_grid(e.model, e.x, 4, image_shape=(5, 5))
+    x = torch.rand(4, 48)  # 3 x 4 x 4 colour images
+    canvas, hw = plots._grid(x, 2, 2, (3, 4, 4))
+    assert canvas.shape == (9, 9, 3) and hw == (4, 4)
+    assert np.allclose(canvas[:4, :4], x[0].reshape(3, 4, 4).permute(1, 2, 0).numpy())
