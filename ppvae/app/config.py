@@ -12,7 +12,7 @@ written, and an error names the key and the layer it came from (the file, or the
 * ranges: sizes, epochs and counts at least 1, a finite learning rate above 0, a seed that
   torch and numpy both accept;
 * names: model, guide, objective, likelihood and binarization among the zoo's
-  (:mod:`ppvae.app.zoo`);
+  (:mod:`ppvae.app.zoo`); a model or guide may also be the user's own, ``module:function``;
 * the combination (:func:`check_combination`): the guide fits the model, the likelihood is one
   the model has, and a size, an objective option or a data option that the chosen model,
   guide, objective and data would ignore is refused rather than dropped without a word
@@ -38,12 +38,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .zoo import GUIDES, LIKELIHOODS, MODELS, OBJECTIVE_OPTIONS, OBJECTIVES, check_names
+from .zoo import (
+    GUIDES,
+    LIKELIHOODS,
+    MODELS,
+    OBJECTIVE_OPTIONS,
+    OBJECTIVES,
+    check_names,
+    is_user_name,
+)
 
 __all__ = ["SCHEMA", "ConfigError", "Field", "Layer", "check_combination", "check_layer",
            "data_kind", "describe"]
 
-BINARIZE = ("static", "threshold", "dynamic")
+BINARIZE = ("static", "threshold", "dynamic", "none")  # none: keep grey levels
 IMAGE_MODES = ("L", "RGB")
 TABLE_SUFFIXES = (".npy", ".csv", ".txt")
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
@@ -63,6 +71,7 @@ class Field:
     choices: Sequence[str] | None = None
     above: bool = False  # the value must be strictly above ``low``
     lengths: Sequence[int] | None = None  # "ints": the lengths allowed (None: any)
+    user_names: bool = False  # "str": a user's module:function is allowed besides the choices
 
     def check(self, value: Any) -> str | None:
         """None when ``value`` fits, else what is wrong (to follow the key's name)."""
@@ -73,8 +82,11 @@ class Field:
         if self.kind == "str":
             if not isinstance(value, str):
                 return f"must be a string, got {_show(value)}"
-            if self.choices is not None and value not in self.choices:
-                return f"\0unknown {{key}} '{value}'; choose one of: {', '.join(self.choices)}"
+            if (self.choices is not None and value not in self.choices
+                    and not (self.user_names and is_user_name(value))):
+                own = ", or module:function for your own" if self.user_names else ""
+                return (f"\0unknown {{key}} '{value}'; choose one of: "
+                        f"{', '.join(self.choices)}{own}")
             if not value:
                 return "must not be empty"
             return None
@@ -127,8 +139,8 @@ def _show(value: Any) -> str:
 
 # (table, key) -> Field; table None: the top level
 SCHEMA: Mapping[tuple[str | None, str], Field] = {
-    (None, "model"): Field("str", choices=tuple(MODELS)),
-    (None, "guide"): Field("str", choices=tuple(GUIDES)),
+    (None, "model"): Field("str", choices=tuple(MODELS), user_names=True),
+    (None, "guide"): Field("str", choices=tuple(GUIDES), user_names=True),
     (None, "data"): Field("str"),
     (None, "data_path"): Field("str"),
     (None, "binarize"): Field("str", choices=BINARIZE),
@@ -235,6 +247,10 @@ def check_combination(cfg: Mapping[str, Any], layers: Sequence[Layer]) -> None:
     check_names(cfg["model"], cfg["guide"])
     model, guide = MODELS[cfg["model"]], GUIDES[cfg["guide"]]
     likelihood = cfg.get("likelihood")
+    if likelihood is not None and not model.likelihoods:
+        set_in = _source(layers, None, "likelihood") or "built-in defaults"
+        raise ConfigError(f"{describe(None, 'likelihood', set_in)} {likelihood}: model "
+                          f"'{cfg['model']}' is your own and states its likelihood; remove it")
     if likelihood is not None and likelihood not in model.likelihoods:
         set_in = _source(layers, None, "likelihood") or "built-in defaults"
         has = " or ".join(f"'{m}'" for m, e in MODELS.items() if likelihood in e.likelihoods)

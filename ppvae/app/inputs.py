@@ -33,9 +33,25 @@ from typing import Any
 
 import torch
 
-from .config import IMAGE_MODES, SCHEMA, Layer, check_combination, check_layer, data_kind
+from .config import (
+    BINARIZE,
+    IMAGE_MODES,
+    SCHEMA,
+    Layer,
+    check_combination,
+    check_layer,
+    data_kind,
+)
 from .runs import read_toml, toml_string
-from .zoo import LIKELIHOODS, MODELS, OBJECTIVE_DEFAULTS, BuildError, ModelSpec, default_guide
+from .zoo import (
+    GUIDES,
+    LIKELIHOODS,
+    MODELS,
+    OBJECTIVE_DEFAULTS,
+    BuildError,
+    ModelSpec,
+    default_guide,
+)
 
 __all__ = ["DATA_HELP", "UsageError", "add_data_arguments", "build_data", "check_device",
            "load_data", "load_matrix", "nonnegative_int", "positive_float", "positive_int",
@@ -157,8 +173,8 @@ def train_defaults() -> dict[str, Any]:
         **{k: v for k, v in _DEFAULTS.items() if not isinstance(v, dict)},
         **_DEFAULTS["train"], **_DEFAULTS["sizes"],  # type: ignore[dict-item]
         "guide": f"the model's usual ({usual})",
-        "binarize": "static for digits, mnist, fashion-mnist and image folders with the "
-                    "bernoulli likelihood; none otherwise",
+        "binarize": "static for digits, mnist, fashion-mnist and image folders unless "
+                    "--likelihood is not bernoulli; none otherwise",
         "likelihood": "bernoulli for 0/1 or binarized data, else gaussian, which only vae "
                       "has",
         "image_mode": "as found: L when every image is grey, else RGB",
@@ -178,11 +194,22 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     ``--likelihood``, ``--image-size H W`` and ``--image-mode`` (a folder of images),
     ``--image-shape H W`` (a file of rows that are images); all feed :func:`train_config`
     (config keys ``likelihood``, ``image_size``, ``image_mode``, ``image_shape``). The help of
-    an existing ``--data`` flag is set to :data:`DATA_HELP`.
+    existing ``--data``, ``--model`` and ``--guide`` flags is set to say what they accept
+    (data folders and files, a user's ``module:function``).
     """
     have = p._option_string_actions
+    if "--binarize" in have:
+        have["--binarize"].choices = BINARIZE
+        have["--binarize"].help = ("static (a seeded Bernoulli draw per pixel), threshold (> 0.5), "
+                                   "dynamic (a fresh draw each epoch) or none (keep the grey "
+                                   "levels)")
     if "--data" in have:
         have["--data"].help = f"{DATA_HELP} (default: digits)"
+    for flag, table in (("--model", MODELS), ("--guide", GUIDES)):
+        if flag in have:
+            default = "vae" if flag == "--model" else "the model's usual"
+            have[flag].help = (f"one of {', '.join(table)}, or your own as module:function "
+                               f"(see ppvae.app.zoo) (default: {default})")
     if "--likelihood" not in have:
         p.add_argument("--likelihood", choices=LIKELIHOODS,
                        help="the model's p(x | z); recorded in config.toml")
@@ -277,7 +304,7 @@ def build_data(name: str, *, binarize: str | None = None, path: str | None = Non
             (:func:`ppvae.data.load_image_folder`); or a ``.npy`` / ``.csv`` / ``.txt`` file
             of rows (:func:`ppvae.data.load_table`). User data are split 80 / 10 / 10 with
             ``seed``.
-        binarize: None, ``"static"``, ``"threshold"`` or ``"dynamic"``.
+        binarize: None (or ``"none"``), ``"static"``, ``"threshold"`` or ``"dynamic"``.
         path: binarized MNIST's ``.npz`` file or folder of ``.amat`` files.
         seed: seeds the split and the binarization.
         download: fetch a named data set's missing files.
@@ -292,6 +319,7 @@ def build_data(name: str, *, binarize: str | None = None, path: str | None = Non
     """
     from ..data import DATASETS, load_dataset, load_image_folder, load_table
 
+    binarize = None if binarize == "none" else binarize  # the configuration's "keep grey"
     kind = data_kind(name)
     try:
         if name in DATASETS:

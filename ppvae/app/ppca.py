@@ -32,6 +32,7 @@ import argparse
 import inspect
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -181,17 +182,20 @@ class PPCAStudy(NamedTuple):
     def datapoint_frame(self):
         """One row per datapoint: exact log p(x), and each guide's ELBO, its s.e. and exact gap.
 
-        Columns ``log_px``, ``elbo[<guide>]``, ``elbo_se[<guide>]``, ``gap_exact[<guide>]``;
-        a study without per-datapoint values raises ``ValueError``.
+        Columns ``log_px`` and, per guide, ``elbo_<key>``, ``elbo_se_<key>`` and
+        ``gap_exact_<key>`` with ``<key>`` the guide's label in lower case, words joined by
+        ``_`` (``linear_full_cov_svi``); a study without per-datapoint values raises
+        ``ValueError``.
         """
         if self.log_px_n is None or any(r.elbo_n is None for r in self.rows):
             raise ValueError("this study holds no per-datapoint values (run_ppca_study keeps "
                              "them)")
         cols: dict[str, Any] = {"log_px": self.log_px_n}
         for r in self.rows:
-            cols[f"elbo[{r.guide}]"] = r.elbo_n
-            cols[f"elbo_se[{r.guide}]"] = r.elbo_se_n
-            cols[f"gap_exact[{r.guide}]"] = r.gap_exact_n
+            key = "_".join(re.findall(r"[a-z0-9]+", r.guide.lower()))
+            cols[f"elbo_{key}"] = r.elbo_n
+            cols[f"elbo_se_{key}"] = r.elbo_se_n
+            cols[f"gap_exact_{key}"] = r.gap_exact_n
         return frame(cols)
 
     def to_markdown(self) -> str:

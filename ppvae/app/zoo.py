@@ -29,6 +29,19 @@ Guides: ``diag`` (:class:`guides.MLPEncoder`), ``full`` (:class:`guides.FullCovE
 ``bottom-up`` / ``ladder`` (:class:`guides.BottomUpGuide` / :class:`guides.LadderGuide`,
 Sønderby et al. 2016) and ``delta`` (:class:`guides.DeltaEncoder`).
 
+Your own model or guide: a name ``module:function`` (``mypkg.models:make_vae``, or a file,
+``path/to/models.py:make_vae``) is looked up in the same tables (:func:`user_entry`). The module
+is imported (the current folder is on the import path, as for ``python -m``), and the function
+is called with the data's :class:`DataShape` (a guide's with the model first:
+``make_guide(model, shape)``); it returns a model or guide keeping the ppvae contract, which the
+training pre-flight checks (:func:`ppvae.check_pair`) before anything is written. A user model
+states its own likelihood (``--likelihood`` is refused) and reads no ``[sizes]`` keys; its
+default guide is ``diag`` (sized by ``--latent-dim`` and ``--hidden``). Optional attributes of
+the function say more: ``takes_labels = True`` (the model and guide get the labels as ``y=``),
+and for a guide ``local_family`` (its q* family in the gap report, default ``"diag"``) and
+``point_mass``. The run's config.toml records the name, so every later command imports the same
+function again: a run directory's config.toml is trusted like the code it names.
+
 A guide is built for any model it can be constructed for; whether the pair keeps the ppvae
 contract is then decided by :func:`ppvae.check_pair` (a ``diag`` guide for the hierarchical
 model fails there, naming the site). Names that are unknown, or that cannot be built for the
@@ -38,19 +51,42 @@ raise :class:`BuildError` listing the valid choices.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
-from collections.abc import Callable, Mapping
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import Any, Generic, NamedTuple, TypeVar
 
 from .. import guides, models
 from ..train import objectives
 
-__all__ = ["GUIDES", "LIKELIHOODS", "MODELS", "OBJECTIVES", "OBJECTIVE_DEFAULTS",
-           "OBJECTIVE_OPTIONS", "BuildError", "DataShape", "GuideEntry", "ModelEntry",
-           "ModelSpec", "build_guide", "build_model", "check_names", "default_guide",
-           "make_objective", "resolve_likelihood"]
+__all__ = [
+    "GUIDES",
+    "LIKELIHOODS",
+    "MODELS",
+    "OBJECTIVES",
+    "OBJECTIVE_DEFAULTS",
+    "OBJECTIVE_OPTIONS",
+    "BuildError",
+    "DataShape",
+    "GuideEntry",
+    "ModelEntry",
+    "ModelSpec",
+    "build_guide",
+    "build_model",
+    "check_names",
+    "default_guide",
+    "is_user_name",
+    "make_objective",
+    "resolve_likelihood",
+    "user_entry",
+]
 
 # p(x | z) of the zoo's models: 0/1 data; grey levels in [0, 1] (Loaiza-Ganem and Cunningham
 # 2019); real values (learned scale)
@@ -95,7 +131,7 @@ class ModelEntry:
 
     build: Callable[[ModelSpec, DataShape, str, str], Any]  # (spec, shape, likelihood, label)
     default_guide: str
-    likelihoods: tuple[str, ...] = ("bernoulli",)  # among LIKELIHOODS
+    likelihoods: tuple[str, ...] = ("bernoulli",)  # among LIKELIHOODS; (): a user model's own
     takes_labels: bool = False  # model and guide get the labels as y=
     sizes: tuple[str, ...] = ("latent_dim", "hidden")  # the [sizes] keys its builder reads
 
@@ -178,16 +214,149 @@ def _ladder(model, spec: ModelSpec, shape: DataShape, label: str):
     return guides.LadderGuide(model, (spec.hidden[-1], 64), name=label)
 
 
-MODELS: Mapping[str, ModelEntry] = MappingProxyType({
+_USER = re.compile(r"^(?P<module>[^:\s]+):(?P<attr>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)$")
+_NOT_WORD = re.compile(r"\W")
+_user_cache: dict[str, Any] = {}
+
+
+def is_user_name(name: str) -> bool:
+    """``name`` has the form ``module:function`` (or ``file.py:function``) of a user's builder."""
+    return isinstance(name, str) and _USER.match(name) is not None
+
+
+def _import(module: str, what: str) -> Any:
+    """The module ``module`` (a dotted name, or a ``.py`` file path)."""
+    try:
+        if module.endswith(".py"):
+            path = Path(module)
+            if not path.is_file():
+                raise BuildError(f"{what}: file {path} not found")
+            name = "ppvae_user_" + _NOT_WORD.sub("_", str(path.resolve()))
+            if name in sys.modules:
+                return sys.modules[name]
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None:
+                raise BuildError(f"{what}: {path} cannot be imported as a Python module")
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules[name] = mod
+            try:
+                spec.loader.exec_module(mod)
+            except BaseException:
+                del sys.modules[name]
+                raise
+            return mod
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())  # as `python -m` does: modules next to the user
+        return importlib.import_module(module)
+    except BuildError:
+        raise
+    except ModuleNotFoundError as e:
+        raise BuildError(f"{what}: cannot import module '{module}' ({e}); it must be on the "
+                         "import path (PYTHONPATH, an installed package or the current "
+                         "folder), or give a file: path/to/file.py:function") from e
+    except Exception as e:
+        raise BuildError(f"{what}: importing '{module}' failed: {type(e).__name__}: {e}") from e
+
+
+def _resolve(name: str, what: str) -> Callable[..., Any]:
+    """The function a ``module:function`` name refers to."""
+    if name in _user_cache:
+        return _user_cache[name]
+    m = _USER.match(name)
+    if m is None:
+        raise BuildError(f"{what} '{name}' is not of the form module:function")
+    obj: Any = _import(m.group("module"), f"{what} '{name}'")
+    for part in m.group("attr").split("."):
+        if not hasattr(obj, part):
+            raise BuildError(f"{what} '{name}': '{m.group('module')}' has no attribute "
+                             f"'{m.group('attr')}'")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise BuildError(f"{what} '{name}': {m.group('attr')} is a {type(obj).__name__}, not "
+                         "a function")
+    _user_cache[name] = obj
+    return obj
+
+
+def _checked(made: Any, name: str, what: str) -> Any:
+    if not callable(made):
+        raise BuildError(f"{what} '{name}' returned a {type(made).__name__}, not a callable "
+                         f"Pyro {what}")
+    return made
+
+
+def user_entry(name: str, kind: str) -> ModelEntry | GuideEntry:
+    """The table entry of a user's ``module:function`` model (``kind="model"``) or guide.
+
+    Raises:
+        BuildError: the module cannot be imported, has no such function, or it is not callable
+            (the message names the problem).
+    """
+    fn = _resolve(name, kind)
+    if kind == "model":
+        def build_model_(spec: ModelSpec, shape: DataShape, likelihood: str, label: str):
+            return _checked(_call(fn, name, "model", shape), name, "model")
+
+        return ModelEntry(build_model_, "diag", likelihoods=(),
+                          takes_labels=bool(getattr(fn, "takes_labels", False)), sizes=())
+
+    def build_guide_(model, spec: ModelSpec, shape: DataShape, label: str):
+        return _checked(_call(fn, name, "guide", model, shape), name, "guide")
+
+    family = getattr(fn, "local_family", "diag")
+    return GuideEntry(build_guide_, local_family=family,
+                      point_mass=bool(getattr(fn, "point_mass", False)), sizes=())
+
+
+def _call(fn: Callable[..., Any], name: str, what: str, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Exception as e:
+        raise BuildError(f"{what} '{name}' failed to build for data of shape {args[-1]}: "
+                         f"{type(e).__name__}: {e}") from e
+
+
+E = TypeVar("E")
+
+
+class _Table(Mapping[str, E], Generic[E]):
+    """The zoo's entries by name; ``module:function`` names resolve to a user's builder.
+
+    Iteration lists the built-in names only (what error messages offer as choices).
+    """
+
+    def __init__(self, entries: Mapping[str, E], kind: str) -> None:
+        self._entries = MappingProxyType(dict(entries))
+        self._kind = kind
+
+    def __getitem__(self, name: str) -> E:
+        if name in self._entries:
+            return self._entries[name]
+        if is_user_name(name):
+            return user_entry(name, self._kind)  # type: ignore[return-value]
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries or (isinstance(name, str) and is_user_name(name)
+                                         and self[name] is not None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+MODELS: Mapping[str, ModelEntry] = _Table({
     "vae": ModelEntry(_vae, "diag", likelihoods=LIKELIHOODS),
     "conv-vae": ModelEntry(_conv_vae, "conv", sizes=("latent_dim", "channels")),
     "cvae": ModelEntry(_cvae, "conditional", takes_labels=True),
     "hierarchical": ModelEntry(_hierarchical, "bottom-up",
                                sizes=("latent_dim", "hidden", "top_latent_dim")),
     "autoencoder": ModelEntry(_autoencoder, "delta"),
-})
+}, "model")
 
-GUIDES: Mapping[str, GuideEntry] = MappingProxyType({
+GUIDES: Mapping[str, GuideEntry] = _Table({
     "diag": GuideEntry(_encoder(guides.MLPEncoder), local_family="diag"),
     "full": GuideEntry(_encoder(guides.FullCovEncoder), local_family="full"),
     "flow": GuideEntry(_encoder(guides.FlowEncoder, num_flows="num_flows"),
@@ -197,7 +366,7 @@ GUIDES: Mapping[str, GuideEntry] = MappingProxyType({
     "bottom-up": GuideEntry(_bottom_up, sizes=("latent_dim", "hidden", "top_latent_dim")),
     "ladder": GuideEntry(_ladder, for_models=("hierarchical",), sizes=("hidden",)),
     "delta": GuideEntry(_encoder(guides.DeltaEncoder), point_mass=True),
-})
+}, "guide")
 
 # the [train] options of the objectives when a run does not set them: the API's defaults
 # (ppvae.ELBO particles, ppvae.IWAE k); ppvae.beta_vae and ppvae.kl_warmup have none, so the
@@ -246,9 +415,11 @@ def check_names(model: str, guide: str) -> None:
     loaded.
     """
     if model not in MODELS:
-        raise BuildError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+        raise BuildError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}, or "
+                         "module:function for your own")
     if guide not in GUIDES:
-        raise BuildError(f"unknown guide '{guide}'; choose one of: {', '.join(GUIDES)}")
+        raise BuildError(f"unknown guide '{guide}'; choose one of: {', '.join(GUIDES)}, or "
+                         "module:function for your own")
     needs = GUIDES[guide].for_models
     if needs is not None and model not in needs:
         raise BuildError(f"guide '{guide}' does not fit model '{model}' (it needs model "
@@ -267,17 +438,25 @@ def build_model(name: str, spec: ModelSpec, shape: DataShape, *, binary: bool = 
     if name not in MODELS:
         raise BuildError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
     entry = MODELS[name]
+    guessed = likelihood is None
     likelihood = likelihood or ("bernoulli" if binary else "gaussian")
-    if likelihood not in entry.likelihoods:
-        raise BuildError(_no_likelihood(name, likelihood))
+    if entry.likelihoods and likelihood not in entry.likelihoods:  # (): a user model's own
+        raise BuildError(_no_likelihood(name, likelihood, guessed))
     if entry.takes_labels and not shape.num_classes:
         raise BuildError(f"model '{name}' needs labelled data (digits, mnist, fashion-mnist, or "
                          "a folder of images in class subfolders)")
     return entry.build(spec, shape, likelihood, label)
 
 
-def _no_likelihood(model: str, likelihood: str) -> str:
-    """Why ``model`` cannot have ``likelihood``, and what to do."""
+def _no_likelihood(model: str, likelihood: str, guessed: bool = False) -> str:
+    """Why ``model`` cannot have ``likelihood``, and what to do.
+
+    ``guessed``: the likelihood was not asked for but implied by data that are not 0/1.
+    """
+    if guessed and MODELS[model].likelihoods == ("bernoulli",):
+        return (f"model '{model}' has a Bernoulli likelihood and needs 0/1 data; binarize the "
+                "data (--binarize static, for values in [0, 1]) or use model 'vae' "
+                "(--likelihood gaussian or continuous-bernoulli)")
     has = " or ".join(f"'{m}'" for m, e in MODELS.items() if likelihood in e.likelihoods)
     own = ", ".join(MODELS[model].likelihoods)
     fix = ("binarize the data (--binarize static, for values in [0, 1]) or use " if
@@ -297,7 +476,7 @@ def _unit(data) -> bool:
     return all(bool(((s >= 0) & (s <= 1)).all()) for s in (data.train, data.valid, data.test))
 
 
-def resolve_likelihood(cfg: dict, data) -> str:
+def resolve_likelihood(cfg: dict, data) -> str | None:
     """The likelihood of the run's model, recorded as ``cfg["likelihood"]``; returns it.
 
     The configured one (config.toml, ``--config`` or ``--likelihood``) when set, checked
@@ -307,6 +486,9 @@ def resolve_likelihood(cfg: dict, data) -> str:
     allows. Recording it means config.toml says which likelihood was trained, and a resumed or
     reopened run uses that one rather than guessing again.
 
+    A user's model (``module:function``) states its own likelihood: None is returned and
+    nothing recorded.
+
     Raises:
         BuildError: a likelihood the data or the model do not allow, naming the fix.
     """
@@ -314,14 +496,16 @@ def resolve_likelihood(cfg: dict, data) -> str:
     if entry is None:
         raise BuildError(f"unknown model '{cfg['model']}'; choose one of: {', '.join(MODELS)}")
     name = cfg.get("likelihood")
+    if not entry.likelihoods:
+        if name is not None:
+            raise BuildError(f"model '{cfg['model']}' is your own: it states its likelihood; "
+                             "remove --likelihood")
+        return None
     if name is None:
         name = "bernoulli" if _binary(data) else "gaussian"
         if name not in entry.likelihoods:
-            raise BuildError(
-                f"model '{cfg['model']}' has a Bernoulli likelihood and needs 0/1 data; "
-                f"{data.name} has values in [{_low(data):.4g}, {_high(data):.4g}]; binarize "
-                "the data (--binarize static, for values in [0, 1]) or use model 'vae' "
-                "(--likelihood gaussian or continuous-bernoulli)")
+            raise BuildError(f"{_no_likelihood(cfg['model'], name, guessed=True)}; "
+                             f"{data.name} has values in [{_low(data):.4g}, {_high(data):.4g}]")
     elif name not in entry.likelihoods:
         raise BuildError(_no_likelihood(cfg["model"], name))
     elif name == "bernoulli" and not _binary(data):
