@@ -448,15 +448,16 @@ def build_model(name: str, spec: ModelSpec, shape: DataShape, *, binary: bool = 
     return entry.build(spec, shape, likelihood, label)
 
 
-def _no_likelihood(model: str, likelihood: str, guessed: bool = False) -> str:
+def _no_likelihood(model: str, likelihood: str, guessed: bool = False, values: str = "") -> str:
     """Why ``model`` cannot have ``likelihood``, and what to do.
 
-    ``guessed``: the likelihood was not asked for but implied by data that are not 0/1.
+    ``guessed``: the likelihood was not asked for but implied by data that are not 0/1
+    (``values``: which values the data have, when known).
     """
     if guessed and MODELS[model].likelihoods == ("bernoulli",):
-        return (f"model '{model}' has a Bernoulli likelihood and needs 0/1 data; binarize the "
-                "data (--binarize static, for values in [0, 1]) or use model 'vae' "
-                "(--likelihood gaussian or continuous-bernoulli)")
+        return (f"model '{model}' has a Bernoulli likelihood and needs 0/1 data{values}; "
+                "binarize the data (--binarize static, for values in [0, 1]) or use model "
+                "'vae' (--likelihood gaussian or continuous-bernoulli)")
     has = " or ".join(f"'{m}'" for m, e in MODELS.items() if likelihood in e.likelihoods)
     own = ", ".join(MODELS[model].likelihoods)
     fix = ("binarize the data (--binarize static, for values in [0, 1]) or use " if
@@ -504,8 +505,9 @@ def resolve_likelihood(cfg: dict, data) -> str | None:
     if name is None:
         name = "bernoulli" if _binary(data) else "gaussian"
         if name not in entry.likelihoods:
-            raise BuildError(f"{_no_likelihood(cfg['model'], name, guessed=True)}; "
-                             f"{data.name} has values in [{_low(data):.4g}, {_high(data):.4g}]")
+            raise BuildError(_no_likelihood(
+                cfg["model"], name, guessed=True,
+                values=f"; {data.name} has values in [{_low(data):.4g}, {_high(data):.4g}]"))
     elif name not in entry.likelihoods:
         raise BuildError(_no_likelihood(cfg["model"], name))
     elif name == "bernoulli" and not _binary(data):

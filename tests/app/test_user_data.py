@@ -131,6 +131,19 @@ def test_train_records_the_likelihood_and_image_options_end_to_end(tmp_path, cap
     assert tomllib.loads((out / "config.toml").read_text())["likelihood"] == "gaussian"
     assert main(["train", "--out", str(out), "--resume", "--epochs", "2", "--quiet"]) == 0
     capsys.readouterr()
+    # checked against the data, before anything is written
+    for argv, message in [
+        (["--data", str(csv), "--image-shape", "2", "3"],
+         "--image-shape (2, 3) has 6 values per image but real.csv has 4 per row"),
+        (["--binarize", "none", "--likelihood", "bernoulli"],
+         "the bernoulli likelihood needs 0/1 data; digits has values in [0, 1]"),
+        (["--data", str(csv), "--likelihood", "continuous-bernoulli"],
+         "the continuous-bernoulli likelihood needs values in [0, 1]"),
+        (["--data", str(csv), "--model", "cvae"], "needs 0/1 data; real.csv has values in"),
+    ]:
+        assert main(["train", "--out", str(tmp_path / "no"), *argv, *TINY]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "no").exists()
 
 
 def test_csv_with_and_without_a_header_row(tmp_path, capsys):

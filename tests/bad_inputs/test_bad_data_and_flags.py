@@ -21,7 +21,9 @@ def _write(path, kind):
         "inf": lambda: np.save(path, np.full((20, 3), np.inf)),
         "object": lambda: np.save(path, np.array([{"a": 1}] * 20, dtype=object)),
         "truncated": lambda: path.write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr'"),
-        "csv header": lambda: path.write_text("f0,f1\n" + "0.1,0.2\n" * 20),
+        "csv word in a row": lambda: path.write_text("f0,f1\n" + "0.1,0.2\n" * 5 + "0.1,x\n"
+                                                     + "0.1,0.2\n" * 10),
+        "csv header only": lambda: path.write_text("f0,f1\n"),
         "csv ragged": lambda: path.write_text("0.1,0.2\n" * 10 + "0.1\n"),
         "csv empty": lambda: path.write_text(""),
         "csv words": lambda: path.write_text("a,b\nc,d\n" * 10),
@@ -42,10 +44,11 @@ DATA_CASES = [  # (kind, suffix, what the line must contain)
     ("inf", ".npy", "the data contain non-finite values"),
     ("object", ".npy", "could not read a numeric matrix"),
     ("truncated", ".npy", "could not read a numeric matrix"),
-    ("csv header", ".csv", "could not read a numeric matrix"),
-    ("csv ragged", ".csv", "could not read a numeric matrix"),
+    ("csv word in a row", ".csv", "line 7, column 2 ('f1'): 'x' is not a number"),
+    ("csv header only", ".csv", "a header row (f0, f1) and no rows of numbers below it"),
+    ("csv ragged", ".csv", "line 11: 1 value where the rows above have 2"),
     ("csv empty", ".csv", "input contained no data"),
-    ("csv words", ".csv", "could not read a numeric matrix"),
+    ("csv words", ".csv", "line 2, column 1 ('a'): 'c' is not a number"),
     ("txt nan", ".txt", "non-finite values"),
     ("directory", ".npy", "is not a file"),
 ]
@@ -63,7 +66,7 @@ def test_train_refuses_bad_data_files(tmp_path, capsys, kind, suffix, expect):
 
 PPCA_DATA = [("strings", ".npy", "not numbers"), ("complex", ".npy", "complex numbers"),
              ("one row", ".npy", "N >= 2 rows"), ("nan", ".npy", "non-finite"),
-             ("csv header", ".csv", "could not read a numeric matrix")]
+             ("csv word in a row", ".csv", "line 7, column 2 ('f1'): 'x' is not a number")]
 
 
 @pytest.mark.parametrize("kind,suffix,expect", PPCA_DATA, ids=[c[0] for c in PPCA_DATA])
