@@ -1,11 +1,15 @@
 """``ppvae demo``: the main job on the bundled digits, into one run directory.
 
 :func:`demo` trains a VAE with a diagonal encoder on the digits (:func:`ppvae.app.train.
-train_run`), then runs the gap study with the diagonal and flow families and the MCMC
-comparison (:func:`ppvae.app.gaps.gaps_run`), the evaluation by IWAE and AIS
-(:func:`ppvae.app.evaluate.evaluate_run`) and the prior samples
-(:func:`ppvae.app.sample.sample_run`). Its sizes keep it to a few minutes on 2 CPU cores.
-:func:`main` is the command: it prints the progress, the gap table and where the report is.
+train_run`, which also draws the prior samples and latent-space figures), then runs the gap study
+with the diagonal and flow families and the MCMC comparison (:func:`ppvae.app.gaps.gaps_run`) and
+the evaluation by IWAE and AIS (:func:`ppvae.app.evaluate.evaluate_run`). The run directory then
+holds every figure of those commands: ``training.png``, ``samples.png``, ``traversals.png``,
+``interpolation.png`` (``manifold.png`` with ``--latent-dim 2``), ``gaps.png``,
+``gap_histogram.png``, ``elbo_scatter.png``, ``local_vi.png``, ``posterior_pairs.png``,
+``mcmc_trace.png``, ``mcmc_rank.png`` and ``reconstructions.png``, each listed in report.md.
+Its sizes keep it to a few minutes on 2 CPU cores. :func:`main` is the command: it prints the
+progress, the gap table and where the report is.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ from .files import RunLock
 from .gaps import gaps_run
 from .inputs import check_device, nonnegative_int, positive_int
 from .runs import RunDir, command_line
-from .sample import sample_run
 from .train import train_run
 from .trained import open_run
 
@@ -55,14 +58,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="AIS steps in the evaluation")
     p.add_argument("--mcmc-warmup", type=positive_int, default=500)
     p.add_argument("--mcmc-samples", type=positive_int, default=1000)
-    p.add_argument("--quiet", action="store_true")
 
 
 def main(args) -> int:
     """Run ``ppvae demo``; returns the exit code."""
     check_device(args.device)
     out = Path(args.out) if args.out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    res = demo(out, seed=args.seed, quiet=args.quiet, epochs=args.epochs,
+    res = demo(out, seed=args.seed, quiet=getattr(args, "quiet", False), epochs=args.epochs,
                flow_epochs=args.flow_epochs, num_data=args.num_data,
                local_steps=args.local_steps, k=args.k, mcmc_points=args.mcmc,
                latent_dim=args.latent_dim, hidden=args.hidden, ais_steps=args.ais_steps,
@@ -92,21 +94,20 @@ def demo(out, *, seed: int = 0, quiet: bool = False, epochs: int = 100, flow_epo
                "sizes": {"latent_dim": latent_dim, "hidden": [hidden], "num_flows": 2},
                "train": {"objective": "elbo", "epochs": epochs, "batch_size": 64, "lr": 3e-3}}
         say = (lambda m: None) if quiet else (lambda m: print(m, flush=True))
-        say(f"[1/4] training a VAE (diagonal encoder) on digits, {epochs} epochs -> "
-            f"{run.path}")
-        train_run(cfg, run, quiet=True)
+        say(f"[1/3] training a VAE (diagonal encoder) on digits, {epochs} epochs -> "
+            f"{run.path}; then prior samples, latent traversals and interpolations")
+        train_run(cfg, run, quiet=quiet)
         tr = open_run(run.path)
-        say(f"[2/4] flow encoder for the frozen decoder ({flow_epochs} epochs); gap "
+        say(f"[2/3] flow encoder for the frozen decoder ({flow_epochs} epochs); gap "
             f"decomposition on {num_data} test digits ({local_steps} local steps, IWAE_{k}); "
-            f"batched HMC on {mcmc_points} digits (posterior.png shows the first 3)")
+            f"batched HMC on {mcmc_points} of them (corner plots of 2, trace and rank plots "
+            "where R-hat is worst)")
         report = gaps_run(tr, ["flow"], num_data=num_data, local_steps=local_steps, k=k,
                           num_samples=1000, guide_epochs=flow_epochs, mcmc_points=mcmc_points,
-                          mcmc_warmup=mcmc_warmup, mcmc_samples=mcmc_samples,
+                          mcmc_warmup=mcmc_warmup, mcmc_samples=mcmc_samples, quiet=quiet,
                           first_rows=first_rows)
-        say(f"[3/4] evaluation (IWAE_{k} and AIS from the encoder) and reconstructions")
+        say(f"[3/3] evaluation (IWAE_{k} and AIS from the encoder) and reconstructions")
         evaluate_run(tr, num_data=num_data, k=k, estimator="both", ais_steps=ais_steps,
                      first_rows=first_rows)
-        say("[4/4] samples")
-        sample_run(tr)
     table = report.to_markdown()
     return DemoResult(run.path, table, time.perf_counter() - t0)

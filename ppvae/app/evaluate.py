@@ -8,18 +8,21 @@ log p(x, z*), not bounds on log p(x).
 
 ``--num-data N`` takes a seeded random subset of N rows of the split (``--first-rows``: the
 first N, which is a biased sample of a split stored in class order), and the reconstructions
-figure shows 10 of them chosen the same way; the report records the indices.
+figure shows 10 of them chosen the same way, labelled by their rows; the report records the
+indices. ``--image-shape H W`` (or ``C H W``) draws rows that are not stored as images as images.
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
 import pyro
 import torch
 
 from .inputs import nonnegative_int, positive_int
 from .runs import provenance, record_warnings
+from .sample import check_image_shape
 from .trained import Rows, Trained, locked_run
 from .zoo import GUIDES
 
@@ -47,6 +50,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --num-data: the first N rows instead of a random subset")
     p.add_argument("--seed", type=nonnegative_int,
                    help="seed of the row subset and the Monte Carlo (default: the run's seed)")
+    p.add_argument("--image-shape", dest="image_shape", type=positive_int, nargs="+",
+                   metavar="N", help="reconstructions figure: draw each row as an H W (or C H "
+                   "W) image (default: the run's image shape, else a square, else a D x 1 "
+                   "strip)")
 
 
 def main(args) -> int:
@@ -55,7 +62,7 @@ def main(args) -> int:
         out = evaluate_run(tr, split=args.split, estimator=args.estimator, k=args.k,
                            num_data=args.num_data, ais_steps=args.ais_steps,
                            ais_chains=args.ais_chains, bdmc=args.bdmc, seed=args.seed,
-                           first_rows=args.first_rows)
+                           first_rows=args.first_rows, image_shape=args.image_shape)
     print(f"{out['split']} (N = {out['num_data']}): ELBO {out['elbo']:.3f} ± "
           f"{out['elbo_se']:.3f}" + "".join(f", log p(x) {r['log_px']:.3f} ± "
                                             f"{r['log_px_se']:.3f} ({r['estimator']})"
@@ -66,7 +73,8 @@ def main(args) -> int:
 
 def evaluate_run(tr: Trained, *, split: str = "test", estimator: str = "iwae", k: int = 1000,
                  num_data: int | None = None, ais_steps: int = 2000, ais_chains: int = 256,
-                 bdmc: bool = False, seed: int | None = None, first_rows: bool = False) -> dict:
+                 bdmc: bool = False, seed: int | None = None, first_rows: bool = False,
+                 image_shape: Sequence[int] | None = None) -> dict:
     """ELBO and log p-hat(x) on a split by ``estimator`` ("iwae", "ais" or "both").
 
     Writes the report's evaluation section (with its provenance and diagnostic warnings) and the
@@ -88,6 +96,7 @@ def evaluate_run(tr: Trained, *, split: str = "test", estimator: str = "iwae", k
             :class:`ppvae.AISWarning` when it does not certify).
         seed: seeds the subset and the Monte Carlo estimates (None: the run's seed).
         first_rows: take the first ``num_data`` rows instead of a random subset.
+        image_shape: (H, W) or (C, H, W) to draw the reconstructions as (default: the data's).
 
     Returns:
         ``split``, ``num_data``, ``elbo``, ``elbo_se``, the first estimator's ``estimator``,
@@ -103,6 +112,7 @@ def evaluate_run(tr: Trained, *, split: str = "test", estimator: str = "iwae", k
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator '{estimator}'; choose iwae, ais or both")
     seed = tr.config.get("seed", 0) if seed is None else seed
+    shape = check_image_shape(image_shape, int(tr.data.test.shape[1])) or tr.data.image_shape
     pyro.set_rng_seed(seed)
     rows_ = Rows.select(tr.data, split, num_data, seed, first_rows)
     x, kw = rows_.take(tr.data), rows_.kw(tr.config, tr.data)
@@ -126,8 +136,9 @@ def evaluate_run(tr: Trained, *, split: str = "test", estimator: str = "iwae", k
                     label += f"; {r.certificate}"
                 rows.append((label, r.per_datapoint, r.stderr))
         shown, shown_rows = rows_.subset(10)
-        fig = reconstructions(tr.model, tr.guide, x[shown.to(x.device)],
-                              image_shape=tr.data.image_shape,
+        fig = reconstructions(tr.model, tr.guide, x[shown.to(x.device)], image_shape=shape,
+                              labels=shown_rows.indices.tolist(),
+                              datapoint_label=f"{split} row",
                               model_kwargs={kk: v[shown.to(v.device)] for kk, v in kw.items()})
     tr.run.save_figure(fig, "reconstructions")
     est = [{"estimator": label, "log_px": float(lp.mean()),

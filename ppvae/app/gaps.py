@@ -7,7 +7,14 @@ data into approximation and amortization gaps (Cremer, Li and Duvenaud 2018; :fu
 local q* by :func:`ppvae.fit_local` in the family the zoo table names for the guide, log p(x) by
 IWAE from the best q* or by AIS). Optionally it runs batched HMC on a few datapoints and compares
 amortized q, local q* and MCMC (:func:`ppvae.compare_posteriors`), saving the draws as ArviZ
-netCDF. It writes ``gaps.png``, ``gaps.json`` and the report's gaps and posterior sections.
+netCDF. It writes the report's gaps and posterior sections with their files:
+
+* gaps: ``gaps.png`` (mean gaps per guide, :meth:`ppvae.GapReport.plot`), ``gap_histogram.png``
+  (per-datapoint gaps), ``elbo_scatter.png`` (ELBO[q] against ELBO[q*] per datapoint),
+  ``local_vi.png`` (convergence of the per-datapoint q* fits) and ``gaps.json``;
+* posterior (``--mcmc``): ``posterior_pairs.png`` (corner plots of q, q* and HMC at two of the
+  points), ``mcmc_trace.png`` and ``mcmc_rank.png`` (ArviZ trace and rank plots where R-hat is
+  worst) and the draws as netCDF.
 
 The test rows are a seeded random subset (``--first-rows``: the first N, a biased sample of a
 split stored in class order), and the MCMC points and the posterior figure's three are chosen
@@ -27,7 +34,10 @@ from .runs import checkpoint_id, provenance, record_warnings
 from .trained import Rows, Trained, data_shape, label_kw, locked_run
 from .zoo import GUIDES, ModelSpec, build_guide
 
-__all__ = ["add_arguments", "gap_guides", "gaps_run", "main", "train_extra_guide"]
+__all__ = ["LOCAL_STEPS", "add_arguments", "gap_guides", "gaps_run", "main",
+           "train_extra_guide"]
+
+LOCAL_STEPS = 1000  # --local-steps: ppvae.gaps' local_steps default (a test checks they agree)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the first N test rows instead of a random subset")
     p.add_argument("--seed", type=nonnegative_int,
                    help="seed of the row subset and the Monte Carlo (default: the run's seed)")
-    p.add_argument("--local-steps", type=positive_int, default=300, help="per-datapoint VI steps")
+    p.add_argument("--local-steps", type=positive_int, default=LOCAL_STEPS,
+                   help=f"per-datapoint VI steps (default {LOCAL_STEPS}, as ppvae.gaps)")
     p.add_argument("--samples", type=positive_int, default=500, help="samples per ELBO")
     p.add_argument("--log-px", choices=("iwae", "ais"), default="iwae")
     p.add_argument("--k", type=positive_int, default=1000, help="IWAE samples for log p(x)")
@@ -54,7 +65,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "MCMC; an earlier comparison in the report is then marked stale)")
     p.add_argument("--mcmc-warmup", type=positive_int, default=300)
     p.add_argument("--mcmc-samples", type=positive_int, default=500)
-    p.add_argument("--quiet", action="store_true")
 
 
 def main(args) -> int:
@@ -65,7 +75,8 @@ def main(args) -> int:
                           log_px=args.log_px, k=args.k, ais_steps=args.ais_steps,
                           guide_epochs=args.guide_epochs, mcmc_points=args.mcmc,
                           mcmc_warmup=args.mcmc_warmup, mcmc_samples=args.mcmc_samples,
-                          quiet=args.quiet, seed=args.seed, first_rows=args.first_rows)
+                          quiet=getattr(args, "quiet", False), seed=args.seed,
+                          first_rows=args.first_rows)
     print(report.to_markdown())
     print(f"report: {tr.run.file('report.md')}")
     return 0
@@ -93,7 +104,8 @@ def train_extra_guide(tr: Trained, name: str, *, epochs: int, quiet: bool = True
     fit(frozen, guide, data.train, valid=data.valid, epochs=epochs,
         batch_size=int(t.get("batch_size", 64)), lr=float(t.get("lr", 3e-3)),
         seed=cfg.get("seed", 0), device=data.train.device, restore_best=False,
-        checkpoint=path, resume=path, quiet=quiet, batch_kw=label_kw(cfg, data, "train"),
+        checkpoint=path, resume=path, progress=False if quiet else None,
+        batch_kw=label_kw(cfg, data, "train"),
         valid_batch_kw=label_kw(cfg, data, "valid"))
     return guide
 
@@ -121,15 +133,18 @@ def _summary_data(report) -> dict:
         "inference")}, "estimators": r.estimators._asdict()} for r in report.rows}
 
 
-def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300, local_steps: int = 300,
+def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300,
+             local_steps: int = LOCAL_STEPS,
              num_samples: int = 500, log_px: str = "iwae", k: int = 1000,
              ais_steps: int = 2000, guide_epochs: int = 20, mcmc_points: int = 0,
              mcmc_warmup: int = 300, mcmc_samples: int = 500, quiet: bool = True,
              seed: int | None = None, first_rows: bool = False):
     """The gap report of the run's guide and ``guide_names`` on test data; returns it.
 
-    Writes ``gaps.png``, ``gaps.json`` and the report's gaps section, and with ``mcmc_points``
-    the posterior section (``posterior.png``, netCDF draws); each with its provenance and the
+    Writes the report's gaps section (``gaps.png``, ``gap_histogram.png``, ``elbo_scatter.png``,
+    ``local_vi.png``, ``gaps.json``), and with ``mcmc_points`` the posterior section
+    (``posterior_pairs.png``, ``mcmc_trace.png``, ``mcmc_rank.png``, netCDF draws); each with
+    its provenance and the
     diagnostic warnings its computation raised. Without ``mcmc_points`` an earlier posterior
     section is marked stale (its files moved to ``stale/``).
 
@@ -164,34 +179,29 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300, local_steps: i
     for n in names:
         if n not in gap_guides():
             raise ValueError(f"the gap report needs an amortized guide of one latent site "
-                             f"(one of {', '.join(gap_guides())}); got '{n}'")
+                             f"(one of {', '.join(gap_guides())}, --guides); got '{n}'")
     rows = Rows.select(tr.data, "test", num_data, seed, first_rows)
     run = tr.run
     # an earlier MCMC comparison compared the guides of an earlier gaps run: superseded
     run.mark_stale(["posterior"], "superseded by a later `ppvae gaps` run"
                    + ("" if mcmc_points > 0 else " without --mcmc"))
-    guides = {cfg["guide"]: _plain(tr.guide)}
     with record_warnings() as found:
-        for n in names[1:]:
-            if not quiet:
-                print(f"training the {n} guide on the frozen model ({guide_epochs} epochs)",
-                      flush=True)
-            guides[n] = _plain(train_extra_guide(tr, n, epochs=guide_epochs, quiet=quiet))
+        guides = _guides(tr, names, guide_epochs, quiet)
         x, kw = rows.take(tr.data), rows.kw(cfg, tr.data)
+        fits, fit_times = _fit_local(tr.model, guides, x, kw, local_steps)
         options = {"k": k} if log_px == "iwae" else {"num_steps": ais_steps, "init": "guide"}
-        report = gaps(tr.model, guides, x, log_px=log_px, local_steps=local_steps,
+        report = gaps(tr.model, guides, x, log_px=log_px, local=fits, local_steps=local_steps,
                       families={n: GUIDES[n].local_family for n in names},
                       num_samples=num_samples, log_px_options=options, model_kwargs=kw)
-    with replacing(run.file("gaps.png")) as tmp:
-        report.plot(tmp)  # a bare Figure: nothing to close
+        report = report._replace(timings=(*fit_times, *report.timings))
+    files = _gap_figures(run, report, fits, rows)
     write_text(run.file("gaps.json"), report.to_json())
     extra = {n: (checkpoint_id(run.file(f"guide-{n}.pt")) or {}).get("sha256")
              for n in names[1:]}
     prov = provenance(run, seed=seed, rows={"gaps": rows.record()}, extra_guides=extra)
-    run.set_section("gaps", "Inference gaps", report.to_markdown().rstrip() + (
-        f"\n\nOver {rows.describe()}. Figure: `gaps.png`; per-datapoint values: `gaps.json` "
-        "(ppvae.GapReport.from_json; its datapoint i is row i of the recorded indices)."),
-        _summary_data(report), provenance=prov, warnings=found, files=["gaps.png", "gaps.json"])
+    run.set_section("gaps", "Inference gaps", report.to_markdown().rstrip()
+                    + f"\n\nOver {rows.describe()}. " + _GAPS_FILES, _summary_data(report),
+                    provenance=prov, warnings=found, files=[*files, "gaps.json"])
     if mcmc_points > 0:
         pos, mcmc_rows = rows.subset(mcmc_points)
         pos = pos.to(x.device)
@@ -201,11 +211,61 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300, local_steps: i
     return report
 
 
+_GAPS_FILES = ("Figures: `gaps.png` (mean gaps per guide, bars: s.e. across datapoints; "
+               "ELBO[q*] against ELBO[q]), `gap_histogram.png` (each gap per datapoint), "
+               "`elbo_scatter.png` (ELBO[q] against ELBO[q*] per datapoint, with y = x), "
+               "`local_vi.png` (convergence of the per-datapoint q* fits); per-datapoint "
+               "values: `gaps.json` (ppvae.GapReport.from_json; its datapoint i is row i of "
+               "the recorded indices).")
+
+
+def _guides(tr: Trained, names: list[str], epochs: int, quiet: bool) -> dict:
+    """The run's guide and the further guides ``names[1:]`` (trained on the frozen model)."""
+    guides = {names[0]: _plain(tr.guide)}
+    for n in names[1:]:
+        if not quiet:
+            print(f"training the {n} guide on the frozen model ({epochs} epochs)", flush=True)
+        guides[n] = _plain(train_extra_guide(tr, n, epochs=epochs, quiet=quiet))
+    return guides
+
+
+def _fit_local(model, guides: dict, x, kw: dict, steps: int) -> tuple[dict, list]:
+    """q* of every guide on ``x`` (:func:`ppvae.fit_local` started at the guide's output).
+
+    Returns the fitted local guides by guide name (their ``.fit`` records feed
+    ``local_vi.png``) and the seconds each took, as :func:`ppvae.gaps` times its stages.
+    """
+    from ..infer.local.vi import fit_local
+
+    fits, times = {}, []
+    for name, guide in guides.items():
+        family = GUIDES[name].local_family
+        t = time.perf_counter()
+        fits[name] = fit_local(model, x, family, guide, num_steps=steps, model_kwargs=kw)
+        times.append((f"fit_local {family} q* {name}", time.perf_counter() - t))
+    return fits, times
+
+
+def _gap_figures(run, report, fits: dict, rows: Rows) -> list[str]:
+    """gaps.png, gap_histogram.png, elbo_scatter.png and local_vi.png; returns their names."""
+    from ..analysis.figures import elbo_scatter, gap_histogram, local_vi_curves
+
+    with replacing(run.file("gaps.png")) as tmp:
+        report.plot(tmp)  # a bare Figure: nothing to close
+    what = "test rows"
+    run.save_figure(gap_histogram(report, data=what), "gap_histogram")
+    run.save_figure(elbo_scatter(report, data=what), "elbo_scatter")
+    run.save_figure(local_vi_curves({f"{n} q*": g.fit for n, g in fits.items()}, data=what),
+                    "local_vi")
+    return ["gaps.png", "gap_histogram.png", "elbo_scatter.png", "local_vi.png"]
+
+
 def _mcmc_section(tr: Trained, guides: dict, x, kw, rows: Rows, *, local_steps, warmup, samples,
                   seed, extra) -> None:
     """Batched HMC on ``x`` (test rows ``rows``) against amortized q and local q*.
 
-    Writes the report's posterior section, ``posterior.png`` and the draws as ArviZ netCDF.
+    Writes the report's posterior section, its figures (:func:`_mcmc_figures`) and the draws as
+    ArviZ netCDF.
     """
     from ..analysis.compare import compare_posteriors
     from ..infer.diagnostics import diagnostics, to_inference_data
@@ -217,7 +277,7 @@ def _mcmc_section(tr: Trained, guides: dict, x, kw, rows: Rows, *, local_steps, 
         t0 = time.perf_counter()
         res = hmc(tr.model, x, num_chains=4, num_warmup=warmup, num_samples=samples,
                   num_leapfrog=8, model_kwargs=kw)
-        idata = res.to_inference_data()
+        idata = res.to_inference_data().assign_coords(datapoint=list(test_rows))
         diag = res.diagnostics if res.diagnostics is not None else diagnostics(idata)
         seconds = time.perf_counter() - t0
         local = {f"{n} q*": fit_local(tr.model, x, GUIDES[n].local_family, g,
@@ -229,19 +289,9 @@ def _mcmc_section(tr: Trained, guides: dict, x, kw, rows: Rows, *, local_steps, 
         # label the datapoints by their test rows (positions in x index the summaries)
         cmp = cmp._replace(datapoints=test_rows)
     run = tr.run
-    # a readable figure: three of the points, chosen like the rows (seeded random or first)
-    shown, shown_rows = rows.subset(3)
-    sel = [int(i) for i in shown]
-    import matplotlib.pyplot as plt
-
-    try:
-        with replacing(run.file("posterior.png")) as tmp:
-            cmp._replace(datapoints=tuple(test_rows[j] for j in sel), summaries=tuple(
-                s._replace(samples=s.samples[:, sel]) for s in cmp.summaries)).plot(str(tmp))
-    finally:
-        plt.close("all")
+    shown_rows, figures, figure_md = _mcmc_figures(run, cmp, idata, diag, rows)
     with replacing(run.file("posterior_mcmc.nc")) as tmp:
-        idata.assign_coords(datapoint=list(test_rows)).to_netcdf(tmp)
+        idata.to_netcdf(tmp)
     files = ["posterior_mcmc.nc"]
     for s in cmp.summaries[1:]:
         fname = "posterior_" + s.method.replace(" ", "_").replace("*", "star") + ".nc"
@@ -258,11 +308,48 @@ def _mcmc_section(tr: Trained, guides: dict, x, kw, rows: Rows, *, local_steps, 
           "| method | mean KL(q ‖ Gaussian fit of HMC) over these points |\n|---|---|\n"
           + "".join(f"| {m} | {v:.3f} |\n" for m, v in mean_kl.items())
           + "\nPer datapoint (by test row):\n\n" + cmp.to_markdown()
-          + f"\n\nFigure: `posterior.png` (test rows {[test_rows[j] for j in sel]}); draws: "
-          + ", ".join(f"`{f}`" for f in files) + " (datapoint coordinate: the test row).")
+          + "\n\nFigures: " + figure_md + "; draws: " + ", ".join(f"`{f}`" for f in files)
+          + " (datapoint coordinate: the test row).")
     prov = provenance(run, seed=seed, rows={"mcmc": rows.record(), "figure": shown_rows.record()},
                       extra_guides=extra)
     run.set_section("posterior", "Posterior comparison with MCMC", md, {
         "datapoints": list(test_rows), "max_rhat": rhat, "min_ess_bulk": ess,
         "mean_kl_to_mcmc": mean_kl, "files": files, "seconds": seconds},
-        provenance=prov, warnings=found, files=["posterior.png", *files])
+        provenance=prov, warnings=found, files=[*figures, *files])
+
+
+def _worst(diag, test_rows: tuple[int, ...], points: int, coords: int
+           ) -> tuple[list[int], list[int]]:
+    """The ``points`` test rows with the largest R-hat, and their ``coords`` worst coordinates."""
+    import numpy as np
+
+    rhat = np.nan_to_num(np.asarray(diag.rhat, dtype=float), nan=np.inf)  # [M, D]
+    at = sorted(np.argsort(-rhat.max(1), kind="stable")[:points].tolist())
+    dims = sorted(np.argsort(-rhat[at].max(0), kind="stable")[:coords].tolist())
+    return [test_rows[i] for i in at], [int(d) for d in dims]
+
+
+def _mcmc_figures(run, cmp, idata, diag, rows: Rows) -> tuple[Rows, list[str], str]:
+    """posterior_pairs.png (two points chosen like the rows), mcmc_trace.png, mcmc_rank.png.
+
+    The trace and rank plots show the points and coordinates with the largest R-hat. Returns the
+    rows of the pair plot, the file names and their description for the report.
+    """
+    from ..analysis.posterior_figures import mcmc_ranks, mcmc_traces, posterior_pairs
+
+    shown, shown_rows = rows.subset(2)
+    pair_rows = [cmp.datapoints[int(j)] for j in shown]
+    run.save_figure(posterior_pairs(cmp, datapoints=pair_rows, datapoint_label="test row"),
+                    "posterior_pairs")
+    worst_rows, worst_dims = _worst(diag, cmp.datapoints, 2, 3)
+    why = "those with the largest R-hat"
+    run.save_figure(mcmc_traces(idata, datapoints=worst_rows, dims=worst_dims[:2],
+                                datapoint_label="test row", sampler="HMC", note=why),
+                    "mcmc_trace")
+    run.save_figure(mcmc_ranks(idata, datapoints=worst_rows, dims=worst_dims,
+                               datapoint_label="test row", sampler="HMC", note=why),
+                    "mcmc_rank")
+    text = (f"`posterior_pairs.png` (corner plots of HMC, each q and q* at test rows "
+            f"{pair_rows}), `mcmc_trace.png` and `mcmc_rank.png` (ArviZ trace and rank plots at "
+            f"test rows {worst_rows}, {why})")
+    return shown_rows, ["posterior_pairs.png", "mcmc_trace.png", "mcmc_rank.png"], text

@@ -3,8 +3,11 @@
 :func:`train_run` builds data, model and guide from a configuration
 (:func:`ppvae.app.trained.build`), trains them with :func:`ppvae.fit` (checkpoint every epoch,
 ``metrics.jsonl`` appended per epoch, resumable after an interruption), and writes the training
-section of the report, the learning curve and the guide's posterior samples for a few test
-points (ArviZ netCDF, :func:`guide_posterior`). :func:`main` is the command: configuration
+section of the report, the learning curves with the learning rate (``training.png``) and the
+guide's posterior samples for a few test points (ArviZ netCDF, :func:`guide_posterior`). For image
+data it also writes the samples section (:func:`ppvae.app.sample.sample_run`: prior samples, the
+latent manifold of a 2-D latent, traversals, interpolations). :func:`main` is the command:
+configuration
 from defaults, ``--config`` and flags (:func:`ppvae.app.inputs.train_config`), then
 :func:`train_run`; Ctrl-C keeps the last finished epoch and says how to continue.
 
@@ -35,7 +38,8 @@ from .inputs import (
     train_config,
 )
 from .runs import RunDir, RunError, command_line, provenance, record_warnings
-from .trained import Rows, build, label_kw
+from .sample import model_device, sample_run
+from .trained import Rows, Trained, build, label_kw
 from .zoo import GUIDES, MODELS, OBJECTIVES, make_objective
 
 __all__ = ["add_arguments", "guide_posterior", "main", "train_run"]
@@ -80,7 +84,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "batches; see ppvae.capture)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def main(args) -> int:
@@ -137,7 +140,8 @@ def _train_or_undo(cfg: dict, run: RunDir, args, built: tuple, before: set[str],
 
     resume_cmd = shlex.join(["ppvae", "train", "--out", str(run.path), "--resume"])
     try:
-        res = train_run(cfg, run, resume=args.resume, quiet=args.quiet, built=built)
+        res = train_run(cfg, run, resume=args.resume, quiet=getattr(args, "quiet", False),
+                        built=built)
     except KeyboardInterrupt:  # train_run marked the sections of the older model stale
         if _undo_failed_start(run, before, created, args.resume):
             print("ppvae: interrupted before the first epoch finished; nothing was kept",
@@ -291,7 +295,8 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
                       objective=make_objective(t), seed=cfg.get("seed", 0),
                       device=cfg.get("device"), patience=t.get("patience"),
                       restore_best=False, checkpoint=ckpt, jit=bool(t.get("jit", False)),
-                      resume=run.checkpoint if resume else None, quiet=quiet,
+                      resume=run.checkpoint if resume else None,
+                      progress=False if quiet else None,
                       on_epoch=on_epoch, batch_kw=label_kw(cfg, data, "train"),
                       valid_batch_kw=label_kw(cfg, data, "valid"))
     except BaseException:
@@ -332,28 +337,38 @@ def _prepare_run(cfg: dict, run: RunDir, meta) -> None:
         run.metrics_path.unlink()
 
 
-def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -> None:
-    from matplotlib.figure import Figure
+_OBJECTIVE_NAMES = {"elbo": "ELBO", "iwae": "IWAE bound", "beta": "beta-ELBO",
+                    "kl-warmup": "ELBO with KL warm-up", "mean-field": "mean-field ELBO"}
 
-    fig = Figure(figsize=(5, 3.5), layout="constrained")
-    ax = fig.subplots()
-    ep = range(1, len(res.train_objective) + 1)
-    ax.plot(ep, res.train_objective, label="train objective")
-    if res.valid_elbo:
-        ax.plot(ep, res.valid_elbo, label="validation ELBO")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("nats per datapoint")
-    ax.legend()
+
+def _objective_label(t: dict) -> str:
+    """The training objective of a run's ``[train]`` table in words, e.g. 'IWAE bound (k=5)'."""
+    name = t.get("objective", "elbo")
+    label = _OBJECTIVE_NAMES.get(name, name)
+    option = {"iwae": ("iwae_k", "k"), "beta": ("beta", "beta"),
+              "kl-warmup": ("warmup_steps", "warm-up steps")}.get(name)
+    if option is not None and t.get(option[0]) is not None:
+        label += f" ({option[1]}={t[option[0]]})"
+    return label
+
+
+def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -> None:
+    from ..analysis.figures import training_curves
+
+    history = run.read_metrics() or res  # every epoch, including those before a resume
+    fig = training_curves(history, objective=_objective_label(cfg["train"]),
+                          data=f"{cfg['data']} ({data.train.shape[0]} training rows)")
     run.save_figure(fig, "training")
     last = lambda v: v[-1] if v else math.nan  # noqa: E731
     md = ("| epochs | steps | train objective | validation ELBO | steps/s | stopped |\n"
           "|---|---|---|---|---|---|\n"
           f"| {res.epochs} | {res.steps} | {last(res.train_objective):.3f} | "
           f"{last(res.valid_elbo):.3f} | {res.steps_per_second:.1f} | {res.stopped} |\n\n"
-          f"{res.message}. Learning curve: `training.png`; per-epoch values: `metrics.jsonl`.")
+          f"{res.message}. Learning curves and the learning rate per epoch: `training.png`; "
+          "per-epoch values: `metrics.jsonl`.")
     seed = cfg.get("seed", 0)
     rows = Rows.select(data, "test", 8, seed)
-    dev = _device(model)
+    dev = model_device(model)
     x = rows.take(data).to(dev)
     kw = {k: v.to(dev) for k, v in rows.kw(cfg, data).items()}
     nc = guide_posterior(model, guide, x, run, "posterior_guide.nc", model_kwargs=kw,
@@ -362,6 +377,9 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
         md += (f"\nGuide posterior samples for test rows {rows.indices.tolist()} "
                f"({rows.describe()}): `{nc}` (ArviZ netCDF; datapoint coordinate: the test "
                "row).")
+    if data.image_shape is not None and res.stopped != "non_finite":
+        md += ("\nPrior samples and latent-space figures: section 'Samples and latent space' "
+               "(`ppvae sample` redraws them).")
     prov = provenance(run, seed=seed, rows={
         "training": Rows.select(data, "train", None, seed).record(),
         "guide_posterior": rows.record()})
@@ -370,11 +388,8 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
         "valid_elbo": res.valid_elbo, "stopped": res.stopped, "message": res.message,
         "steps_per_second": res.steps_per_second, "wall_time": res.wall_time},
         provenance=prov, warnings=found, files=["training.png", *([nc] if nc else [])])
-
-
-def _device(module) -> torch.device:
-    p = next(iter(module.parameters()), None) if isinstance(module, torch.nn.Module) else None
-    return p.device if p is not None else torch.device("cpu")
+    if data.image_shape is not None and res.stopped != "non_finite":
+        sample_run(Trained(model, guide, data, cfg, run), require_samples=False)
 
 
 def guide_posterior(model, guide, x, run: RunDir, name: str, num_samples: int = 500,
