@@ -27,6 +27,7 @@ from torch.distributions import kl_divergence
 
 from ..core.contract import check_pair
 from ..core.modes import evaluates
+from ..core.records import frame
 from ..core.trace import particle_groups, trace_pair
 
 __all__ = ["CollapseReport", "base_distribution", "gaussian_marginals", "posterior_collapse"]
@@ -40,6 +41,7 @@ class CollapseReport(NamedTuple):
     kl_stderr: torch.Tensor  # [K] standard error of that mean over datapoints
     activity: torch.Tensor  # [K] Var over datapoints of E_q[z_d | x]
     threshold: float  # a dimension is active when its activity exceeds this
+    kl_total_stderr: float | None = None  # s.e. over datapoints of the KL summed over dims
 
     @property
     def active(self) -> torch.Tensor:
@@ -50,6 +52,40 @@ class CollapseReport(NamedTuple):
     def num_active(self) -> int:
         """The number of active units."""
         return int(self.active.sum())
+
+    def _total(self) -> str:
+        se = "" if self.kl_total_stderr is None else f" ± {self.kl_total_stderr:.3f}"
+        return f"{float(self.kl.sum()):.3f}{se}"
+
+    def __repr__(self) -> str:
+        """Active units and the KL summed over dimensions, on one line."""
+        return (f"CollapseReport({self.latent}: {self.num_active}/{self.kl.numel()} active units "
+                f"(activity > {self.threshold:g}); KL(q ‖ p) summed over dimensions "
+                f"{self._total()} nats per datapoint)")
+
+    def to_dataframe(self):
+        """One row per latent dimension (pandas; index ``dim``).
+
+        Columns ``kl`` and ``kl_stderr`` (nats, mean over datapoints and its s.e.),
+        ``activity`` (Var over datapoints of E_q[z_d | x]) and ``active`` (bool).
+        """
+        return frame({"kl": self.kl, "kl_stderr": self.kl_stderr, "activity": self.activity,
+                      "active": self.active}, index_name="dim")
+
+    def to_markdown(self) -> str:
+        """A summary line and a table of KL and activity per dimension (markdown)."""
+        rows = [f"Posterior collapse of `{self.latent}`: {self.num_active}/{self.kl.numel()} "
+                f"active units (activity Var_x E_q[z_d | x] > {self.threshold:g}); KL(q ‖ p) "
+                f"{self._total()} nats per datapoint, summed over dimensions.", "",
+                "| dim | KL (nats) | activity | active |", "|---|---|---|---|"]
+        for d in range(self.kl.numel()):
+            rows.append(f"| {d} | {float(self.kl[d]):.4f} ± {float(self.kl_stderr[d]):.4f} | "
+                        f"{float(self.activity[d]):.4g} | {'yes' if self.active[d] else 'no'} |")
+        return "\n".join(rows) + "\n"
+
+    def _repr_markdown_(self) -> str:
+        """The table of :meth:`to_markdown` (Jupyter renders it)."""
+        return self.to_markdown()
 
 
 def base_distribution(fn):
@@ -107,4 +143,5 @@ def posterior_collapse(model, guide, x: torch.Tensor, *, latent: str = "z",
         kl, post_mean = torch.stack(kls).mean(0), torch.stack(means).mean(0)
     n = info.num_data
     se = kl.std(0) / n**0.5 if n > 1 else torch.full_like(kl[0], float("nan"))
-    return CollapseReport(latent, kl.mean(0), se, post_mean.var(0), threshold)
+    total_se = float(kl.sum(1).std() / n**0.5) if n > 1 else float("nan")
+    return CollapseReport(latent, kl.mean(0), se, post_mean.var(0), threshold, total_se)

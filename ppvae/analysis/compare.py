@@ -32,6 +32,10 @@ the MCMC reference itself:
   Without the MCMC part an exact guide, whose log q - log N is nearly constant, would report a
   near-zero s.e. around a KL of about ``D / (2 ESS) + D (D + 1) / (4 ESS)`` that is pure MCMC
   noise.
+
+In a notebook a comparison renders as its markdown table (``_repr_markdown_``), its ``repr`` is
+one line per method, and ``to_dataframe()`` gives one row per (method, datapoint) with the
+means, sds, their s.e.s and the KL.
 """
 
 from __future__ import annotations
@@ -45,9 +49,18 @@ from torch.distributions import MultivariateNormal
 
 from ..core.modes import evaluates
 from ..core.potential import Potential
+from ..core.progress import stage
+from ..core.records import frame
 from ..infer.diagnostics import diagnostics, import_arviz, to_inference_data
 
 __all__ = ["PosteriorComparison", "PosteriorSummary", "compare_posteriors", "mcmc_kl_error"]
+
+
+def _mean_kl(s) -> str:
+    """``"KL 0.012 ± 0.004 (mean over M datapoints)"`` of a guide's summary."""
+    m = s.kl_to_mcmc.numel()
+    se = float(s.kl_stderr.pow(2).sum().sqrt()) / m  # independent errors across datapoints
+    return f"KL {float(s.kl_to_mcmc.mean()):.4f} ± {se:.4f} (mean over {m} datapoints)"
 
 
 class PosteriorSummary(NamedTuple):
@@ -63,12 +76,81 @@ class PosteriorSummary(NamedTuple):
     sd_se: torch.Tensor | None = None  # [M, D] Monte Carlo s.e. of sd (MCSE for MCMC)
     kl_mcmc_stderr: torch.Tensor | None = None  # [M] the MCMC reference's part of kl_stderr
 
+    def __repr__(self) -> str:
+        """The method, sizes and the mean KL to the MCMC fit, on one line."""
+        s, m, d = self.samples.shape
+        text = f"PosteriorSummary({self.method}: {m} datapoints x {d} coordinates, {s} draws"
+        if self.kl_to_mcmc is not None and self.kl_stderr is not None:
+            text += f"; {_mean_kl(self)}"
+        return text + ")"
+
+    def to_dataframe(self, datapoints=None, coordinates=None):
+        """One row per compared datapoint (pandas; index ``datapoint``).
+
+        Columns ``mean <c>``, ``sd <c>`` and, where present, ``mean_se <c>``, ``sd_se <c>`` for
+        each coordinate label ``c`` (default ``0``..``D-1``; :class:`PosteriorComparison` passes
+        ``z[0]``, ...), then ``kl_to_mcmc``, ``kl_stderr`` and ``kl_mcmc_stderr`` (nats) for a
+        guide. ``datapoints`` labels the rows (default 0..M-1).
+        """
+        cols = self._columns(coordinates)
+        return frame(cols, index=None if datapoints is None else list(datapoints))
+
+    def _columns(self, coordinates=None) -> dict[str, torch.Tensor]:
+        d = self.mean.shape[-1]
+        names = [str(c) for c in (range(d) if coordinates is None else coordinates)]
+        if len(names) != d:
+            raise ValueError(f"{len(names)} coordinate labels for {d} coordinates")
+        cols: dict[str, torch.Tensor] = {}
+        for q in ("mean", "sd", "mean_se", "sd_se"):
+            v = getattr(self, q)
+            if v is not None:
+                cols.update({f"{q} {c}": v[:, j] for j, c in enumerate(names)})
+        for q in ("kl_to_mcmc", "kl_stderr", "kl_mcmc_stderr"):
+            if getattr(self, q) is not None:
+                cols[q] = getattr(self, q)
+        return cols
+
 
 class PosteriorComparison(NamedTuple):
     """MCMC and every guide summarized at the same datapoints."""
     datapoints: tuple[int, ...]  # indices into x
     latent_names: tuple[str, ...]  # "site[i]" for each of the D coordinates
     summaries: tuple[PosteriorSummary, ...]  # MCMC first, then the guides in the given order
+
+    def __repr__(self) -> str:
+        """The datapoints, coordinates and each method's mean KL to the MCMC fit."""
+        pts = list(self.datapoints)
+        shown = str(pts) if len(pts) <= 8 else f"[{', '.join(map(str, pts[:8]))}, ...]"
+        lines = [f"PosteriorComparison({len(pts)} datapoints {shown}, coordinates "
+                 f"{', '.join(self.latent_names)}; KL(q ‖ Gaussian fit of MCMC) in nats"]
+        for s in self.summaries:
+            kl = (_mean_kl(s) if s.kl_to_mcmc is not None and s.kl_stderr is not None
+                  else "the reference")
+            lines.append(f"  {s.method}: {s.samples.shape[0]} draws, {kl}")
+        return "\n".join(lines) + ")"
+
+    def _repr_markdown_(self) -> str:
+        """The table of :meth:`to_markdown` (Jupyter renders it)."""
+        return self.to_markdown()
+
+    def to_dataframe(self):
+        """Every method at every datapoint: one row per (method, datapoint) (pandas).
+
+        A MultiIndex (``method``, ``datapoint``: the labels of :attr:`datapoints`) and the
+        columns of :meth:`PosteriorSummary.to_dataframe` with the coordinates named as in
+        :attr:`latent_names` (``mean z[0]``, ``sd z[0]``, ...); the KL columns are NaN for the
+        MCMC reference. ``df.xs("mcmc")`` is the reference's rows.
+        """
+        parts = [s._columns(self.latent_names) for s in self.summaries]
+        m = len(self.datapoints)
+        names = list(dict.fromkeys(k for cols in parts for k in cols))  # first-seen order
+        cols: dict = {"method": [s.method for s in self.summaries for _ in range(m)],
+                      "datapoint": list(self.datapoints) * len(parts)}
+        for name in names:
+            cols[name] = torch.cat([c[name].double().cpu() if name in c else
+                                    torch.full((m,), math.nan, dtype=torch.float64)
+                                    for c in parts])
+        return frame(cols).set_index(["method", "datapoint"])
 
     def to_markdown(self) -> str:
         """A markdown table: mean, sd and KL to the MCMC fit per datapoint and method.
@@ -165,8 +247,8 @@ def mcmc_kl_error(m: torch.Tensor, cov: torch.Tensor, mcse_mean: torch.Tensor,
 @evaluates
 def compare_posteriors(model, x: torch.Tensor, mcmc, guides: Mapping[str, object] | None = None,
                        datapoints: Sequence[int] | None = None, *, num_samples: int = 2000,
-                       mcmc_name: str = "mcmc",
-                       model_kwargs: Mapping[str, Any] | None = None) -> PosteriorComparison:
+                       mcmc_name: str = "mcmc", model_kwargs: Mapping[str, Any] | None = None,
+                       progress: bool | None = None) -> PosteriorComparison:
     """Compare guides to MCMC on ``x[datapoints]``.
 
     Args:
@@ -179,6 +261,9 @@ def compare_posteriors(model, x: torch.Tensor, mcmc, guides: Mapping[str, object
         num_samples: draws per datapoint from each guide.
         mcmc_name: the method name of the MCMC reference in the summaries.
         model_kwargs: the model's own keyword arguments, passed to model and guides.
+        progress: a bar over the guides, each drawn and scored in turn
+            (:mod:`ppvae.core.progress`; None: only on a terminal). The MCMC reference is
+            given, not run here: pass ``progress`` to :func:`ppvae.hmc` / :func:`ppvae.nuts`.
     """
     kwargs = dict(model_kwargs or {})
     samples = getattr(mcmc, "samples", mcmc)
@@ -201,20 +286,33 @@ def compare_posteriors(model, x: torch.Tensor, mcmc, guides: Mapping[str, object
     mcse_sd = torch.as_tensor(diag.mcse_sd, dtype=ref.dtype, device=ref.device)
     out = [PosteriorSummary(mcmc_name, m_ref, sd_ref, corr_ref, None, None, ref, mcse_mean,
                             mcse_sd)]
-    fit = MultivariateNormal(m_ref, covariance_matrix=cov_ref)  # batch [M]
-    for name, guide in (guides or {}).items():
-        gp = Potential(model, x, guide=guide, model_kwargs=kwargs)
-        with torch.no_grad():
-            u = gp.sample_init(num_samples)  # [S, N, D] unconstrained
-            values, _ = gp.unflatten(u)
-            z = _flat(gp.per_datapoint_values(values), names)[:, idx]  # [S, M, D]
-            log_q = gp.log_guide(u, values)[:, idx]  # [S, M]
-            diff = log_q - fit.log_prob(z)  # [S, M]
-        m, sd, corr, cov = _summary(name, z)
-        bias, var_mcmc = mcmc_kl_error(m_ref, cov_ref, mcse_mean, mcse_sd, m, cov)
-        kl = diff.mean(0) - bias
-        se = (diff.var(0) / num_samples + var_mcmc).sqrt()
-        mean_se, sd_se = _iid_stderr(z)
-        out.append(PosteriorSummary(name, m, sd, corr, kl, se, z, mean_se, sd_se,
-                                    var_mcmc.sqrt()))
+    guides = dict(guides or {})
+    with stage(progress, "compare_posteriors", total=len(guides), unit="guide") as bar:
+        for name, guide in guides.items():
+            out.append(_score_guide(model, x, guide, name, kwargs, names, idx, num_samples,
+                                    (m_ref, cov_ref, mcse_mean, mcse_sd)))
+            bar.update()
     return PosteriorComparison(tuple(idx), labels, tuple(out))
+
+
+def _score_guide(model, x, guide, name: str, kwargs: dict, names: list[str], idx: list[int],
+                 num_samples: int, ref: tuple[torch.Tensor, ...]) -> PosteriorSummary:
+    """One guide's summary at ``x[idx]``, scored against the MCMC fit ``ref``.
+
+    ``ref`` is ``(m, S, mcse_mean, mcse_sd)`` of the MCMC draws (:func:`mcmc_kl_error`).
+    """
+    m_ref, cov_ref, mcse_mean, mcse_sd = ref
+    fit = MultivariateNormal(m_ref, covariance_matrix=cov_ref)  # batch [M]
+    gp = Potential(model, x, guide=guide, model_kwargs=kwargs)
+    with torch.no_grad():
+        u = gp.sample_init(num_samples)  # [S, N, D] unconstrained
+        values, _ = gp.unflatten(u)
+        z = _flat(gp.per_datapoint_values(values), names)[:, idx]  # [S, M, D]
+        log_q = gp.log_guide(u, values)[:, idx]  # [S, M]
+        diff = log_q - fit.log_prob(z)  # [S, M]
+    m, sd, corr, cov = _summary(name, z)
+    bias, var_mcmc = mcmc_kl_error(m_ref, cov_ref, mcse_mean, mcse_sd, m, cov)
+    kl = diff.mean(0) - bias
+    se = (diff.var(0) / num_samples + var_mcmc).sqrt()
+    mean_se, sd_se = _iid_stderr(z)
+    return PosteriorSummary(name, m, sd, corr, kl, se, z, mean_se, sd_se, var_mcmc.sqrt())

@@ -9,6 +9,12 @@ datapoints (from the per-datapoint standard errors, independent across datapoint
 the estimators subtracted), and ``data_se``, the spread across datapoints over sqrt(N) (the
 uncertainty of the mean as an estimate for the data distribution).
 
+In a notebook each record shows a short summary (``repr``), :class:`GapReport` renders as its
+markdown table (``_repr_markdown_``), and ``to_dataframe()`` gives the per-datapoint values as
+a pandas DataFrame: :meth:`GapReport.to_dataframe` in long form, one row per (guide, datapoint),
+so ``df.groupby("guide").mean()`` averages each guide's columns and ``df.loc["diag"]`` is one
+guide's rows.
+
 Each gap is a difference of two columns that :func:`ppvae.gaps` estimates from independent draws
 (log p(x) from its own IWAE or AIS run, ELBO[q*] and ELBO[q] from their own samples), so its
 per-datapoint standard error is the root sum of squares of the two columns' (:meth:`GapRow.stderr`);
@@ -28,6 +34,7 @@ from typing import NamedTuple
 import torch
 
 from ..core.estimate import mean_stderr, record_mean, record_mean_stderr
+from ..core.records import frame, per_datapoint_frame
 
 __all__ = ["Estimators", "GapReport", "GapRow", "LogPx", "Summary"]
 
@@ -50,6 +57,27 @@ class LogPx(NamedTuple):
     def mean_stderr(self) -> float:
         """Monte Carlo standard error of :attr:`mean` (independent errors across datapoints)."""
         return record_mean_stderr(self)
+
+    def __repr__(self) -> str:
+        """The estimator, the mean with its s.e. and the k̂ range, on one line."""
+        n = self.per_datapoint.numel()
+        text = (f"LogPx({self.estimator}: mean {self.mean:.4f} ± {self.mean_stderr:.4f} nats "
+                f"over {n} datapoints")
+        if self.khat is not None:
+            k = self.khat[~self.khat.isnan()]
+            text += (f"; Pareto k̂ at most {float(k.max()):.2f}" if k.numel() else
+                     "; Pareto k̂ n/a")
+            if self.khat_limit is not None and k.numel():
+                text += f", above {self.khat_limit:.2f} on {int((k > self.khat_limit).sum())}/{n}"
+        return text + ")"
+
+    def to_dataframe(self):
+        """A pandas DataFrame with one row per datapoint (index ``datapoint``).
+
+        Columns ``per_datapoint`` and ``stderr`` (nats), and ``khat`` where the estimate has
+        importance weights.
+        """
+        return per_datapoint_frame(self)
 
 
 class Estimators(NamedTuple):
@@ -79,6 +107,9 @@ def _summary(values: torch.Tensor, se: torch.Tensor) -> Summary:
 
 _TENSORS = ("log_px", "log_px_se", "elbo_local", "elbo_local_se", "elbo_amortized",
             "elbo_amortized_se")
+_LABELS = {"log_px": "log p̂(x)", "elbo_local": "ELBO[q*]", "elbo_amortized": "ELBO[q]",
+           "approximation": "approximation gap", "amortization": "amortization gap",
+           "inference": "inference gap"}
 _PAIRS = {"approximation": ("log_px", "elbo_local"),
           "amortization": ("elbo_local", "elbo_amortized"),
           "inference": ("log_px", "elbo_amortized")}
@@ -166,6 +197,33 @@ class GapRow(NamedTuple):
                 f"the gaps built on it are unreliable there{flat}")
 
 
+    def __repr__(self) -> str:
+        """The guide, its q* family and each column's and gap's mean ± s.e., on one line."""
+        cells = ", ".join(f"{label} {self.summary(q).mean:.3f} ± {self.summary(q).mc_se:.3f}"
+                          for q, label in _LABELS.items())
+        return (f"GapRow({self.guide}, q* {self.family}, {self.log_px.numel()} datapoints, nats:"
+                f" {cells})")
+
+    def to_dataframe(self, datapoints=None):
+        """A pandas DataFrame with one row per datapoint (index ``datapoint``), in nats.
+
+        Columns: each estimate and gap with its Monte Carlo s.e. (``log_px``,
+        ``log_px_se``, ``elbo_local``, ``elbo_local_se``, ``elbo_amortized``,
+        ``elbo_amortized_se``, ``approximation``, ``approximation_se``, ``amortization``,
+        ``amortization_se``, ``inference``, ``inference_se``) and ``log_px_khat`` where the
+        log p(x) estimate has one. ``datapoints`` labels the rows (default 0..N-1).
+        """
+        return frame(self._columns(), index=datapoints)
+
+    def _columns(self) -> dict[str, torch.Tensor]:
+        cols: dict[str, torch.Tensor] = {}
+        for q in _LABELS:
+            cols[q], cols[f"{q}_se"] = getattr(self, q), self.stderr(q)
+        if self.log_px_khat is not None:
+            cols["log_px_khat"] = self.log_px_khat
+        return cols
+
+
 class GapReport(NamedTuple):
     """The decomposition for every guide, from :func:`ppvae.gaps`."""
 
@@ -179,6 +237,52 @@ class GapReport(NamedTuple):
             if r.guide == guide:
                 return r
         raise KeyError(f"no guide {guide!r} in this report; guides: {[r.guide for r in self.rows]}")
+
+    def __repr__(self) -> str:
+        """One line per guide: its columns' and gaps' means ± Monte Carlo s.e. (nats)."""
+        lines = [f"GapReport(N = {self.num_data} datapoints, {len(self.rows)} guide"
+                 f"{'s' if len(self.rows) != 1 else ''}; nats, mean ± Monte Carlo s.e."]
+        for r in self.rows:
+            cells = ", ".join(f"{label} {r.summary(q).mean:.3f} ± {r.summary(q).mc_se:.3f}"
+                              for q, label in _LABELS.items())
+            lines.append(f"  {r.guide} (q* {r.family}): {cells}")
+        if self.timings:
+            lines.append("  seconds per stage: " + ", ".join(f"{k} {v:.1f}"
+                                                           for k, v in self.timings))
+        return "\n".join(lines) + ")"
+
+    def _repr_markdown_(self) -> str:
+        """The markdown table of :meth:`to_markdown` (Jupyter renders it)."""
+        return self.to_markdown()
+
+    def to_dataframe(self, datapoints=None):
+        """Every guide's per-datapoint values, one row per (guide, datapoint) (pandas).
+
+        A long ("tidy") DataFrame with a MultiIndex (``guide``, ``datapoint``); columns
+        ``family`` (of q*) and those of :meth:`GapRow.to_dataframe`, in nats: each estimate and
+        gap with its Monte Carlo s.e., and ``log_px_khat`` where some guide's log p(x) has one
+        (NaN for the others). ``df.groupby("guide").mean(numeric_only=True)`` gives each
+        guide's means; ``df.loc["flow"]`` one guide's rows. ``datapoints`` labels the datapoints
+        (default 0..N-1, e.g. the test rows of a ``ppvae gaps`` run).
+        """
+        if not self.rows:
+            raise ValueError("this GapReport has no guides (rows)")
+        n = self.num_data
+        labels = list(range(n)) if datapoints is None else [int(i) for i in datapoints]
+        if len(labels) != n:
+            raise ValueError(f"datapoints has {len(labels)} labels for {n} datapoints")
+        parts = [r._columns() for r in self.rows]
+        khat = any("log_px_khat" in c for c in parts)
+        nan = torch.full((n,), math.nan, dtype=torch.float64)
+        cols: dict = {"guide": [r.guide for r in self.rows for _ in range(n)],
+                      "datapoint": labels * len(self.rows),
+                      "family": [r.family for r in self.rows for _ in range(n)]}
+        for q in _LABELS:
+            for name in (q, f"{q}_se"):
+                cols[name] = torch.cat([c[name] for c in parts])
+        if khat:
+            cols["log_px_khat"] = torch.cat([c.get("log_px_khat", nan) for c in parts])
+        return frame(cols).set_index(["guide", "datapoint"])
 
     def to_markdown(self) -> str:
         """The report as a markdown table with an estimators list and stage timings."""

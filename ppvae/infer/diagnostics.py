@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import torch
 
-from ..core.records import frame, record_repr
+from ..core.records import frame
 
 if TYPE_CHECKING:
     from ..core.potential import Potential
@@ -130,6 +130,15 @@ def e_bfmi(energy: torch.Tensor) -> torch.Tensor:
     return e.diff(dim=1).pow(2).mean(1) / e.var(1, unbiased=False)
 
 
+def _extreme(a, largest: bool) -> str:
+    """The largest (or smallest) non-NaN value of ``a``, formatted; "n/a" when all are NaN."""
+    v = np.asarray(a, dtype=float)
+    v = v[~np.isnan(v)]
+    if not v.size:
+        return "n/a"
+    return f"{float(v.max() if largest else v.min()):.4g}"
+
+
 class Diagnostics(NamedTuple):
     """ArviZ convergence diagnostics, each ``[N, D]`` (sites concatenated along D)."""
 
@@ -155,8 +164,15 @@ class Diagnostics(NamedTuple):
         return self.ess_tail.min(axis=1)
 
     def __repr__(self) -> str:
-        """One line per field, tensors summarized (:func:`ppvae.core.records.record_repr`)."""
-        return record_repr(self)
+        """The worst values over datapoints and coordinates, on one line."""
+        n, d = self.rhat.shape
+        return f"Diagnostics({n} datapoints x {d} coordinates: {self.headline()})"
+
+    def headline(self) -> str:
+        """The worst R-hat, ESS and MCSE over datapoints and coordinates, as one phrase."""
+        return (f"max R-hat {_extreme(self.rhat, True)}, min bulk ESS "
+                f"{_extreme(self.ess_bulk, False)}, min tail ESS {_extreme(self.ess_tail, False)}"
+                f", max MCSE of the mean {_extreme(self.mcse_mean, True)}")
 
     def to_dataframe(self, datapoints=None, coordinates=None):
         """One row per (datapoint, coordinate): ``rhat``, ``ess_bulk``, ``ess_tail``, ``mcse_*``.

@@ -32,7 +32,7 @@ import torch
 from ..core.modes import evaluates
 from ..core.potential import Potential
 from ..core.progress import stage
-from ..core.records import frame, record_repr
+from ..core.records import frame
 from .diagnostics import (
     Diagnostics,
     check_mcmc,
@@ -108,6 +108,12 @@ class _DualAveraging:
         return self.log_eps_bar.exp()
 
 
+def _sites(samples: Mapping[str, torch.Tensor]) -> str:
+    """``"z (2 coordinates)"``-style names of the sampled sites."""
+    return ", ".join(f"{k} ({v.shape[-1]} coordinate{'s' if v.shape[-1] != 1 else ''})"
+                     for k, v in samples.items())
+
+
 class _Adaptation:
     """Warm-up of every chain's step size and diagonal mass matrix (as Stan's, simplified).
 
@@ -163,8 +169,13 @@ class HMCResult(NamedTuple):
     observed: str = "x"  # the name of the log-likelihood variable (the observed site)
 
     def __repr__(self) -> str:
-        """One line per field, tensors summarized (:func:`ppvae.core.records.record_repr`)."""
-        return record_repr(self)
+        """Sizes, acceptance, step size, divergences and the worst diagnostics, on one line."""
+        c, s, n = self.accept_prob.shape
+        div = "" if self.divergent is None else f", {int(self.divergent.sum())} divergent"
+        diag = "" if self.diagnostics is None else f"; {self.diagnostics.headline()}"
+        return (f"HMCResult({c} chains x {s} draws for {n} datapoints of {_sites(self.samples)}"
+                f"; acceptance {float(self.accept_prob.mean()):.2f}, step size "
+                f"{float(self.step_size.median()):.3g} (median){div}{diag})")
 
     def to_inference_data(self, datapoints=None):
         """The draws as ArviZ ``InferenceData``: posterior, sample_stats and log_likelihood.

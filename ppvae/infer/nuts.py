@@ -44,7 +44,7 @@ from pyro.infer.mcmc import MCMC, NUTS
 from ..core.modes import evaluates
 from ..core.potential import Potential
 from ..core.progress import stage
-from ..core.records import frame, record_repr
+from ..core.records import frame
 from .diagnostics import (
     Diagnostics,
     check_mcmc,
@@ -77,8 +77,17 @@ class NUTSResult(NamedTuple):
     observed: str = "x"  # the name of the log-likelihood variable (the observed site)
 
     def __repr__(self) -> str:
-        """One line per field, tensors summarized (:func:`ppvae.core.records.record_repr`)."""
-        return record_repr(self)
+        """Sizes, step sizes, divergences, tree depth and the worst diagnostics, on one line."""
+        c, s, n = next(iter(self.samples.values())).shape[:3]
+        sites = ", ".join(f"{k} ({v.shape[-1]} coordinate{'s' if v.shape[-1] != 1 else ''})"
+                          for k, v in self.samples.items())
+        steps = ", ".join(f"{float(v):.3g}" for v in self.step_size)
+        depth = ("" if self.tree_depth is None else
+                 f", mean tree depth {float(self.tree_depth.double().mean()):.2g}")
+        diag = "" if self.diagnostics is None else f"; {self.diagnostics.headline()}"
+        return (f"NUTSResult({c} chains x {s} draws for {n} datapoints of {sites} in "
+                f"{self.seconds:.1f} s; step size per chain {steps}, "
+                f"{int(self.divergences.sum())} divergent{depth}{diag})")
 
     def to_inference_data(self, datapoints=None):
         """The draws as ArviZ ``InferenceData``: posterior, sample_stats and log_likelihood.
