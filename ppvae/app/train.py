@@ -356,16 +356,20 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
     from ..analysis.figures import training_curves
 
     history = run.read_metrics() or res  # every epoch, including those before a resume
-    fig = training_curves(history, objective=_objective_label(cfg["train"]),
-                          data=f"{cfg['data']} ({data.train.shape[0]} training rows)")
-    run.save_figure(fig, "training")
+    figures = []
+    if res.epochs > 0:  # no epoch finished (non-finite in the first): no curve to draw
+        fig = training_curves(history, objective=_objective_label(cfg["train"]),
+                              data=f"{cfg['data']} ({data.train.shape[0]} training rows)")
+        run.save_figure(fig, "training")
+        figures.append("training.png")
     last = lambda v: v[-1] if v else math.nan  # noqa: E731
     md = ("| epochs | steps | train objective | validation ELBO | steps/s | stopped |\n"
           "|---|---|---|---|---|---|\n"
           f"| {res.epochs} | {res.steps} | {last(res.train_objective):.3f} | "
           f"{last(res.valid_elbo):.3f} | {res.steps_per_second:.1f} | {res.stopped} |\n\n"
-          f"{res.message}. Learning curves and the learning rate per epoch: `training.png`; "
-          "per-epoch values: `metrics.jsonl`.")
+          f"{res.message}." + (" Learning curves and the learning rate per epoch: "
+                               "`training.png`; per-epoch values: `metrics.jsonl`."
+                               if figures else ""))
     seed = cfg.get("seed", 0)
     rows = Rows.select(data, "test", 8, seed)
     dev = model_device(model)
@@ -387,7 +391,7 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
         "epochs": res.epochs, "steps": res.steps, "train_objective": res.train_objective,
         "valid_elbo": res.valid_elbo, "stopped": res.stopped, "message": res.message,
         "steps_per_second": res.steps_per_second, "wall_time": res.wall_time},
-        provenance=prov, warnings=found, files=["training.png", *([nc] if nc else [])])
+        provenance=prov, warnings=found, files=[*figures, *([nc] if nc else [])])
     if data.image_shape is not None and res.stopped != "non_finite":
         sample_run(Trained(model, guide, data, cfg, run), require_samples=False)
 
