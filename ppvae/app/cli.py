@@ -4,13 +4,17 @@ Subcommands (each a module of :mod:`ppvae.app` with ``add_arguments(parser)`` fo
 ``main(args) -> exit code`` for what it does):
 
     train     train a model and guide into a run directory (config.toml, metrics.jsonl,
-              checkpoint, report); --resume continues an interrupted run
+              checkpoint, report); --resume continues an interrupted run. Data: a named data
+              set, a folder of images or a .npy/.csv file (:func:`ppvae.app.inputs.
+              build_data`); model and guide: the zoo's or your own module:function
+              (:mod:`ppvae.app.zoo`)
     evaluate  log p-hat(x) by IWAE or AIS on a split, and a reconstructions figure
     gaps      the inference-gap report for a run and more guide families, optional MCMC
     sample    images from the prior (one row per label for a conditional model)
     demo      the main job: VAE on the bundled digits, gaps for diagonal and flow guides,
               MCMC comparison, report with figures
-    ppca      the PPCA study on synthetic data or on a user's .npy/.csv file
+    ppca      the PPCA study on synthetic data or on a user's .npy/.csv file, written to a
+              run directory (report, tables, figure)
     info      versions, the device ppvae would use, where data is looked for
 
 Configuration comes from flags or a TOML file (``--config``; flags override it). Every

@@ -28,4 +28,6 @@ def main(args) -> int:
     print(f"device: {resolve_device()} (CUDA available: {torch.cuda.is_available()})")
     print(f"data sets: {', '.join(DATASETS)} (digits is bundled); downloads go to "
           f"{default_root()} (set PPVAE_DATA to change)")
+    print("your own data: --data <folder of images> (flat, or one subfolder per class) or "
+          "--data <file>.npy/.csv/.txt (rows; a CSV header row is allowed)")
     return 0

@@ -81,7 +81,7 @@ def test_train_evaluate_gaps_sample(run):
         assert g["approximation"]["mean"] > -4 * g["approximation"]["mc_se"] - 0.05
     ev = doc["sections"]["evaluate"]["data"]
     assert ev["log_px"] > ev["elbo"] - 4 * math.hypot(ev["log_px_se"], ev["elbo_se"])
-    for name in ("training", "reconstructions", "gaps", "posterior", "samples"):
+    for name in ("training", "reconstructions", "gaps", "posterior_pairs", "samples"):
         valid_png(run / f"{name}.png")
 
     import arviz as az
@@ -218,7 +218,7 @@ def test_demo_at_tiny_sizes(tmp_path, capsys):
     assert set(doc["sections"]) == {"train", "evaluate", "gaps", "posterior", "samples"}
     assert [e["estimator"][:4] for e in doc["sections"]["evaluate"]["data"]["estimates"]] == [
         "IWAE", "AIS,"]
-    valid_png(out / "posterior.png")
+    valid_png(out / "posterior_pairs.png")
 
 
 def test_conditional_model_samples_one_row_per_label(tmp_path, capsys):

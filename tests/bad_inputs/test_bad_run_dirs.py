@@ -145,7 +145,7 @@ def test_an_existing_run_is_not_trained_over(run_copy, capsys):
 
 def test_resume_under_other_settings_is_refused(run_copy, capsys):
     refused(["train", "--out", run_copy, "--resume", "--lr", "0.1", "--quiet"], capsys,
-            "written by a run with other settings (lr 0.003 -> 0.1)", watch=[run_copy])
+            "written by a run with other settings (lr 0.001 -> 0.1)", watch=[run_copy])
 
 
 def test_symlinks_in_a_run_are_replaced_never_written_through(run_copy, tmp_path, capsys):
