@@ -282,7 +282,6 @@ _CLI_WORDS = (
     (re.compile(r"\bno binarize option\b"), "no --binarize"),
     (re.compile(r"^binarize needs\b"), "--binarize needs"),
     (re.compile(r"\bimage_shape (\([^)]*\))"), r"--image-shape \1"),
-    (re.compile(r"\bmode F\b"), "mode F"),
 )
 
 

@@ -160,7 +160,7 @@ def _item(item: Any, index: int) -> tuple[torch.Tensor, Any]:
         from .folders import image_array
 
         try:
-            x = image_array(x)  # a PIL image
+            x = np.ascontiguousarray(image_array(x).transpose(2, 0, 1))  # PIL: [C, H, W]
         except TypeError:
             raise ValueError(f"item {index}: x is a {type(x).__name__}, not a tensor, array "
                              "or PIL image") from None
@@ -194,9 +194,13 @@ def from_torch_dataset(dataset, *, name: str | None = None,
     from ..core.progress import bar
 
     name = name or type(dataset).__name__
-    items = (dataset[i] for i in range(len(dataset))) if hasattr(dataset, "__len__") \
-        and hasattr(dataset, "__getitem__") else iter(dataset)
-    total = len(dataset) if hasattr(dataset, "__len__") else None
+    iterable = isinstance(dataset, torch.utils.data.IterableDataset) or not (
+        hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"))
+    items = iter(dataset) if iterable else (dataset[i] for i in range(len(dataset)))
+    try:
+        total = len(dataset)
+    except TypeError:  # an iterable without a length
+        total = None
     xs: list[torch.Tensor] = []
     ys: list[Any] = []
     with bar(progress, total=total, desc=f"reading {name}", unit="item") as b:

@@ -231,9 +231,16 @@ def test_any_torch_dataset_becomes_a_dataset_record():
             return {"x": Image.fromarray(np.full((3, 5), 51 * i, dtype=np.uint8), "L")}
 
     pics = from_torch_dataset(Pictures())
-    assert pics.image_shape == (3, 5, 1) or pics.image_shape == (3, 5)
+    assert pics.image_shape == (3, 5)  # a grey PIL image: one channel, H x W
     values = sorted(torch.cat([pics.train, pics.valid, pics.test])[:, 0].tolist())
     assert values == pytest.approx([0.0, 0.2, 0.4, 0.6])
+
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            yield from (torch.full((2,), i / 5) for i in range(5))
+
+    stream = from_torch_dataset(Stream())
+    assert stream.train.shape == (3, 2) and stream.image_shape is None
 
     class Ragged(torch.utils.data.Dataset):
         def __len__(self):
