@@ -107,10 +107,12 @@ def _threads(text: str) -> int:
 def version_text() -> str:
     """``ppvae <version>`` and, on a second line, the torch, Pyro and Python versions.
 
-    Read from the installed packages' metadata: nothing is imported, so ``ppvae --version``
-    answers at once.
+    ppvae's is :data:`ppvae.__version__` (``import ppvae`` is lazy), torch's and Pyro's are read
+    from their installed metadata: neither is imported, so ``ppvae --version`` answers at once.
     """
     from importlib import metadata
+
+    from .. import __version__
 
     def installed(dist: str) -> str:
         try:
@@ -118,11 +120,7 @@ def version_text() -> str:
         except metadata.PackageNotFoundError:
             return "not installed"
 
-    try:
-        own = metadata.version("ppvae")
-    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
-        from .. import __version__ as own
-    return (f"ppvae {own}\ntorch {installed('torch')}, pyro {installed('pyro-ppl')}, "
+    return (f"ppvae {__version__}\ntorch {installed('torch')}, pyro {installed('pyro-ppl')}, "
             f"python {sys.version.split()[0]}")
 
 
