@@ -7,6 +7,8 @@ on what (``title=`` replaces it).
 
 * :func:`training_curves`: training objective and validation ELBO per epoch, and the learning
   rate, from a :class:`ppvae.FitResult` or the rows of a run's ``metrics.jsonl``.
+* :func:`gap_bars`: the mean approximation and amortization gaps of each guide of a
+  :class:`ppvae.GapReport`, stacked, with their standard errors across datapoints.
 * :func:`gap_histogram`: per-datapoint approximation, amortization and inference gaps of a
   :class:`ppvae.GapReport`, one histogram per gap with every guide overlaid.
 * :func:`elbo_scatter`: ELBO[q] (amortized) against ELBO[q*] (per-datapoint optimum) per
@@ -32,8 +34,8 @@ from matplotlib.figure import Figure
 
 from .report import GapReport
 
-__all__ = ["elbo_scatter", "gap_histogram", "local_vi_curves", "save", "training_curves",
-           "wrap"]
+__all__ = ["elbo_scatter", "gap_bars", "gap_histogram", "local_vi_curves", "save",
+           "training_curves", "wrap"]
 
 GAP_LABELS = {
     "approximation": ("approximation gap", "log p̂(x) − ELBO[q*]"),
@@ -49,9 +51,9 @@ _OBJECTIVES = {"elbo": "ELBO", "iwae": "IWAE bound", "beta": "beta-ELBO",
 def wrap(text: str, width_in: float, fontsize: float = 11.0) -> str:
     """``text`` wrapped to lines that fit ``width_in`` inches at ``fontsize`` points.
 
-    Existing line breaks are kept; a character is taken as half the font size wide.
+    Existing line breaks are kept; a character is taken as 0.6 of the font size wide.
     """
-    chars = max(20, int(width_in * 72 / (0.5 * fontsize)))
+    chars = max(20, int(width_in * 72 / (0.6 * fontsize)))
     return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
@@ -140,8 +142,8 @@ def training_curves(history, *, objective: str | None = None, data: str = "the t
     bottom.set_xlabel("epoch")
     if epochs.size <= 12:
         bottom.set_xticks(epochs)
-    _title(fig, title or f"Training on {data}: mean per-datapoint {objective} per epoch "
-           f"({int(epochs.size)} epochs) and the learning rate")
+    _title(fig, title or f"Training on {data}, {int(epochs.size)} epochs: mean per-datapoint "
+           f"{objective} per epoch, and the learning rate")
     return save(fig, path)
 
 
@@ -157,6 +159,45 @@ def _check_report(report, who: str) -> None:
     if not isinstance(report, GapReport) or not report.rows:
         raise ValueError(f"{who} needs a GapReport with at least one guide (ppvae.gaps), got "
                          f"{type(report).__name__}")
+
+
+def gap_bars(report: GapReport, *, data: str = "datapoints", title: str | None = None,
+             path: str | os.PathLike | None = None) -> Figure:
+    """Mean inference gap per guide as stacked bars: approximation below, amortization above.
+
+    Error bars are each gap's standard error across datapoints (``Summary.data_se``: the spread
+    over sqrt(N), the uncertainty of the mean for the data distribution); each segment is
+    labelled with its mean in nats. ``data`` names the datapoints for the title; ``title``
+    replaces it; ``path`` also saves the figure.
+    """
+    _check_report(report, "gap_bars")
+    names = [r.guide for r in report.rows]
+    approx = [r.summary("approximation") for r in report.rows]
+    amort = [r.summary("amortization") for r in report.rows]
+    fig = Figure(figsize=(max(6.0, 1.3 * len(names) + 2.4), 4.8), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(len(names))
+    low = [a.mean for a in approx]
+    ax.bar(x, low, yerr=[a.data_se for a in approx], capsize=4, color="C0", width=0.6,
+           label="approximation gap: log p̂(x) − ELBO[q*]")
+    ax.bar(x, [m.mean for m in amort], bottom=low, yerr=[m.data_se for m in amort], capsize=4,
+           color="C1", width=0.6, label="amortization gap: ELBO[q*] − ELBO[q]")
+    for i, (a, m) in enumerate(zip(approx, amort, strict=True)):
+        for bottom, value in ((0.0, a.mean), (a.mean, m.mean)):
+            ax.text(i + 0.32, bottom + value / 2, f"{value:.3f}", va="center", fontsize=8)
+    top = max(a.mean + m.mean + m.data_se for a, m in zip(approx, amort, strict=True))
+    ax.set_ylim(min(0.0, *low) * 1.1, 1.35 * top if top > 0 else 1.0)  # room for the legend
+    ax.set_xticks(x, names)
+    ax.set_xlim(-0.6, len(names) - 0.1)
+    ax.set_xlabel("amortized guide (q* in its family)")
+    ax.set_ylabel("mean gap per datapoint (nats)")
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    _title(fig, title or f"Mean inference gap per guide = approximation + amortization "
+           f"(N = {report.num_data} {data}; log p̂(x) by {_log_px_name(report)}; error bars: "
+           "s.e. across datapoints)")
+    return save(fig, path)
 
 
 def gap_histogram(report: GapReport, *, data: str = "datapoints", bins: int = 30,
@@ -229,7 +270,7 @@ def elbo_scatter(report: GapReport, *, data: str = "datapoints", title: str | No
     ax.set_xlabel("ELBO[q], amortized guide (nats)")
     ax.set_ylabel("ELBO[q*], per-datapoint optimum (nats)")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8, markerscale=2)
     _title(fig, title or f"Amortized vs optimal ELBO per datapoint (N = {report.num_data} "
            f"{data})")
     return save(fig, path)

@@ -186,7 +186,7 @@ def _image_figure(canvas: np.ndarray, shape: tuple[int, int], title: str, *, til
     below = (0.25 + 0.07 * max(len(t) for t in xticks) if xticks else 0.1) + (0.3 if xlabel
                                                                              else 0.0)
     height = image_w * canvas.shape[0] / canvas.shape[1] + 0.25 * (text.count("\n") + 1) \
-        + 0.3 + below
+        + 0.3 + below + 0.8  # slack for the layout's pads: _fit_height takes back what is left
     fig = Figure(figsize=(width, min(height, 16.0)), layout="constrained")
     ax = fig.subplots()
     ax.set_facecolor("white")  # blank tiles and the gaps
@@ -211,7 +211,21 @@ def _image_figure(canvas: np.ndarray, shape: tuple[int, int], title: str, *, til
     if ylabel:
         ax.set_ylabel(ylabel, fontsize=9)
     fig.suptitle(text, fontsize=10)
+    _fit_height(fig, ax)
     return fig
+
+
+def _fit_height(fig: Figure, ax) -> None:
+    """Shrink the figure to the height its image takes.
+
+    An equal-aspect image leaves the spare height of its slot as blank bands above and below
+    it; the layout is computed again when the figure is drawn.
+    """
+    fig.draw_without_rendering()
+    spare = (ax.get_position(original=True).height - ax.get_position().height) \
+        * fig.get_figheight()
+    if spare > 0.05:
+        fig.set_figheight(fig.get_figheight() - spare)
 
 
 def _fmt(v: float) -> str:

@@ -245,7 +245,8 @@ def posterior_pairs(comparison, *, datapoints: Sequence[int] | None = None,
         why = "chosen"
     names = [comparison.latent_names[d] for d in dims]
     shown = [ref, *[s for s in guides if s.method in chosen]]
-    styles = _styles([s.method for s in shown])
+    # guides take the colours C0, C1, ... as in the gap figures; the reference is grey
+    styles = {ref.method: ("0.35", "-"), **_styles([s.method for s in shown[1:]])}
     d = len(dims)
     size = 2.0 if d > 1 else 3.0
     fig = Figure(figsize=(size * d * len(pos) + 0.3 * (len(pos) - 1), size * d + 1.6),

@@ -8,12 +8,19 @@ import types
 import numpy as np
 import pytest
 import torch
+from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from registry import REGISTRY
 
 import ppvae
 from ppvae.analysis.compare import PosteriorComparison, PosteriorSummary
-from ppvae.analysis.figures import elbo_scatter, gap_histogram, local_vi_curves, training_curves
+from ppvae.analysis.figures import (
+    elbo_scatter,
+    gap_bars,
+    gap_histogram,
+    local_vi_curves,
+    training_curves,
+)
 from ppvae.analysis.posterior_figures import mcmc_ranks, mcmc_traces, posterior_pairs
 from ppvae.analysis.report import Estimators, GapReport, GapRow
 from ppvae.train.progress import FitResult
@@ -63,7 +70,7 @@ def test_training_curves_from_metrics_rows_and_fit_result(tmp_path):
     assert _legend(top) == ["training IWAE bound (k=5)", "validation ELBO"]
     valid = top.get_lines()[1].get_ydata()
     assert np.isnan(valid[3]) and valid[0] == -40
-    assert "digits" in _title(fig) and "8 epochs" in _title(fig)
+    assert "digits, 8 epochs" in _title(fig)
 
     res = FitResult([-50.0, -45.0], [], [3e-3, 3e-3], 1, 2, 10, 1.0, 10.0, "completed", "", 0,
                     "elbo")
@@ -99,6 +106,23 @@ def test_gap_histogram_has_a_panel_per_gap_with_each_guides_mean(tmp_path):
         gap_histogram(report, gaps=["total"])
     with pytest.raises(ValueError, match="GapReport"):
         gap_histogram(report.rows)
+
+
+def test_gap_bars_stack_the_mean_gaps_of_each_guide(tmp_path):
+    report = _report()
+    fig = gap_bars(report, data="test rows")
+    _png(fig, tmp_path)
+    (ax,) = fig.axes
+    assert ax.get_ylabel() == "mean gap per datapoint (nats)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["diag", "flow"]
+    assert _legend(ax) == ["approximation gap: log p̂(x) − ELBO[q*]",
+                           "amortization gap: ELBO[q*] − ELBO[q]"]
+    low, high = [c for c in ax.containers if isinstance(c, BarContainer)]
+    for bar_lo, bar_hi, r in zip(low, high, report.rows, strict=True):
+        assert bar_lo.get_height() == pytest.approx(float(r.approximation.mean()))
+        assert bar_hi.get_y() == pytest.approx(float(r.approximation.mean()))
+        assert bar_hi.get_height() == pytest.approx(float(r.amortization.mean()))
+    assert f"N = {N} test rows" in _title(fig)
 
 
 def test_elbo_scatter_plots_each_datapoint_and_the_line_y_equals_x(tmp_path):
