@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pyro
 import torch
+from matplotlib.colors import to_rgb
 from matplotlib.figure import Figure
 from pyro import poutine
 
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike | None
+_GAP = "#8fa8c8"  # the colour between tiles (white or black would merge with binary images)
 
 
 def _zero_batch(template: torch.Tensor, m: int) -> torch.Tensor:
@@ -149,8 +151,8 @@ def _grid(rows: torch.Tensor, nrows: int, ncols: int, image_shape
           ) -> tuple[np.ndarray, tuple[int, int]]:
     """``[nrows * ncols, D]`` rows as one ``[H', W', c]`` canvas and the (h, w) of a tile.
 
-    Tiles are separated by 1-pixel gaps of NaN. Three channels are drawn in colour (RGB); any
-    other number of channels side by side in grey.
+    Tiles are separated by 1-pixel gaps of NaN (drawn grey-blue). Three channels are drawn in
+    colour (RGB); any other number of channels side by side in grey.
     """
     c, h, w = _image_shape(rows.shape[1], image_shape)
     imgs = rows.detach().cpu().float().reshape(nrows, ncols, c, h, w)
@@ -189,9 +191,10 @@ def _image_figure(canvas: np.ndarray, shape: tuple[int, int], title: str, *, til
         + 0.3 + below + 0.8  # slack for the layout's pads: _fit_height takes back what is left
     fig = Figure(figsize=(width, min(height, 16.0)), layout="constrained")
     ax = fig.subplots()
-    ax.set_facecolor("white")  # blank tiles and the gaps
-    if canvas.shape[2] == 3:  # colour: values in [0, 1], gaps white
-        ax.imshow(np.nan_to_num(canvas, nan=1.0).clip(0.0, 1.0), interpolation="nearest")
+    ax.set_facecolor(_GAP)  # the gaps between tiles: a colour no grey image has
+    if canvas.shape[2] == 3:  # colour: values in [0, 1], the gaps grey-blue
+        rgb = np.where(np.isnan(canvas), np.array(to_rgb(_GAP)), canvas)
+        ax.imshow(rgb.clip(0.0, 1.0), interpolation="nearest")
     else:
         finite = canvas[np.isfinite(canvas)]
         low = min(0.0, float(finite.min())) if finite.size else 0.0

@@ -148,23 +148,28 @@ def _samples(tr: Trained, template: torch.Tensor, num: int, means: bool, shape,
         assert tr.data.train_labels is not None  # build_model refuses it without labels
         c = int(tr.data.train_labels.max()) + 1
         y = torch.arange(c, device=template.device).repeat_interleave(c)  # a c x c grid
+        title = (f"Decoded means E[x | z, y] of {c} draws z ~ p(z | y) per label y" if means
+                 else f"{c} samples per label y: z ~ p(z | y), then x ~ p(x | z, y)")
         fig = sample_grid(tr.model, template, c * c, means=means, image_shape=shape, ncols=c,
-                          row_labels=[f"y = {k}" for k in range(c)], model_kwargs={"y": y})
+                          row_labels=[f"y = {k}" for k in range(c)], model_kwargs={"y": y},
+                          title=title)
         what = f"{c} draws for each of {c} labels"
     else:
         fig = sample_grid(tr.model, template, num, means=means, image_shape=shape)
         what = f"{num} draws from the prior"
     tr.run.save_figure(fig, "samples")
     data.update(num=num, what=what, means=means)
-    given = " given the label y (one row per label)" if "labels" in what else ""
+    y, rows = (" | y", ", one row per label y") if "labels" in what else ("", "")
     if means:
-        return f"`samples.png`: {what}, shown as the decoded means E[x | z] of z ~ p(z){given}."
-    return (f"`samples.png`: {what}: z ~ p(z), then x ~ p(x | z){given}; `ppvae sample "
-            "--means` shows the decoded means E[x | z] instead.")
+        return (f"`samples.png`: {what}, shown as the decoded means E[x | z{', y' if y else ''}]"
+                f" of z ~ p(z{y}){rows}.")
+    return (f"`samples.png`: {what}: z ~ p(z{y}), then x ~ p(x | z{', y' if y else ''}){rows}; "
+            "`ppvae sample --means` shows the decoded means instead.")
 
 
-def _top_latent(tr: Trained, x: torch.Tensor, kw: dict) -> tuple[str, tuple[int, ...], bool]:
-    """The model's first latent site: name, event shape, whether it is discrete."""
+def _top_latent(tr: Trained, x: torch.Tensor, kw: dict
+                ) -> tuple[str, tuple[int, ...], bool, list[str]]:
+    """The model's first latent site (name, event shape, whether discrete) and the others."""
     from pyro import poutine
     from pyro.poutine.util import prune_subsample_sites
 
@@ -172,11 +177,13 @@ def _top_latent(tr: Trained, x: torch.Tensor, kw: dict) -> tuple[str, tuple[int,
 
     with torch.no_grad():
         trace = prune_subsample_sites(poutine.trace(tr.model).get_trace(x, **kw))
-    for name, site in trace.nodes.items():
-        if is_latent(site):
-            fn: Any = site["fn"]  # a distribution (pyro types trace nodes loosely)
-            return name, tuple(fn.event_shape), bool(getattr(fn.support, "is_discrete", False))
-    raise ContractError("the model has no latent site")
+    latents = [(n, s) for n, s in trace.nodes.items() if is_latent(s)]
+    if not latents:
+        raise ContractError("the model has no latent site")
+    name, site = latents[0]
+    fn: Any = site["fn"]  # a distribution (pyro types trace nodes loosely)
+    return (name, tuple(fn.event_shape), bool(getattr(fn.support, "is_discrete", False)),
+            [n for n, _ in latents[1:]])
 
 
 def _latent_figures(tr: Trained, x, kw, rows: Rows, shape, skipped: dict
@@ -190,7 +197,7 @@ def _latent_figures(tr: Trained, x, kw, rows: Rows, shape, skipped: dict
 
     labels = [int(i) for i in rows.indices]
     try:
-        latent, event, discrete = _top_latent(tr, x, kw)
+        latent, event, discrete, others = _top_latent(tr, x, kw)
     except (ValueError, NotImplementedError) as e:
         for f in ("manifold.png", "traversals.png", "interpolation.png"):
             skipped[f] = str(e)
@@ -217,6 +224,9 @@ def _latent_figures(tr: Trained, x, kw, rows: Rows, shape, skipped: dict
         tr.run.save_figure(fig, name.removesuffix(".png"))
         done.append(name)
         lines.append(line)
+    if done and others:
+        lines.append(f"In these figures the other latent sites ({', '.join(others)}) are drawn "
+                     f"from the model given '{latent}', once per image.")
     return done, lines
 
 
