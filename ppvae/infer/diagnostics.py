@@ -127,7 +127,7 @@ def e_bfmi(energy: torch.Tensor) -> torch.Tensor:
     Carlo"); values below 0.3 say momentum resampling explores the energy distribution poorly.
     """
     e = energy.double()
-    return e.diff(dim=1).pow(2).mean(1) / e.var(1, unbiased=False)
+    return e.diff(dim=1).pow(2).mean(1) / e.var(1)  # ArviZ: variance with ddof 1
 
 
 def _extreme(a, largest: bool) -> str:
