@@ -299,8 +299,8 @@ def reconstructions(model, guide, x: torch.Tensor, *, observed: str = "x", image
     both = torch.cat([x.reshape(n, -1).to(rec.dtype), rec])  # [2N, D]
     canvas, shape = _grid(both, 2, n, image_shape)
     ticks = [str(v) for v in labels] if labels is not None else [str(i) for i in range(n)]
-    text = title or (f"{n} inputs x (top) and their reconstructions (bottom): E[x | z] for one "
-                     "draw z ~ q(z | x) each")
+    text = title or (f"{n} inputs x (top) and reconstructions (bottom): E[x | z] of one draw "
+                     "z ~ q(z | x) each")
     return save(_image_figure(canvas, shape, text, tile_in=0.6,
                               xticks=ticks, yticks=["input", "reconstruction"],
                               xlabel=datapoint_label), path)
