@@ -23,6 +23,7 @@ import copy
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import pyro
 import torch
 from pyro import poutine
 
@@ -35,10 +36,38 @@ __all__ = [
 ]
 
 
+def _shadowed(trace) -> list[str]:
+    """Store names whose entry is not the module parameter ``pyro.module`` registered there.
+
+    ``pyro.module(name, m)`` calls ``pyro.param(f"{name}$$${p}", m.p)``; when the store already
+    holds that name (an earlier model with the same module names, in the same process), Pyro
+    returns the old tensor and the module keeps computing with its own: the optimizer would then
+    train the stale tensor (no gradient) and leave the module unchanged.
+    """
+    names = []
+    for name, site in trace.nodes.items():
+        init = site["args"][1] if site["type"] == "param" and len(site["args"]) > 1 else None
+        if isinstance(init, torch.nn.Parameter) and site["value"] is not None \
+                and site["value"]._cdata != init._cdata:
+            names.append(name)
+    return names
+
+
 def collect_params(loss_fn) -> dict[str, torch.Tensor]:
-    """Run ``loss_fn()`` once under a param-only trace; return ``{name: unconstrained tensor}``."""
+    """Run ``loss_fn()`` once under a param-only trace; return ``{name: unconstrained tensor}``.
+
+    Parameter-store entries left by an earlier model under this pair's module parameter names
+    (:func:`_shadowed`) are dropped first, so the pair trains its own modules.
+    """
     with torch.enable_grad(), poutine.trace(param_only=True) as capture:
         loss_fn()
+    stale = _shadowed(capture.trace)
+    if stale:
+        store = pyro.get_param_store()
+        for name in stale:
+            del store[name]
+        with torch.enable_grad(), poutine.trace(param_only=True) as capture:
+            loss_fn()
     params: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, site in capture.trace.nodes.items():

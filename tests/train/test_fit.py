@@ -353,3 +353,40 @@ def test_fit_result_prints_one_line_and_its_history_is_a_dataframe(digits):
                     device="cpu", optimizer=lambda ps: torch.optim.Adam(ps, lr=math.inf))
     assert repr(bad).startswith("FitResult(non_finite: non-finite") and "\n" not in repr(bad)
     assert len(repr(bad)) < 300  # the message is cut; FitResult.message keeps it whole
+
+
+def _pyro_module_vae(d: int, k: int):
+    """A Pyro-examples style pair: modules registered with pyro.module under fixed names."""
+    import pyro.distributions as dist
+
+    dec, enc = torch.nn.Linear(k, d), torch.nn.Linear(d, 2 * k)
+
+    def model(x):
+        pyro.module("decoder", dec)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(0.0, 1.0).expand([k]).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=dec(z)).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("encoder", enc)
+        with pyro.plate("data", x.shape[0]):
+            loc, log_scale = enc(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    return model, guide, enc, dec
+
+
+def test_a_second_pair_with_the_same_module_names_trains_its_own_modules():
+    # a notebook trains one model, then another whose pyro.module names are the same: the
+    # parameter store still holds the first pair's tensors under those names, and plain Pyro
+    # would optimize them (gradient-free) while the new modules stay at their initial values
+    x = (torch.rand(200, 10) > 0.5).float()
+    m1, g1, _, _ = _pyro_module_vae(10, 2)
+    ppvae.fit(m1, g1, x, epochs=2, progress=False)
+    m2, g2, enc2, dec2 = _pyro_module_vae(10, 4)
+    before = [p.detach().clone() for p in (*enc2.parameters(), *dec2.parameters())]
+    res = ppvae.fit(m2, g2, x, epochs=3, progress=False)
+    after = list(enc2.parameters()) + list(dec2.parameters())
+    assert all(not torch.equal(b, a) for b, a in zip(before, after, strict=True))
+    assert pyro.get_param_store()["encoder$$$weight"] is enc2.weight
+    assert res.train_objective[-1] > res.train_objective[0]
