@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .analysis.gaps import gaps
     from .analysis.ppca import ppca_log_marginal, ppca_mle, ppca_posterior
     from .analysis.report import GapReport, GapRow, LogPx
+    from .app.trained import Trained, open_run
     from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights
     from .core.contract import ContractError, PairInfo, ParticleFallbackWarning, check_pair
     from .core.diagnostic_warnings import (
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from .infer.ais import AISResult, ais
     from .infer.bdmc import BDMCResult, bdmc
     from .infer.diagnostics import Diagnostics, diagnostics, to_inference_data
+    from .infer.guide_draws import guide_inference_data
     from .infer.hmc import HMCResult, hmc
     from .infer.local.vi import LocalFit, LocalGuide, fit_local
     from .infer.nuts import NUTSResult, nuts
@@ -51,6 +53,9 @@ _LAZY = {  # public name: the submodule (under ppvae) that defines it
     "GapReport": "analysis.report",
     "GapRow": "analysis.report",
     "LogPx": "analysis.report",
+    "Trained": "app.trained",
+    "open_run": "app.trained",
+    "guide_inference_data": "infer.guide_draws",
     "Bound": "core.bounds",
     "elbo": "core.bounds",
     "elbo_from_log_weights": "core.bounds",
@@ -131,6 +136,7 @@ __all__ = [
     "PosteriorComparison",
     "PyroObjective",
     "TensorBoardLogger",
+    "Trained",
     "__version__",
     "ais",
     "bdmc",
@@ -147,6 +153,7 @@ __all__ = [
     "fit_local",
     "fix_globals",
     "gaps",
+    "guide_inference_data",
     "hmc",
     "iwae",
     "iwae_from_log_weights",
@@ -154,6 +161,7 @@ __all__ = [
     "log_weights",
     "mean_field",
     "nuts",
+    "open_run",
     "ppca_log_marginal",
     "ppca_mle",
     "ppca_posterior",

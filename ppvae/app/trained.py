@@ -44,7 +44,15 @@ import torch
 from .files import RunLock
 from .inputs import load_data
 from .runs import RunDir, RunError, command_line, describe_rows
-from .zoo import GUIDES, MODELS, DataShape, ModelSpec, build_guide, build_model
+from .zoo import (
+    GUIDES,
+    MODELS,
+    DataShape,
+    ModelSpec,
+    build_guide,
+    build_model,
+    resolve_likelihood,
+)
 
 if TYPE_CHECKING:
     from ..data import Dataset
@@ -223,10 +231,7 @@ def build(cfg: dict, *, progress: bool | None = None):
     """
     data = load_data(cfg, progress=progress)
     spec, shape = ModelSpec.from_sizes(cfg.get("sizes", {})), data_shape(data)
-    binary = data.binarization is not None or bool(
-        ((data.train == 0) | (data.train == 1)).all())
-    model = build_model(cfg["model"], spec, shape, binary=binary,
-                        likelihood=cfg.get("likelihood") or None)
+    model = build_model(cfg["model"], spec, shape, likelihood=resolve_likelihood(cfg, data))
     guide = build_guide(cfg["guide"], model, cfg["model"], spec, shape)
     return data, model, guide
 

@@ -110,9 +110,6 @@ def _args(argv):
     return _parser().parse_args(["train", *argv])
 
 
-@pytest.mark.xfail(strict=True, reason="needs ppvae.app.trained.build to read the data with "
-                   "inputs.load_data(cfg) and the likelihood with zoo.resolve_likelihood (the "
-                   "integrator's change; then remove this marker)")
 def test_train_records_the_likelihood_and_image_options_end_to_end(tmp_path, capsys):
     rng = np.random.default_rng(3)
     root = tmp_path / "mixed"
