@@ -159,11 +159,12 @@ def _samples(tr: Trained, template: torch.Tensor, num: int, means: bool, shape,
         what = f"{num} draws from the prior"
     tr.run.save_figure(fig, "samples")
     data.update(num=num, what=what, means=means)
-    y, rows = (" | y", ", one row per label y") if "labels" in what else ("", "")
+    given, and_y, rows = ((" | y", ", y", ", one row per label y") if "labels" in what
+                          else ("", "", ""))
     if means:
-        return (f"`samples.png`: {what}, shown as the decoded means E[x | z{', y' if y else ''}]"
-                f" of z ~ p(z{y}){rows}.")
-    return (f"`samples.png`: {what}: z ~ p(z{y}), then x ~ p(x | z{', y' if y else ''}){rows}; "
+        return (f"`samples.png`: {what}, shown as the decoded means E[x | z{and_y}] of "
+                f"z ~ p(z{given}){rows}.")
+    return (f"`samples.png`: {what}: z ~ p(z{given}), then x ~ p(x | z{and_y}){rows}; "
             "`ppvae sample --means` shows the decoded means instead.")
 
 
