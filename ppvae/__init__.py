@@ -3,7 +3,9 @@
 Models are Pyro model functions, guides are Pyro guides; the engine checks their contract
 (:func:`check_pair`), computes per-datapoint log weights from traces (:func:`log_weights`), and
 builds bounds (:func:`elbo`, :func:`iwae`), reference inference (:func:`ais`, :func:`hmc`,
-:func:`nuts`, :func:`fit_local`) and the gap decomposition (:func:`gaps`) on them. This module
+:func:`nuts`, :func:`fit_local`) and the gap decomposition (:func:`gaps`) on them, with the
+figures that show them (:func:`gap_bars`, :func:`posterior_pairs`, ...) and a trained run
+directory reopened for all of these (:func:`open_run`). This module
 re-exports what a user calls; everything else stays importable from its subpackage
 (``ppvae.core``, ``ppvae.infer``, ``ppvae.train``, ``ppvae.analysis``, ``ppvae.distributed``).
 """
@@ -11,13 +13,20 @@ re-exports what a user calls; everything else stays importable from its subpacka
 import importlib
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # (open_run and Trained are left out: ppvae.app imports ppvae.models)
     from . import data, distributed
     from .analysis.compare import PosteriorComparison, compare_posteriors
+    from .analysis.figures import (
+        elbo_scatter,
+        gap_bars,
+        gap_histogram,
+        local_vi_curves,
+        training_curves,
+    )
     from .analysis.gaps import gaps
+    from .analysis.posterior_figures import mcmc_ranks, mcmc_traces, posterior_pairs
     from .analysis.ppca import ppca_log_marginal, ppca_mle, ppca_posterior
     from .analysis.report import GapReport, GapRow, LogPx
-    from .app.trained import Trained, open_run
     from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights
     from .core.contract import ContractError, PairInfo, ParticleFallbackWarning, check_pair
     from .core.diagnostic_warnings import (
@@ -46,6 +55,14 @@ if TYPE_CHECKING:
 _LAZY = {  # public name: the submodule (under ppvae) that defines it
     "PosteriorComparison": "analysis.compare",
     "compare_posteriors": "analysis.compare",
+    "elbo_scatter": "analysis.figures",
+    "gap_bars": "analysis.figures",
+    "gap_histogram": "analysis.figures",
+    "local_vi_curves": "analysis.figures",
+    "training_curves": "analysis.figures",
+    "mcmc_ranks": "analysis.posterior_figures",
+    "mcmc_traces": "analysis.posterior_figures",
+    "posterior_pairs": "analysis.posterior_figures",
     "gaps": "analysis.gaps",
     "ppca_log_marginal": "analysis.ppca",
     "ppca_mle": "analysis.ppca",
@@ -148,24 +165,32 @@ __all__ = [
     "distributed",
     "elbo",
     "elbo_from_log_weights",
+    "elbo_scatter",
     "enumerate_sites",
     "fit",
     "fit_local",
     "fix_globals",
+    "gap_bars",
+    "gap_histogram",
     "gaps",
     "guide_inference_data",
     "hmc",
     "iwae",
     "iwae_from_log_weights",
     "kl_warmup",
+    "local_vi_curves",
     "log_weights",
+    "mcmc_ranks",
+    "mcmc_traces",
     "mean_field",
     "nuts",
     "open_run",
+    "posterior_pairs",
     "ppca_log_marginal",
     "ppca_mle",
     "ppca_posterior",
     "to_inference_data",
+    "training_curves",
 ]
 
 

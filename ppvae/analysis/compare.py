@@ -51,7 +51,7 @@ from ..core.modes import evaluates
 from ..core.potential import Potential
 from ..core.progress import stage
 from ..core.records import frame
-from ..infer.diagnostics import diagnostics, import_arviz, to_inference_data
+from ..infer.diagnostics import diagnostics, to_inference_data
 
 __all__ = ["PosteriorComparison", "PosteriorSummary", "compare_posteriors", "mcmc_kl_error"]
 
@@ -176,19 +176,15 @@ class PosteriorComparison(NamedTuple):
                             f"| {kl} |")
         return "\n".join(rows)
 
-    def plot(self, path: str, max_dims: int = 4):
-        """ArviZ density overlay of every method, saved to ``path`` (PNG); returns the figure.
+    def plot(self, path=None, **options):
+        """Corner plots of every method against MCMC (:func:`ppvae.posterior_pairs`).
 
-        One panel per (datapoint, coordinate) for the first ``max_dims`` coordinates.
+        Saved to ``path`` when given; ``options`` go to ``posterior_pairs`` (``datapoints``,
+        ``dims``, ``methods``, ``max_dims``, ...). Returns the figure.
         """
-        az = import_arviz()
-        datas = [to_inference_data({"z": s.samples[..., :max_dims].unsqueeze(0)},
-                                   datapoints=self.datapoints) for s in self.summaries]
-        axes = az.plot_density(datas, data_labels=[s.method for s in self.summaries],
-                               var_names=["z"], shade=0.1)
-        fig = axes.ravel()[0].figure
-        fig.savefig(path, dpi=80)
-        return fig
+        from .posterior_figures import posterior_pairs
+
+        return posterior_pairs(self, path=path, **options)
 
 
 def _summary(method: str, z: torch.Tensor) -> tuple[torch.Tensor, ...]:

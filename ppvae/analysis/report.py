@@ -334,32 +334,18 @@ class GapReport(NamedTuple):
                             r.get("log_px_khat_limit")) for r in doc["rows"])
         return cls(rows, int(doc["num_data"]), tuple((k, float(v)) for k, v in doc["timings"]))
 
-    def plot(self, path=None):
-        """Stacked gap bars per guide and amortized-vs-optimal ELBO scatter; saved if ``path``."""
-        from matplotlib.figure import Figure
+    def plot(self, path=None, kind: str = "bars", **options):
+        """A figure of the report (:mod:`ppvae.analysis.figures`); saved if ``path``.
 
-        fig = Figure(figsize=(10, 4), layout="constrained")
-        bars, scatter = fig.subplots(1, 2)
-        names = [r.guide for r in self.rows]
-        approx = [r.summary("approximation") for r in self.rows]
-        amort = [r.summary("amortization") for r in self.rows]
-        a_mean, m_mean = [s.mean for s in approx], [s.mean for s in amort]
-        bars.bar(names, a_mean, yerr=[s.data_se for s in approx], label="approximation gap",
-                 capsize=3)
-        bars.bar(names, m_mean, bottom=a_mean, yerr=[s.data_se for s in amort],
-                 label="amortization gap", capsize=3)
-        bars.set_ylabel("nats (mean, bars: s.e. across datapoints)")
-        bars.set_title("inference gap = approximation + amortization")
-        bars.legend()
-        for r in self.rows:
-            scatter.scatter(r.elbo_amortized, r.elbo_local, s=6, alpha=0.6, label=r.guide)
-        lo = min(float(r.elbo_amortized.min()) for r in self.rows)
-        hi = max(float(r.elbo_local.max()) for r in self.rows)
-        scatter.plot([lo, hi], [lo, hi], color="black", linewidth=0.8, label="ELBO[q*] = ELBO[q]")
-        scatter.set_xlabel("ELBO[q] (amortized)")
-        scatter.set_ylabel("ELBO[q*] (per-datapoint optimum)")
-        scatter.set_title("per datapoint")
-        scatter.legend()
-        if path is not None:
-            fig.savefig(path, dpi=120)
-        return fig
+        ``kind``: ``"bars"`` (mean gaps per guide, stacked: :func:`~ppvae.analysis.figures.
+        gap_bars`), ``"histogram"`` (per-datapoint gaps: ``gap_histogram``) or ``"scatter"``
+        (amortized vs optimal ELBO per datapoint: ``elbo_scatter``). ``options`` go to that
+        function (e.g. ``data="test digits"`` for the title).
+        """
+        from . import figures
+
+        draw = {"bars": figures.gap_bars, "histogram": figures.gap_histogram,
+                "scatter": figures.elbo_scatter}
+        if kind not in draw:
+            raise ValueError(f"kind must be one of {', '.join(draw)}, got {kind!r}")
+        return draw[kind](self, path=path, **options)

@@ -214,10 +214,6 @@ def _parser() -> argparse.ArgumentParser:
         module = import_module(f"{__package__}.{module_name}")
         cp = sub.add_parser(name, help=help_, description=help_, parents=[common])
         module.add_arguments(cp)
-        if name == "train":
-            from .inputs import add_data_arguments
-
-            add_data_arguments(cp)  # the data and likelihood flags of train_config
         _add_quiet(cp, argparse.SUPPRESS)
         _show_defaults(cp, shown.get(name, {}))
         cp.set_defaults(func=module.main)

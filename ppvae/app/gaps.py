@@ -30,7 +30,7 @@ import argparse
 import time
 
 from .files import replacing, write_text
-from .inputs import nonnegative_int, positive_int
+from .inputs import TRAIN_DEFAULTS, nonnegative_int, positive_int
 from .runs import checkpoint_id, provenance, record_warnings
 from .trained import Rows, Trained, data_shape, label_kw, locked_run
 from .zoo import GUIDES, ModelSpec, build_guide
@@ -56,7 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seed of the row subset and the Monte Carlo (default: the run's seed)")
     p.add_argument("--local-steps", type=positive_int, default=LOCAL_STEPS,
                    help=f"per-datapoint VI steps (default {LOCAL_STEPS}, as ppvae.gaps)")
-    p.add_argument("--samples", type=positive_int, default=500, help="samples per ELBO")
+    p.add_argument("--samples", type=positive_int, default=1000,
+                   help="samples per datapoint for each ELBO (as ppvae.gaps' num_samples)")
     p.add_argument("--log-px", choices=("iwae", "ais"), default="iwae")
     p.add_argument("--k", type=positive_int, default=1000, help="IWAE samples for log p(x)")
     p.add_argument("--ais-steps", type=positive_int, default=2000,
@@ -64,8 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mcmc", type=nonnegative_int, default=0,
                    help="compare with batched HMC on this many of the --num-data rows (0: no "
                    "MCMC; an earlier comparison in the report is then marked stale)")
-    p.add_argument("--mcmc-warmup", type=positive_int, default=300)
-    p.add_argument("--mcmc-samples", type=positive_int, default=500)
+    p.add_argument("--mcmc-warmup", type=positive_int, default=500,
+                   help="HMC warm-up iterations (as ppvae.hmc)")
+    p.add_argument("--mcmc-samples", type=positive_int, default=500,
+                   help="HMC draws per chain (as ppvae.hmc)")
 
 
 def main(args) -> int:
@@ -84,7 +87,10 @@ def main(args) -> int:
 
 
 def gap_guides() -> tuple[str, ...]:
-    """The guide names the gap report takes: those with a local q* family in the zoo."""
+    """The built-in guide names the gap report takes: those with a local q* family.
+
+    A user's guide (``module:function``) takes part with its ``local_family`` (default diag).
+    """
     return tuple(n for n, e in GUIDES.items() if e.local_family is not None)
 
 
@@ -101,9 +107,9 @@ def train_extra_guide(tr: Trained, name: str, *, epochs: int, quiet: bool = True
                         data_shape(data), label=f"guide_{name}")
     path = tr.run.file(f"guide-{name}.pt")
     frozen = poutine.block(tr.model, hide_types=["param"])  # only the new guide learns
-    t = cfg["train"]
+    t = {**TRAIN_DEFAULTS, **cfg["train"]}
     fit(frozen, guide, data.train, valid=data.valid, epochs=epochs,
-        batch_size=int(t.get("batch_size", 64)), lr=float(t.get("lr", 3e-3)),
+        batch_size=int(t["batch_size"]), lr=float(t["lr"]),
         seed=cfg.get("seed", 0), device=data.train.device, restore_best=False,
         checkpoint=path, resume=path, progress=False if quiet else None,
         batch_kw=label_kw(cfg, data, "train"),
@@ -136,9 +142,9 @@ def _summary_data(report) -> dict:
 
 def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300,
              local_steps: int = LOCAL_STEPS,
-             num_samples: int = 500, log_px: str = "iwae", k: int = 1000,
+             num_samples: int = 1000, log_px: str = "iwae", k: int = 1000,
              ais_steps: int = 2000, guide_epochs: int = 20, mcmc_points: int = 0,
-             mcmc_warmup: int = 300, mcmc_samples: int = 500, quiet: bool = True,
+             mcmc_warmup: int = 500, mcmc_samples: int = 500, quiet: bool = True,
              seed: int | None = None, first_rows: bool = False):
     """The gap report of the run's guide and ``guide_names`` on test data; returns it.
 
@@ -178,7 +184,7 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300,
     pyro.set_rng_seed(seed)  # a rerun reproduces the report (on the CPU)
     names = [cfg["guide"], *[g for g in guide_names if g != cfg["guide"]]]
     for n in names:
-        if n not in gap_guides():
+        if n not in GUIDES or GUIDES[n].local_family is None:  # a user's guide: its own
             raise ValueError(f"the gap report needs an amortized guide of one latent site "
                              f"(one of {', '.join(gap_guides())}, --guides); got '{n}'")
     rows = Rows.select(tr.data, "test", num_data, seed, first_rows)
@@ -295,8 +301,9 @@ def _mcmc_section(tr: Trained, guides: dict, x, kw, rows: Rows, *, local_steps, 
     files = ["posterior_mcmc.nc"]
     for s in cmp.summaries[1:]:
         fname = "posterior_" + s.method.replace(" ", "_").replace("*", "star") + ".nc"
+        draws = s.samples[: s.samples.shape[0] // 4 * 4]  # iid draws as 4 chains: R-hat ~ 1
         with replacing(run.file(fname)) as tmp:
-            to_inference_data({"z": s.samples.unsqueeze(0)},
+            to_inference_data({"z": draws.reshape(4, -1, *draws.shape[1:])},
                               datapoints=cmp.datapoints).to_netcdf(tmp)
         files.append(fname)
     rhat, ess = float(diag.rhat.max()), float(diag.ess_bulk.min())

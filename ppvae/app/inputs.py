@@ -29,6 +29,7 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -53,9 +54,9 @@ from .zoo import (
     default_guide,
 )
 
-__all__ = ["DATA_HELP", "UsageError", "add_data_arguments", "build_data", "check_device",
-           "load_data", "load_matrix", "nonnegative_int", "positive_float", "positive_int",
-           "train_config", "train_defaults"]
+__all__ = ["DATA_HELP", "TRAIN_DEFAULTS", "UsageError", "add_data_arguments", "build_data",
+           "check_device", "load_data", "load_matrix", "nonnegative_int", "positive_float",
+           "positive_int", "train_config", "train_defaults"]
 
 # config keys: top level, [sizes] and [train] (the run directory's config.toml has this shape)
 _TOP, _SIZES, _TRAIN = (tuple(k for t, k in SCHEMA if t == table)
@@ -72,9 +73,11 @@ def _fit_defaults() -> dict[str, Any]:
 
 
 _SPEC = ModelSpec()
+# [train] keys when a config has none: ppvae.fit's defaults
+TRAIN_DEFAULTS: Mapping[str, Any] = MappingProxyType({"objective": "elbo", **_fit_defaults()})
 _DEFAULTS = {"model": "vae", "data": "digits", "seed": 0, "device": "auto",
              "sizes": {"latent_dim": _SPEC.latent_dim, "hidden": list(_SPEC.hidden)},
-             "train": {"objective": "elbo", **_fit_defaults()}}
+             "train": dict(TRAIN_DEFAULTS)}
 DATA_HELP = ("digits (bundled), binarized-mnist, mnist, fashion-mnist, ppca; a folder of "
              "images (flat, or one subfolder per class: labels); or a .npy/.csv/.txt file of "
              "rows (a CSV header row is allowed)")

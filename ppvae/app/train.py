@@ -31,7 +31,9 @@ import torch
 
 from .files import HOLDER, RunLock, replacing
 from .inputs import (
+    TRAIN_DEFAULTS,
     UsageError,
+    add_data_arguments,
     check_device,
     positive_float,
     positive_int,
@@ -84,6 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "batches; see ppvae.capture)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1, ...")
+    add_data_arguments(p)  # the likelihood and the user's data: --likelihood, --image-* flags
 
 
 def main(args) -> int:
@@ -182,7 +185,7 @@ def _preflight(args) -> tuple[dict, Path, tuple]:
     pyro.set_rng_seed(cfg.get("seed", 0))  # network initialization is part of the run
     built = build(cfg)
     data, model, guide = built
-    rows = data.train[: int(cfg["train"].get("batch_size", 64))]
+    rows = data.train[: int({**TRAIN_DEFAULTS, **cfg["train"]}["batch_size"])]
     try:
         with torch.no_grad():  # the pair keeps the contract on a first minibatch
             check_pair(model, guide, rows, model_kwargs=label_kw(cfg, data, "train",
@@ -272,7 +275,7 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
         pyro.set_rng_seed(cfg.get("seed", 0))  # network initialization is part of the run
         built = build(cfg)
     data, model, guide = built
-    t = cfg["train"]
+    t = {**TRAIN_DEFAULTS, **cfg["train"]}
     meta = read_meta(run.checkpoint) if resume and run.checkpoint.is_file() else None
     # a resume changes the run directory only once fit has taken the checkpoint (a refused one,
     # e.g. other settings, leaves config, metrics and extra guides as they were)
@@ -290,8 +293,8 @@ def train_run(cfg: dict, run: RunDir, *, resume: bool = False, quiet: bool = Fal
     ckpt = run.checkpoint if (resume or t.get("checkpoint", True)) else None
     try:
         with record_warnings() as found:
-            res = fit(model, guide, data, epochs=int(t.get("epochs", 30)),
-                      batch_size=int(t.get("batch_size", 64)), lr=float(t.get("lr", 3e-3)),
+            res = fit(model, guide, data, epochs=int(t["epochs"]),
+                      batch_size=int(t["batch_size"]), lr=float(t["lr"]),
                       objective=make_objective(t), seed=cfg.get("seed", 0),
                       device=cfg.get("device"), patience=t.get("patience"),
                       restore_best=False, checkpoint=ckpt, jit=bool(t.get("jit", False)),
@@ -321,7 +324,7 @@ def _prepare_run(cfg: dict, run: RunDir, meta) -> None:
     Also drop extra guides trained on a model that is about to train further.
     """
     run.write_config(cfg)
-    if meta is None or meta.epoch < int(cfg["train"].get("epochs", 30)):
+    if meta is None or meta.epoch < int({**TRAIN_DEFAULTS, **cfg["train"]}["epochs"]):
         for stale in run.path.glob("guide-*.pt"):  # trained on the frozen model being replaced
             stale.unlink()
     if meta is not None:
@@ -398,24 +401,24 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
 
 def guide_posterior(model, guide, x, run: RunDir, name: str, num_samples: int = 500,
                     *, model_kwargs=None, datapoints=None) -> str | None:
-    """Save ``num_samples`` guide draws per row of ``x`` as ArviZ netCDF.
+    """Save ``num_samples`` guide draws per row of ``x`` as ArviZ netCDF, in 4 chains.
 
+    The draws are independent, so split into chains R-hat is finite and near 1
+    (:func:`ppvae.guide_inference_data`, with the ``log_likelihood`` group).
     ``datapoints``: the datapoint coordinate (e.g. the rows' indices in their split; default
     0..N-1). None when the pair has no continuous latent to sample this way (e.g. a point-mass
     guide).
     """
     from ..core.contract import ContractError
-    from ..core.potential import Potential
-    from ..infer.diagnostics import to_inference_data
+    from ..infer.guide_draws import guide_inference_data
 
+    chains = 4
     try:
-        with torch.no_grad():
-            pot = Potential(model, x, guide=guide, model_kwargs=model_kwargs)
-            values, _ = pot.unflatten(pot.sample_init(num_samples))  # u: [S, N, D]
-            per = pot.per_datapoint_values(values)  # site -> [S, N, size]
+        idata = guide_inference_data(model, guide, x, num_chains=chains,
+                                     num_draws=max(1, num_samples // chains),
+                                     model_kwargs=model_kwargs, datapoints=datapoints)
     except (ContractError, NotImplementedError, ValueError):
         return None
     with replacing(run.file(name)) as tmp:
-        to_inference_data({k: v.unsqueeze(0) for k, v in per.items()},
-                          datapoints=datapoints).to_netcdf(tmp)
+        idata.to_netcdf(tmp)
     return name

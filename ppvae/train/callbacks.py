@@ -228,18 +228,17 @@ class TensorBoardLogger(Callback):
 
 def _session_end(success: bool):
     """The HParams plugin's session-end summary with status success or failure."""
-    # tensorboard ships no type information
-    from tensorboard.compat.proto.summary_pb2 import (  # type: ignore[import-untyped]
+    from tensorboard.compat.proto.summary_pb2 import (
         Summary,
         SummaryMetadata,
     )
-    from tensorboard.plugins.hparams.api_pb2 import Status  # type: ignore[import-untyped]
-    from tensorboard.plugins.hparams.metadata import (  # type: ignore[import-untyped]
+    from tensorboard.plugins.hparams.api_pb2 import Status
+    from tensorboard.plugins.hparams.metadata import (
         PLUGIN_DATA_VERSION,
         PLUGIN_NAME,
         SESSION_END_INFO_TAG,
     )
-    from tensorboard.plugins.hparams.plugin_data_pb2 import (  # type: ignore[import-untyped]
+    from tensorboard.plugins.hparams.plugin_data_pb2 import (
         HParamsPluginData,
         SessionEndInfo,
     )
