@@ -63,7 +63,7 @@ __all__ = ["READ_THE_NUMBERS", "SECTIONS", "RunDir", "RunError", "checkpoint_id"
            "record_warnings", "set_command", "to_toml", "versions"]
 
 SECTIONS = ("train", "evaluate", "gaps", "posterior", "samples", "ppca")  # report.md order
-READ_THE_NUMBERS = 'README, "How to read the numbers"'  # where the warnings are explained
+READ_THE_NUMBERS = 'docs/reading-numbers.md, "How to read the numbers"'  # the warnings explained
 # the command that recomputes a section ({run}: the run directory)
 _RERUN = {"train": "ppvae train --out {run} --resume --epochs N",
           "evaluate": "ppvae evaluate {run}", "gaps": "ppvae gaps {run}",
