@@ -10,7 +10,7 @@ particles, optimizer and initialization) and prints the speed ratio per datapoin
     python benchmarks/gaps_mnist.py --data ../shared/data/binarized_mnist.npz
 
 Every size is an option; see --help. The defaults are the full configuration (1000 test
-images); README.md records the reduced configuration that was run on a 2-core CPU.
+images); docs/performance.md records the reduced configuration that was run on a 2-core CPU.
 """
 
 from __future__ import annotations

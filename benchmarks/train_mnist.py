@@ -3,10 +3,10 @@
 Reference (Burda, Grosse and Salakhutdinov 2016, one stochastic layer): a VAE scores about
 -89.9 nats on this test set with k = 5000. The script reports the IWAE_k estimate of the
 mean test log-likelihood with its Monte Carlo standard error, the epochs and the wall time.
-The defaults are the configuration recorded in README.md (VAE 784-500-500-50, batch 100, Adam
-1e-3 halved after 3 epochs without a better validation ELBO, KL warm-up over 10 epochs, early
-stopping after 25 such epochs, the best epoch restored; 1000 test points); about 25 minutes on a
-2-core CPU. A quick look:
+The defaults are the configuration recorded in docs/performance.md (VAE 784-500-500-50, batch
+100, Adam 1e-3 halved after 3 epochs without a better validation ELBO, KL warm-up over 10
+epochs, early stopping after 25 such epochs, the best epoch restored; 1000 test points); about
+25 minutes on a 2-core CPU. A quick look:
 
     python benchmarks/train_mnist.py --epochs 10 --test-subset 500
 

@@ -3,7 +3,7 @@
 The PPCA posterior is exactly of this form with a covariance shared by all datapoints
 (Tipping and Bishop 1999), so the full-covariance guide can represent it: its amortization and
 approximation gaps on PPCA are zero at the optimum, and the diagonal guide's approximation gap
-is the mean-field gap of :func:`ppvae.ppca.mean_field_gap`.
+is the mean-field gap of :func:`ppvae.analysis.ppca.mean_field_gap`.
 :meth:`AmortizedLinearGaussian.from_ppca` builds the exact (or best diagonal) posterior directly.
 """
 

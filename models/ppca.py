@@ -4,7 +4,7 @@
 
 W, b and sigma are learnable (``PyroParam``; sigma constrained positive) or fixed to given
 values (``fixed=True``). Its posterior, marginal likelihood and MLE have closed forms in
-:mod:`ppvae.ppca`; :meth:`PPCA.params` hands the current values to them.
+:mod:`ppvae.analysis.ppca`; :meth:`PPCA.params` hands the current values to them.
 """
 
 from __future__ import annotations
@@ -64,5 +64,9 @@ class PPCA(PyroModule):
             pyro.sample("x", dist.Normal(z @ W.T + b, sigma).to_event(1), obs=x)
 
     def params(self) -> PPCAParams:
-        """The current W, b, sigma (detached), for the closed forms in :mod:`ppvae.ppca`."""
+        """The current W, b, sigma (detached), for the closed forms of :mod:`ppvae.analysis.ppca`.
+
+        Returns:
+            A :class:`PPCAParams`.
+        """
         return PPCAParams(self.W.detach(), self.b.detach(), self.sigma.detach())

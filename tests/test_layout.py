@@ -1,5 +1,5 @@
 """The package's shape: what installs under which name, which layer imports which, and no module
-reaching into another's private names. These are the rules README's "Architecture" states."""
+reaching into another's private names. These are the rules docs/architecture.md states."""
 
 import ast
 import subprocess

@@ -11,7 +11,7 @@ which estimator produced each number. log p(x) comes from ``log_px``: exact valu
 IWAE bound from the best available proposal (the fitted q* with the highest ELBO), a name in
 :data:`LOG_PX` ("iwae", "ais"), or any callable
 ``fn(model, x, proposal, model_kwargs, **options) -> LogPx``. The result is a
-:class:`ppvae.gap_report.GapReport` (markdown, JSON round trip, PNG).
+:class:`ppvae.GapReport` (markdown, JSON round trip, PNG).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ uncertainty of the mean as an estimate for the data distribution).
 In a notebook each record shows a short summary (``repr``), :class:`GapReport` renders as its
 markdown table (``_repr_markdown_``), and ``to_dataframe()`` gives the per-datapoint values as
 a pandas DataFrame: :meth:`GapReport.to_dataframe` in long form, one row per (guide, datapoint),
-so ``df.groupby("guide").mean()`` averages each guide's columns and ``df.loc["diag"]`` is one
-guide's rows.
+so ``df.groupby("guide").mean(numeric_only=True)`` averages each guide's columns and
+``df.loc["diag"]`` is one guide's rows.
 
 Each gap is a difference of two columns that :func:`ppvae.gaps` estimates from independent draws
 (log p(x) from its own IWAE or AIS run, ELBO[q*] and ELBO[q] from their own samples), so its

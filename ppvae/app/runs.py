@@ -7,7 +7,7 @@ A run directory holds
   them; strings escaped by :func:`toml_string`, so any UTF-8 text round-trips) and read back
   with the standard library's :mod:`tomllib`,
 * ``metrics.jsonl``: one JSON object per training epoch, appended as the epoch ends,
-* ``checkpoint.pt``: the :mod:`ppvae.checkpoint` file written by :func:`ppvae.fit` every epoch
+* ``checkpoint.pt``: the :mod:`ppvae.train.checkpoint` file written by :func:`ppvae.fit` every epoch
   (so an interrupted run resumes), and ``guide-<name>.pt`` for guides trained later on the
   frozen model,
 * ``report.json`` / ``report.md``: sections (training, evaluation, gaps, posterior, samples;

@@ -1,6 +1,6 @@
 """Per-datapoint ELBO and IWAE bounds with Monte Carlo standard errors, streamed from log weights.
 
-With log weights ``log w = log p(x, z) - log q(z | x)`` from :mod:`ppvae.weights`:
+With log weights ``log w = log p(x, z) - log q(z | x)`` from :mod:`ppvae.core.weights`:
 
 * ELBO(x)   = E_q[log w]                                (Kingma and Welling 2014)
 * IWAE_k(x) = E[log (1/k) sum_{i<=k} w_i]                (Burda, Grosse and Salakhutdinov 2016)

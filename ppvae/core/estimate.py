@@ -23,7 +23,7 @@ def mean_stderr(stderr: torch.Tensor) -> float:
 
 def record_mean(record) -> float:
     """Average of a record's ``per_datapoint`` over datapoints."""
-    return float(record.per_datapoint.mean())
+    return float(record.per_datapoint.detach().mean())
 
 
 def record_mean_stderr(record) -> float:

@@ -30,7 +30,7 @@ is flat); this extends that to tails too flat to matter, which ArviZ, loo and po
 treat specially. Like k̂ itself, τ sees only the weights drawn: a heavy tail that the sample has
 not reached yet is invisible to both.
 
-Measured: a semi-supervised M2 model (README) with a local diagonal q* per datapoint and
+Measured: a semi-supervised M2 model (docs/own-model.md) with a local diagonal q* per datapoint and
 S = 2000 weights has sd(log w) about 0.02 per datapoint and its largest weight 1.05-2.6 times the
 mean (median 1.25), yet ArviZ's k̂ exceeds 0.7 on 566 of 1500 (datapoint, repetition) fits, up
 to 2.2. On its worst datapoint k̂ is 1.06-2.05 in all of 400 repetitions at S = 2000 but

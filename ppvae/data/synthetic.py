@@ -2,7 +2,7 @@
 
 :func:`ppca_dataset` draws from a probabilistic PCA model (Tipping and Bishop 1999) with a
 seeded generator, and returns the parameters and the latent that produced each row, so tests and
-studies can compare estimates to closed-form answers (:mod:`ppvae.ppca`).
+studies can compare estimates to closed-form answers (:mod:`ppvae.analysis.ppca`).
 """
 
 from __future__ import annotations

@@ -45,9 +45,9 @@ from .ais import (
 __all__ = ["BDMC_GAP_MAX", "BDMCResult", "bdmc", "certify", "simulate"]
 
 # The gap (nats per datapoint) above which AIS is not certified: the size of the gaps the gap
-# report measures (approximation gaps of 0.05 to 0.5 nats on the digits, README), so an AIS error
-# as large would swamp them. Wu et al. (2017) lengthened schedules until gaps were "well under 1
-# nat" on MNIST; the README's MNIST run reached 0.13 at 1000 steps.
+# report measures (approximation gaps of 0.05 to 0.5 nats on the digits, docs/gaps.md), so an
+# AIS error as large would swamp them. Wu et al. (2017) lengthened schedules until gaps were
+# "well under 1 nat" on MNIST; the MNIST run in docs/performance.md reached 0.13 at 1000 steps.
 BDMC_GAP_MAX = 0.1
 
 

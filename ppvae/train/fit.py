@@ -48,9 +48,9 @@ Host syncs happen once per ``check_every`` steps and per epoch, not per step. A 
 stops training (``nan_policy="stop"``) or rolls back to the last finite state with a smaller
 learning rate (``"rollback"``), naming the step and the first site with a non-finite log density;
 an epoch whose every window had to be rolled back stops the run too (the rollback could not
-recover). Checkpoints (:mod:`ppvae.checkpoint`) hold finite states and finished epochs only, and
-with validation and ``restore_best`` the best epoch's parameters, so that a resumed run returns
-them as an uninterrupted one does. Ctrl-C stops at the next step boundary
+recover). Checkpoints (:mod:`ppvae.train.checkpoint`) hold finite states and finished epochs
+only, and with validation and ``restore_best`` the best epoch's parameters, so that a resumed
+run returns them as an uninterrupted one does. Ctrl-C stops at the next step boundary
 (:mod:`ppvae.interrupt`) with ``KeyboardInterrupt``; the last finished epoch is saved.
 
 Resuming (``resume=``) continues the run exactly when its settings are unchanged. With

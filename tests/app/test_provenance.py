@@ -157,7 +157,8 @@ def test_diagnostic_warnings_reach_stderr_and_the_report(run, capsys, monkeypatc
     assert {"section": "samples", "message": message} in doc["warnings"]
     md = (run / "report.md").read_text()
     warn_part = md.split("## Warnings")[1].split("\n## ")[0]
-    assert f"- Samples and latent space: {message}" in warn_part and "How to read the numbers" in warn_part
+    assert f"- Samples and latent space: {message}" in warn_part
+    assert "How to read the numbers" in warn_part
     assert md.index("## Warnings") < md.index("## Training")  # at the top, not buried
 
 

@@ -1,7 +1,7 @@
 """The bad-input suite's checks: run the CLI in-process, snapshot directories, check the
 refusal.
 
-Every case asserts the same contract (README, "Failure behaviour"): the documented exit code
+Every case asserts the same contract (docs/cli.md, "Failure behaviour"): the documented exit code
 (2 for an error the user can fix), exactly one line on stderr that starts with the program's
 name and ``error:`` and names the problem, no traceback, and the directories the command was
 pointed at byte for byte as before (files, their contents, symlinks and their targets).

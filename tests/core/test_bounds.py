@@ -157,10 +157,10 @@ def test_heavy_tailed_weights_are_flagged_and_warned(ppca):
 def _flat_skewed_log_weights(num_weights: int, n: int, lam: float = 1.0) -> torch.Tensor:
     """``lam * 0.3 tanh(C / 300)``, C standard Cauchy: bounded, right-skewed log weights.
 
-    With ``lam = 1`` they are near-constant like a local q* close to the posterior (the README's
-    M2 model, issue 16): sd(log w) about 0.02, every weight within 1.35 times the mean, yet
-    ArviZ's k̂ of 2000 of them is above 0.7 on about 90% of columns (the Cauchy shape of the
-    small fluctuations; the fit is scale-free).
+    With ``lam = 1`` they are near-constant like a local q* close to the posterior (the M2 model
+    of docs/reading-numbers.md, issue 16): sd(log w) about 0.02, every weight within 1.35 times
+    the mean, yet ArviZ's k̂ of 2000 of them is above 0.7 on about 90% of columns (the Cauchy
+    shape of the small fluctuations; the fit is scale-free).
     """
     gen = torch.Generator().manual_seed(0)
     u = torch.rand(num_weights, n, generator=gen, dtype=torch.float64)

@@ -106,7 +106,8 @@ def test_streaming_iwae_matches_materialized_log_weights(ppca):
 
 def test_delta_method_stderr_is_calibrated(ppca):
     """The single-estimate IWAE error bar matches the spread of independent estimates (for an
-    over-dispersed proposal; heavy-tailed weights make it an underestimate, see README)."""
+    over-dispersed proposal; heavy-tailed weights make it an underestimate: see
+    docs/reading-numbers.md)."""
     d, model, _ = ppca
     guide = _perturbed_guide(d, "full", 1.5)
     with torch.no_grad():

@@ -218,7 +218,7 @@ def sampled_moments(fn, x, sites, num_samples: int, particle_dim: int, kwargs,
                     vectorized: bool = True):
     """Mean [N, K] and Cholesky [N, K, K] of each latent site's unconstrained samples under fn.
 
-    The sites are :class:`ppvae.local.LatentSite` records; ``vectorized=False`` draws the
+    The sites are :class:`ppvae.core.sites.LatentSite` records; ``vectorized=False`` draws the
     samples one trace at a time (a pair that does not broadcast over particles).
     """
     with torch.no_grad():

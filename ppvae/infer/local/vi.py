@@ -9,15 +9,15 @@ step of Cremer, Li and Duvenaud (2018), "Inference suboptimality in variational 
 started from an amortized encoder's output and run for a fixed number of steps it is the
 semi-amortized refinement of Kim et al. (2018), "Semi-amortized variational autoencoders".
 
-Latent sites and event shapes are read from a trace of the model; every latent site gets its
-own q (factorized across sites; within a site the family of :mod:`ppvae.local_families`), built
-on the unconstrained space of the site's support. Convergence is per datapoint: every ``window``
-steps the window's mean ELBO of each active datapoint is compared with its best so far; after
+Latent sites and event shapes are read from a trace of the model; every latent site gets its own q
+(factorized across sites; within a site the family of :mod:`ppvae.infer.local.families`), built on
+the unconstrained space of the site's support. Convergence is per datapoint: every ``window`` steps
+the window's mean ELBO of each active datapoint is compared with its best so far; after
 ``patience`` windows without an improvement above ``tol`` the datapoint is converged (and, with
 ``freeze_converged``, frozen). The loop ends when all datapoints converge or ``num_steps`` is
 reached. The window means are noisy, so a datapoint may be declared converged while it still
-improves slowly; freezing is therefore off by default (it saves no computation: all datapoints
-are evaluated in one tensor either way).
+improves slowly; freezing is therefore off by default (it saves no computation: all datapoints are
+evaluated in one tensor either way).
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def fit_local(model, x: torch.Tensor, family: str = "diag", init="prior", *,
     Args:
         model: any model keeping the ppvae contract; its parameters are not changed.
         x: data ``[N, ...]``; parameters follow its device and dtype.
-        family: "diag", "full" or "flow" (see :mod:`ppvae.local_families`).
+        family: "diag", "full" or "flow" (see :mod:`ppvae.infer.local.families`).
         init: "prior", an amortized guide (semi-amortized refinement starts at its output: exact
             when it exposes a Gaussian ``.distribution(x)``, moment-matched from samples
             otherwise), or a fitted :class:`LocalGuide`.

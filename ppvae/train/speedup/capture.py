@@ -20,7 +20,7 @@ What the capture assumes, and how it checks:
   and buffers: a mismatch raises :class:`CaptureError` and names the signature. Reassigning a
   parameter or buffer attribute during the capture is an error at once.
 * A quantity of the objective that changes with the step (the beta of KL warm-up) must be
-  declared by :meth:`ppvae.objectives.Objective.scalars`: it is then an input of the graph, not
+  declared by :meth:`ppvae.train.scaling.Objective.scalars`: it is then an input of the graph, not
   a constant frozen into it.
 * Capturing does not consume random numbers, so a seeded run with ``jit=True`` draws the same
   noise as the eager run and follows it up to floating-point rounding.
