@@ -46,6 +46,7 @@ from ..analysis.ppca import mean_field_gap, ppca_kl_to_posterior, ppca_log_margi
 from ..core.bounds import elbo, iwae
 from ..core.progress import bar
 from ..core.records import frame, record_repr
+from ..data.downloads import missing_folders
 from .files import RunLock, write_text
 from .inputs import UsageError, nonnegative_int, positive_float, positive_int
 from .runs import RunDir, command_line, provenance, record_warnings
@@ -365,7 +366,7 @@ def write_study(study: PPCAStudy, out: str | Path, *, settings: dict[str, Any],
     is removed again, with whatever it wrote, if writing fails.
     """
     out = Path(out)
-    created = _missing(out)
+    created = missing_folders(out)
     run = RunDir.create(out)
     try:
         with RunLock(run.path, command_line()):
@@ -386,16 +387,6 @@ def write_study(study: PPCAStudy, out: str | Path, *, settings: dict[str, Any],
                 break
         raise
     return run
-
-
-def _missing(path: Path) -> list[Path]:
-    """``path`` and its ancestors that do not exist, deepest first."""
-    out = []
-    q = path.absolute()
-    while not q.exists() and q != q.parent:
-        out.append(q)
-        q = q.parent
-    return out
 
 
 def _write(study: PPCAStudy, run: RunDir, settings: dict[str, Any], found: list[str]) -> None:

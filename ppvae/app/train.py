@@ -29,6 +29,7 @@ from pathlib import Path
 import pyro
 import torch
 
+from ..data.downloads import missing_folders
 from .files import HOLDER, RunLock, replacing
 from .inputs import (
     TRAIN_DEFAULTS,
@@ -107,7 +108,7 @@ def main(args) -> int:
               file=sys.stderr)
         return EXIT_INTERRUPTED
     cfg, out, built = prepared
-    created = _missing_parents(out)
+    created = missing_folders(out)
     run = RunDir(out)
     lock = RunLock(out, command_line())
     try:
@@ -211,16 +212,6 @@ def _check_resumable(run: RunDir) -> None:
         read_meta(ck)
     run.read_metrics()
     run.read_report()
-
-
-def _missing_parents(path: Path) -> list[Path]:
-    """``path`` and its ancestors that do not exist yet, deepest first."""
-    out = []
-    p = path.absolute()
-    while not p.exists() and p != p.parent:
-        out.append(p)
-        p = p.parent
-    return out
 
 
 def _undo_failed_start(run: RunDir, before: set[str], created: list[Path], resume: bool

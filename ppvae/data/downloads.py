@@ -7,13 +7,13 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["undo_new_folders"]
+__all__ = ["missing_folders", "undo_new_folders"]
 
 
-def _missing(path: Path) -> list[Path]:
+def missing_folders(path: str | os.PathLike) -> list[Path]:
     """``path`` and its ancestors that do not exist, deepest first."""
     out = []
-    p = path.absolute()
+    p = Path(path).absolute()
     while not p.exists() and p != p.parent:
         out.append(p)
         p = p.parent
@@ -28,7 +28,7 @@ def undo_new_folders(*paths: str | os.PathLike) -> Iterator[None]:
     removed (deepest first), so a failed download into a new data folder leaves no empty
     folder, while files it did fetch (and folders holding them) are kept.
     """
-    new = sorted({p for path in paths for p in _missing(Path(path))},
+    new = sorted({p for path in paths for p in missing_folders(path)},
                  key=lambda p: len(p.parts), reverse=True)
     try:
         yield
