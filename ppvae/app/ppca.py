@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import re
 import time
 from pathlib import Path
@@ -49,7 +48,7 @@ from ..core.records import frame, record_repr
 from ..data.downloads import missing_folders
 from .files import RunLock, write_text
 from .inputs import UsageError, nonnegative_int, positive_float, positive_int
-from .runs import RunDir, command_line, provenance, record_warnings
+from .runs import RunDir, command_line, json_safe, provenance, record_warnings
 
 __all__ = ["PPCARow", "PPCAStudy", "add_arguments", "main", "run_ppca_study", "study_figure",
            "write_study"]
@@ -394,7 +393,7 @@ def _write(study: PPCAStudy, run: RunDir, settings: dict[str, Any], found: list[
     write_text(run.file("ppca.csv"), study.to_dataframe().to_csv(float_format="%.6g"))
     write_text(run.file("ppca_datapoints.csv"),
                study.datapoint_frame().to_csv(float_format="%.6g"))
-    write_text(run.file("ppca.json"), json.dumps(_finite(data), indent=1, allow_nan=False))
+    write_text(run.file("ppca.json"), json.dumps(json_safe(data), indent=1, allow_nan=False))
     run.save_figure(study_figure(study), "ppca")
     src = settings.get("data", "synthetic")
     md = (study.to_markdown() + f"\nData: {'synthetic PPCA draws' if src == 'synthetic' else src}"
@@ -406,11 +405,3 @@ def _write(study: PPCAStudy, run: RunDir, settings: dict[str, Any], found: list[
     run.set_section("ppca", "PPCA study", md, data,
                     provenance=provenance(run, seed=settings.get("seed")), warnings=found,
                     files=["ppca.png", "ppca.csv", "ppca_datapoints.csv", "ppca.json"])
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj

@@ -59,7 +59,7 @@ from typing import Any, NamedTuple
 from .files import replacing, write_text
 
 __all__ = ["READ_THE_NUMBERS", "SECTIONS", "RunDir", "RunError", "checkpoint_id",
-           "command_line", "describe_rows", "is_primary", "provenance", "read_toml",
+           "command_line", "describe_rows", "is_primary", "json_safe", "provenance", "read_toml",
            "record_warnings", "set_command", "to_toml", "versions"]
 
 SECTIONS = ("train", "evaluate", "gaps", "posterior", "samples", "ppca")  # report.md order
@@ -304,12 +304,12 @@ def read_toml(path: str | os.PathLike) -> dict[str, Any]:
         raise RunError(f"cannot read {p}: {e.strerror or e}") from e
 
 
-def _finite(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON-safe: non-finite floats become None (JSON has no NaN)."""
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
@@ -474,7 +474,7 @@ class RunDir(NamedTuple):
         if gone is not None:
             for f in gone.get("files", []):
                 self.file(f).unlink(missing_ok=True)
-        doc["sections"][name] = {"title": title, "markdown": markdown, "data": _finite(data),
+        doc["sections"][name] = {"title": title, "markdown": markdown, "data": json_safe(data),
                                  "provenance": provenance, "warnings": list(warnings),
                                  "files": files}
         sha = _sha(doc["sections"][name])
@@ -554,7 +554,7 @@ class RunDir(NamedTuple):
 
     def _write(self, doc: dict[str, Any]) -> None:
         """Write report.json and render report.md from ``doc``."""
-        doc["config"] = _finite(self.read_config()) if self.config_path.is_file() else {}
+        doc["config"] = json_safe(self.read_config()) if self.config_path.is_file() else {}
         doc["versions"] = versions()
         doc["warnings"] = [{"section": k, "message": m} for k in SECTIONS
                            if k in doc["sections"] for m in doc["sections"][k].get("warnings")
