@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..train.corruption import CORRUPTIONS
 from .zoo import (
     GUIDES,
     LIKELIHOODS,
@@ -49,7 +50,7 @@ from .zoo import (
 )
 
 __all__ = ["SCHEMA", "ConfigError", "Field", "Layer", "check_combination", "check_layer",
-           "data_kind", "describe"]
+           "data_kind", "describe", "source_of"]
 
 BINARIZE = ("static", "threshold", "dynamic", "none")  # none: keep grey levels
 IMAGE_MODES = ("L", "RGB")
@@ -163,6 +164,8 @@ SCHEMA: Mapping[tuple[str | None, str], Field] = {
     ("train", "iwae_k"): Field("int", 1),
     ("train", "beta"): Field("float", 0, above=True),
     ("train", "warmup_steps"): Field("int", 1),
+    ("train", "corruption"): Field("str", choices=CORRUPTIONS),
+    ("train", "noise"): Field("float", 0, above=True),
     ("train", "patience"): Field("int", 1),
     ("train", "jit"): Field("bool"),
 }
@@ -226,7 +229,7 @@ def _raise(bad: str | None, table: str | None, key: str, where: str) -> None:
     raise ConfigError(f"{describe(table, key, where)} {bad}")
 
 
-def _source(layers: Sequence[Layer], table: str | None, key: str) -> str | None:
+def source_of(layers: Sequence[Layer], table: str | None, key: str) -> str | None:
     """The last layer (not the defaults) that set ``key``; None: only the defaults did."""
     for layer in reversed(layers):
         values = layer.values.get(table, {}) if table else layer.values
@@ -248,11 +251,11 @@ def check_combination(cfg: Mapping[str, Any], layers: Sequence[Layer]) -> None:
     model, guide = MODELS[cfg["model"]], GUIDES[cfg["guide"]]
     likelihood = cfg.get("likelihood")
     if likelihood is not None and not model.likelihoods:
-        set_in = _source(layers, None, "likelihood") or "built-in defaults"
+        set_in = source_of(layers, None, "likelihood") or "built-in defaults"
         raise ConfigError(f"{describe(None, 'likelihood', set_in)} {likelihood}: model "
                           f"'{cfg['model']}' is your own and states its likelihood; remove it")
     if likelihood is not None and likelihood not in model.likelihoods:
-        set_in = _source(layers, None, "likelihood") or "built-in defaults"
+        set_in = source_of(layers, None, "likelihood") or "built-in defaults"
         has = " or ".join(f"'{m}'" for m, e in MODELS.items() if likelihood in e.likelihoods)
         raise ConfigError(f"{describe(None, 'likelihood', set_in)} {likelihood}: model "
                           f"'{cfg['model']}' has only {', '.join(model.likelihoods)}; use model "
@@ -260,20 +263,37 @@ def check_combination(cfg: Mapping[str, Any], layers: Sequence[Layer]) -> None:
     _check_data_options(cfg, layers)
     used = set(model.sizes) | set(guide.sizes)
     for key in sorted(cfg.get("sizes", {})):
-        where = _source(layers, "sizes", key)
+        where = source_of(layers, "sizes", key)
         if where is not None and key not in used:
             raise ConfigError(
                 f"{describe('sizes', key, where)} is not used by model '{cfg['model']}' with "
                 f"guide '{cfg['guide']}' (they use {', '.join(sorted(used))}); remove it")
+    _check_corruption(cfg["train"], layers)
     objective = cfg["train"].get("objective", "elbo")
     takes = OBJECTIVE_OPTIONS[objective]
     for key in sorted(set().union(*OBJECTIVE_OPTIONS.values())):
-        where = _source(layers, "train", key)
+        where = source_of(layers, "train", key)
         if where is not None and key in cfg["train"] and key not in takes:
             users = [o for o, opts in OBJECTIVE_OPTIONS.items() if key in opts]
             raise ConfigError(
                 f"{describe('train', key, where)} is used only by objective "
                 f"{' or '.join(repr(u) for u in users)}; this run's objective is '{objective}'")
+
+
+def _check_corruption(train: Mapping[str, Any], layers: Sequence[Layer]) -> None:
+    """Refuse a noise level without a corruption, or a probability level of 1 or more."""
+    noise, kind = train.get("noise"), train.get("corruption")
+    where = source_of(layers, "train", "noise")
+    if noise is None or where is None:
+        return
+    if kind is None:
+        raise ConfigError(f"{describe('train', 'noise', where)} sets the level of a corruption, "
+                          "but none is set: add --corruption gaussian, masking or "
+                          "salt-and-pepper (or use model denoising-ae)")
+    if kind != "gaussian" and not noise < 1:
+        raise ConfigError(f"{describe('train', 'noise', where)} {noise}: the {kind} "
+                          "corruption's level is the probability that an input is corrupted "
+                          "and must be below 1")
 
 
 def data_kind(data: str) -> str:
@@ -294,7 +314,7 @@ def _check_data_options(cfg: Mapping[str, Any], layers: Sequence[Layer]) -> None
     kind = data_kind(cfg["data"])
     used = {"folder": ("image_size", "image_mode"), "table": ("image_shape",)}.get(kind, ())
     for key in ("image_size", "image_mode", "image_shape"):
-        where = _source(layers, None, key)
+        where = source_of(layers, None, key)
         if where is not None and key in cfg and key not in used:
             what = ("a folder of images" if key != "image_shape"
                     else "a .npy / .csv / .txt file of rows")

@@ -42,6 +42,7 @@ from .config import (
     check_combination,
     check_layer,
     data_kind,
+    source_of,
 )
 from .runs import read_toml, toml_string
 from .zoo import (
@@ -260,6 +261,7 @@ def train_config(args) -> tuple[dict, Path]:
     for layer in layers:
         cfg = _merge(cfg, layer.values)
     cfg.setdefault("guide", default_guide(cfg["model"]))
+    _model_defaults(cfg, layers)
     if ("binarize" not in cfg and cfg.get("likelihood", "bernoulli") == "bernoulli"
             and (cfg["data"] in _IMAGE_SETS or data_kind(cfg["data"]) == "folder")):
         cfg["binarize"] = "static"
@@ -270,6 +272,16 @@ def train_config(args) -> tuple[dict, Path]:
     if out is None:
         out = Path("runs") / f"{cfg['model']}-{cfg['guide']}-{time.strftime('%Y%m%d-%H%M%S')}"
     return cfg, out
+
+
+def _model_defaults(cfg: dict, layers: list[Layer]) -> None:
+    """The model's own defaults (:attr:`ppvae.app.zoo.ModelEntry.defaults`) for unset keys."""
+    if cfg["model"] not in MODELS:
+        return  # an unknown name: check_combination names it
+    for table, values in MODELS[cfg["model"]].defaults.items():
+        for key, value in values.items():
+            if source_of(layers, table, key) is None:
+                cfg.setdefault(table, {})[key] = value
 
 
 def _plain(value: Any) -> Any:

@@ -30,6 +30,7 @@ import pyro
 import torch
 
 from ..data.downloads import missing_folders
+from ..train.corruption import CORRUPTIONS
 from .files import HOLDER, RunLock, replacing
 from .inputs import (
     TRAIN_DEFAULTS,
@@ -43,7 +44,7 @@ from .inputs import (
 from .runs import RunDir, RunError, command_line, provenance, record_warnings
 from .sample import model_device, sample_run
 from .trained import Rows, Trained, build, label_kw
-from .zoo import GUIDES, MODELS, OBJECTIVES, make_objective
+from .zoo import DEFAULT_NOISE, GUIDES, MODELS, OBJECTIVES, make_objective
 
 __all__ = ["add_arguments", "guide_posterior", "main", "train_run"]
 
@@ -80,6 +81,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, help="objective beta: the KL weight")
     p.add_argument("--warmup-steps", dest="warmup_steps", type=positive_int,
                    help="objective kl-warmup: steps")
+    p.add_argument("--corruption", choices=CORRUPTIONS,
+                   help="denoising: train the guide on corrupted inputs (any model)")
+    p.add_argument("--noise", type=positive_float,
+                   help="the corruption's level: probability per input (masking, "
+                   "salt-and-pepper) or the gaussian noise's sd")
     p.add_argument("--patience", type=positive_int,
                    help="early stopping (epochs without improvement)")
     p.add_argument("--jit", action="store_true", default=None,
@@ -343,6 +349,8 @@ def _objective_label(t: dict) -> str:
               "kl-warmup": ("warmup_steps", "warm-up steps")}.get(name)
     if option is not None and t.get(option[0]) is not None:
         label += f" ({option[1]}={t[option[0]]})"
+    if t.get("corruption") is not None:
+        label = f"denoising {label}, {t['corruption']} {t.get('noise', DEFAULT_NOISE):g}"
     return label
 
 
@@ -357,7 +365,8 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
         run.save_figure(fig, "training")
         figures.append("training.png")
     last = lambda v: v[-1] if v else math.nan  # noqa: E731
-    md = ("| epochs | steps | train objective | validation ELBO | steps/s | stopped |\n"
+    md = (f"Objective: {_objective_label(cfg['train'])}.\n\n"
+          "| epochs | steps | train objective | validation ELBO | steps/s | stopped |\n"
           "|---|---|---|---|---|---|\n"
           f"| {res.epochs} | {res.steps} | {last(res.train_objective):.3f} | "
           f"{last(res.valid_elbo):.3f} | {res.steps_per_second:.1f} | {res.stopped} |\n\n"
