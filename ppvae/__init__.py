@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # (open_run and Trained are left out: ppvae.app imports ppvae
     from .analysis.gaps import gaps
     from .analysis.posterior_figures import mcmc_ranks, mcmc_traces, posterior_pairs
     from .analysis.ppca import ppca_log_marginal, ppca_mle, ppca_posterior
+    from .analysis.reconstruction import Reconstruction, reconstruction_error
     from .analysis.report import GapReport, GapRow, LogPx
     from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights
     from .core.contract import ContractError, PairInfo, ParticleFallbackWarning, check_pair
@@ -48,6 +49,7 @@ if TYPE_CHECKING:  # (open_run and Trained are left out: ppvae.app imports ppvae
     from .infer.nuts import NUTSResult, nuts
     from .train.callbacks import Callback, MLflowLogger, TensorBoardLogger
     from .train.checkpoint import CheckpointError
+    from .train.corruption import Corruption, denoising
     from .train.fit import FitResult, fit
     from .train.objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
     from .train.speedup.capture import CaptureError
@@ -117,6 +119,10 @@ _LAZY = {  # public name: the submodule (under ppvae) that defines it
     "kl_warmup": "train.objectives",
     "mean_field": "train.objectives",
     "CaptureError": "train.speedup.capture",
+    "Corruption": "train.corruption",
+    "denoising": "train.corruption",
+    "Reconstruction": "analysis.reconstruction",
+    "reconstruction_error": "analysis.reconstruction",
 }
 _SUBPACKAGES = ("analysis", "app", "core", "data", "distributed", "guides", "infer", "models",
                 "nn", "train")
@@ -135,6 +141,7 @@ __all__ = [
     "CheckpointError",
     "ContractError",
     "ConvergenceWarning",
+    "Corruption",
     "DiagnosticWarning",
     "Diagnostics",
     "FitResult",
@@ -152,6 +159,7 @@ __all__ = [
     "ParticleFallbackWarning",
     "PosteriorComparison",
     "PyroObjective",
+    "Reconstruction",
     "TensorBoardLogger",
     "Trained",
     "__version__",
@@ -161,6 +169,7 @@ __all__ = [
     "check_pair",
     "compare_posteriors",
     "data",
+    "denoising",
     "diagnostics",
     "distributed",
     "elbo",
@@ -189,6 +198,7 @@ __all__ = [
     "ppca_log_marginal",
     "ppca_mle",
     "ppca_posterior",
+    "reconstruction_error",
     "to_inference_data",
     "training_curves",
 ]
