@@ -122,6 +122,19 @@ def _vq(ema: bool) -> Callable[[], Entry]:
     return make
 
 
+def _sparse(variant: str) -> Callable[[], Entry]:
+    def make() -> Entry:  # an overcomplete code: K = 80 > D = 64
+        from ppvae.guides.sparse import SparseEncoder
+        from ppvae.models.sparse_autoencoder import SparseAutoencoder
+        l1 = 0.5 if variant == "l1" else 0.0
+        model = SparseAutoencoder(D, 80, (32,), l1=l1, name="reg_sparse")
+        guide = SparseEncoder(D, 80, (32,), activation="sigmoid" if variant == "kl" else None,
+                              k=8 if variant == "topk" else None, name="reg_sparse_q")
+        return Entry(model, guide, binary_batch(), {}, {"z": (80,)}, deterministic_guide=True,
+                     samples_prior=l1 > 0)
+    return make
+
+
 REGISTRY: dict[str, Callable[[], Entry]] = {
     "ppca/linear_full": _ppca,
     "vae/mlp": _vae(guides.MLPEncoder),
@@ -138,4 +151,7 @@ REGISTRY: dict[str, Callable[[], Entry]] = {
     "bayesian_vae/mlp": _bayesian,
     "vqvae/vq": _vq(False),
     "vqvae_ema/vq": _vq(True),
+    "sparse_ae_l1/sparse": _sparse("l1"),
+    "sparse_ae_kl/sparse": _sparse("kl"),
+    "sparse_ae_topk/sparse": _sparse("topk"),
 }
