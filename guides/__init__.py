@@ -8,6 +8,7 @@ from .fullcov import FullCovEncoder
 from .hierarchical import BottomUpGuide, LadderGuide
 from .linear import AmortizedLinearGaussian
 from .mlp import MLPEncoder
+from .sparse import SparseEncoder
 from .vq import VQEncoder
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "FullCovEncoder",
     "LadderGuide",
     "MLPEncoder",
+    "SparseEncoder",
     "VQEncoder",
 ]

@@ -6,6 +6,7 @@ from .conv_vae import ConvVAE
 from .cvae import CVAE
 from .hierarchical import HierarchicalVAE
 from .ppca import PPCA
+from .sparse_autoencoder import SPARSE_LIKELIHOODS, SparseAutoencoder
 from .supervised import SupervisedVAE
 from .vae import LIKELIHOODS, VAE
 from .vqvae import VQVAE, UniformCodebook
@@ -14,12 +15,14 @@ __all__ = [
     "CVAE",
     "LIKELIHOODS",
     "PPCA",
+    "SPARSE_LIKELIHOODS",
     "VAE",
     "VQVAE",
     "Autoencoder",
     "BayesianVAE",
     "ConvVAE",
     "HierarchicalVAE",
+    "SparseAutoencoder",
     "SupervisedVAE",
     "UniformCodebook",
     "WeightGuide",

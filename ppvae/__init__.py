@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # (open_run and Trained are left out: ppvae.app imports ppvae
     from .analysis.ppca import ppca_log_marginal, ppca_mle, ppca_posterior
     from .analysis.reconstruction import Reconstruction, reconstruction_error
     from .analysis.report import GapReport, GapRow, LogPx
+    from .analysis.sparsity import SparsityReport, code_sparsity
     from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights
     from .core.contract import ContractError, PairInfo, ParticleFallbackWarning, check_pair
     from .core.diagnostic_warnings import (
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # (open_run and Trained are left out: ppvae.app imports ppvae
     from .train.corruption import Corruption, denoising
     from .train.fit import FitResult, fit
     from .train.objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
+    from .train.sparsity import sparsity_kl
     from .train.speedup.capture import CaptureError
 
 _LAZY = {  # public name: the submodule (under ppvae) that defines it
@@ -123,6 +125,9 @@ _LAZY = {  # public name: the submodule (under ppvae) that defines it
     "denoising": "train.corruption",
     "Reconstruction": "analysis.reconstruction",
     "reconstruction_error": "analysis.reconstruction",
+    "SparsityReport": "analysis.sparsity",
+    "code_sparsity": "analysis.sparsity",
+    "sparsity_kl": "train.sparsity",
 }
 _SUBPACKAGES = ("analysis", "app", "core", "data", "distributed", "guides", "infer", "models",
                 "nn", "train")
@@ -160,6 +165,7 @@ __all__ = [
     "PosteriorComparison",
     "PyroObjective",
     "Reconstruction",
+    "SparsityReport",
     "TensorBoardLogger",
     "Trained",
     "__version__",
@@ -167,6 +173,7 @@ __all__ = [
     "bdmc",
     "beta_vae",
     "check_pair",
+    "code_sparsity",
     "compare_posteriors",
     "data",
     "denoising",
@@ -199,6 +206,7 @@ __all__ = [
     "ppca_mle",
     "ppca_posterior",
     "reconstruction_error",
+    "sparsity_kl",
     "to_inference_data",
     "training_curves",
 ]

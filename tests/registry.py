@@ -124,12 +124,11 @@ def _vq(ema: bool) -> Callable[[], Entry]:
 
 def _sparse(variant: str) -> Callable[[], Entry]:
     def make() -> Entry:  # an overcomplete code: K = 80 > D = 64
-        from ppvae.guides.sparse import SparseEncoder
-        from ppvae.models.sparse_autoencoder import SparseAutoencoder
         l1 = 0.5 if variant == "l1" else 0.0
-        model = SparseAutoencoder(D, 80, (32,), l1=l1, name="reg_sparse")
-        guide = SparseEncoder(D, 80, (32,), activation="sigmoid" if variant == "kl" else None,
-                              k=8 if variant == "topk" else None, name="reg_sparse_q")
+        model = models.SparseAutoencoder(D, 80, (32,), l1=l1, name="reg_sparse")
+        guide = guides.SparseEncoder(D, 80, (32,), name="reg_sparse_q",
+                                     activation="sigmoid" if variant == "kl" else None,
+                                     k=8 if variant == "topk" else None)
         return Entry(model, guide, binary_batch(), {}, {"z": (80,)}, deterministic_guide=True,
                      samples_prior=l1 > 0)
     return make
