@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # (open_run and Trained are left out: ppvae.app imports ppvae.models)
     from . import data, distributed
     from .analysis.compare import PosteriorComparison, compare_posteriors
+    from .analysis.disentangle import DisentanglementReport, disentanglement
     from .analysis.figures import (
         elbo_scatter,
         gap_bars,
@@ -128,6 +129,8 @@ _LAZY = {  # public name: the submodule (under ppvae) that defines it
     "SparsityReport": "analysis.sparsity",
     "code_sparsity": "analysis.sparsity",
     "sparsity_kl": "train.sparsity",
+    "DisentanglementReport": "analysis.disentangle",
+    "disentanglement": "analysis.disentangle",
 }
 _SUBPACKAGES = ("analysis", "app", "core", "data", "distributed", "guides", "infer", "models",
                 "nn", "train")
@@ -149,6 +152,7 @@ __all__ = [
     "Corruption",
     "DiagnosticWarning",
     "Diagnostics",
+    "DisentanglementReport",
     "FitResult",
     "GapReport",
     "GapRow",
@@ -178,6 +182,7 @@ __all__ = [
     "data",
     "denoising",
     "diagnostics",
+    "disentanglement",
     "distributed",
     "elbo",
     "elbo_from_log_weights",

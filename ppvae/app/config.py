@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..guides.sparse import CODE_ACTIVATIONS
 from ..train.corruption import CORRUPTIONS
 from .zoo import (
     GUIDES,
@@ -156,6 +157,9 @@ SCHEMA: Mapping[tuple[str | None, str], Field] = {
     ("sizes", "top_latent_dim"): Field("int", 1),
     ("sizes", "num_flows"): Field("int", 1),
     ("sizes", "channels"): Field("int", 1),
+    ("sizes", "l1"): Field("float", 0),
+    ("sizes", "top_k"): Field("int", 1),
+    ("sizes", "code_activation"): Field("str", choices=CODE_ACTIVATIONS),
     ("train", "objective"): Field("str", choices=tuple(OBJECTIVES)),
     ("train", "epochs"): Field("int", 1),
     ("train", "batch_size"): Field("int", 1),
@@ -166,6 +170,8 @@ SCHEMA: Mapping[tuple[str | None, str], Field] = {
     ("train", "warmup_steps"): Field("int", 1),
     ("train", "corruption"): Field("str", choices=CORRUPTIONS),
     ("train", "noise"): Field("float", 0, above=True),
+    ("train", "target_rate"): Field("float", 0, 1, above=True),
+    ("train", "sparsity_weight"): Field("float", 0),
     ("train", "patience"): Field("int", 1),
     ("train", "jit"): Field("bool"),
 }
@@ -269,6 +275,7 @@ def check_combination(cfg: Mapping[str, Any], layers: Sequence[Layer]) -> None:
                 f"{describe('sizes', key, where)} is not used by model '{cfg['model']}' with "
                 f"guide '{cfg['guide']}' (they use {', '.join(sorted(used))}); remove it")
     _check_corruption(cfg["train"], layers)
+    _check_sparsity(cfg["train"], layers)
     objective = cfg["train"].get("objective", "elbo")
     takes = OBJECTIVE_OPTIONS[objective]
     for key in sorted(set().union(*OBJECTIVE_OPTIONS.values())):
@@ -294,6 +301,20 @@ def _check_corruption(train: Mapping[str, Any], layers: Sequence[Layer]) -> None
         raise ConfigError(f"{describe('train', 'noise', where)} {noise}: the {kind} "
                           "corruption's level is the probability that an input is corrupted "
                           "and must be below 1")
+
+
+def _check_sparsity(train: Mapping[str, Any], layers: Sequence[Layer]) -> None:
+    """Refuse a sparsity weight without a target rate, or a target rate of 1."""
+    where = source_of(layers, "train", "sparsity_weight")
+    if where is not None and train.get("target_rate") is None:
+        raise ConfigError(f"{describe('train', 'sparsity_weight', where)} weights the "
+                          "KL-to-target-rate penalty, but no target rate is set: add "
+                          "--target-rate (e.g. 0.05)")
+    rate = train.get("target_rate")
+    if rate is not None and not rate < 1:
+        where = source_of(layers, "train", "target_rate") or "built-in defaults"
+        raise ConfigError(f"{describe('train', 'target_rate', where)} {rate}: the target mean "
+                          "activation of a code unit must lie in (0, 1)")
 
 
 def data_kind(data: str) -> str:

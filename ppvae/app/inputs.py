@@ -46,6 +46,7 @@ from .config import (
 )
 from .runs import read_toml, toml_string
 from .zoo import (
+    DEFAULT_NOISE,
     GUIDES,
     LIKELIHOODS,
     MODELS,
@@ -189,6 +190,10 @@ def train_defaults() -> dict[str, Any]:
         "warmup_steps": f"{OBJECTIVE_DEFAULTS['warmup_steps']}, the command line's own: "
                         "ppvae.kl_warmup has none",
         "patience": "none, no early stopping",
+        "l1": "0.1 for sparse-ae", "top_k": "none: every code unit",
+        "code_activation": "relu, or linear with --top-k",
+        "target_rate": "none: no rate penalty", "sparsity_weight": 1.0,
+        "corruption": "none (masking for denoising-ae)", "noise": DEFAULT_NOISE,
     }
 
 

@@ -30,6 +30,7 @@ import pyro
 import torch
 
 from ..data.downloads import missing_folders
+from ..guides.sparse import CODE_ACTIVATIONS
 from ..train.corruption import CORRUPTIONS
 from .files import HOLDER, RunLock, replacing
 from .inputs import (
@@ -81,6 +82,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, help="objective beta: the KL weight")
     p.add_argument("--warmup-steps", dest="warmup_steps", type=positive_int,
                    help="objective kl-warmup: steps")
+    p.add_argument("--l1", type=float,
+                   help="sparse-ae: the L1 penalty's weight (a Laplace prior of that rate)")
+    p.add_argument("--top-k", dest="top_k", type=positive_int,
+                   help="sparse guide: keep the k largest code units (k-sparse autoencoder)")
+    p.add_argument("--code-activation", dest="code_activation", choices=CODE_ACTIVATIONS,
+                   help="sparse guide: the code's activation")
+    p.add_argument("--target-rate", dest="target_rate", type=float,
+                   help="add the KL-to-target-rate sparsity penalty (sigmoid codes): the "
+                   "target mean activation of each code unit")
+    p.add_argument("--sparsity-weight", dest="sparsity_weight", type=float,
+                   help="the KL-to-target-rate penalty's weight")
     p.add_argument("--corruption", choices=CORRUPTIONS,
                    help="denoising: train the guide on corrupted inputs (any model)")
     p.add_argument("--noise", type=positive_float,
@@ -384,6 +396,9 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
         md += (f"\nGuide posterior samples for test rows {rows.indices.tolist()} "
                f"({rows.describe()}): `{nc}` (ArviZ netCDF; datapoint coordinate: the test "
                "row).")
+    sparsity = _sparsity(guide, data, dev)
+    if sparsity is not None:
+        md += f"\nCode sparsity on the {data.test.shape[0]} test rows: {sparsity.summary()}."
     if data.image_shape is not None and res.stopped != "non_finite":
         md += ("\nPrior samples and latent-space figures: section 'Samples and latent space' "
                "(`ppvae sample` redraws them).")
@@ -393,10 +408,23 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
     run.set_section("train", "Training", md, {
         "epochs": res.epochs, "steps": res.steps, "train_objective": res.train_objective,
         "valid_elbo": res.valid_elbo, "stopped": res.stopped, "message": res.message,
-        "steps_per_second": res.steps_per_second, "wall_time": res.wall_time},
+        "steps_per_second": res.steps_per_second, "wall_time": res.wall_time,
+        **({} if sparsity is None else {"code_sparsity": {
+            "active_per_datapoint": sparsity.mean_active, "dead_fraction": sparsity.dead_fraction,
+            "mean_l1": sparsity.mean_l1, "hoyer": sparsity.mean_hoyer}})},
         provenance=prov, warnings=found, files=[*figures, *([nc] if nc else [])])
     if data.image_shape is not None and res.stopped != "non_finite":
         sample_run(Trained(model, guide, data, cfg, run), require_samples=False)
+
+
+def _sparsity(guide, data, dev):
+    """The code sparsity of a sparse guide on the test split (None for other guides)."""
+    from ..analysis.sparsity import code_sparsity
+    from ..guides.sparse import SparseEncoder
+
+    if not isinstance(guide, SparseEncoder) or data.test.shape[0] == 0:
+        return None
+    return code_sparsity(guide, data.test.to(dev))
 
 
 def guide_posterior(model, guide, x, run: RunDir, name: str, num_samples: int = 500,

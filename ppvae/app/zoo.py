@@ -23,13 +23,18 @@ Models: ``vae`` (:class:`models.VAE`, Kingma and Welling 2014), ``conv-vae``
 (:class:`models.HierarchicalVAE`, two stochastic layers), ``autoencoder``
 (:class:`models.Autoencoder`, a MAP autoencoder with a normal prior) and ``denoising-ae`` (the
 same pair trained with :func:`ppvae.denoising`: masking noise unless ``corruption`` says
-otherwise; any model takes ``corruption`` / ``noise``).
+otherwise; any model takes ``corruption`` / ``noise``) and ``sparse-ae``
+(:class:`models.SparseAutoencoder`: an overcomplete code, 100 units unless ``latent_dim`` says
+otherwise, under a Laplace prior of rate ``l1``, the L1 penalty).
 
 Guides: ``diag`` (:class:`guides.MLPEncoder`), ``full`` (:class:`guides.FullCovEncoder`),
 ``flow`` (:class:`guides.FlowEncoder`, IAF of Kingma et al. 2016), ``conv``
 (:class:`guides.ConvEncoder`), ``conditional`` (:class:`guides.ConditionalEncoder`),
 ``bottom-up`` / ``ladder`` (:class:`guides.BottomUpGuide` / :class:`guides.LadderGuide`,
-Sønderby et al. 2016) and ``delta`` (:class:`guides.DeltaEncoder`).
+Sønderby et al. 2016), ``delta`` (:class:`guides.DeltaEncoder`) and ``sparse``
+(:class:`guides.SparseEncoder`: ``code_activation`` relu, sigmoid or linear; ``top_k`` keeps
+the k largest units, the k-sparse autoencoder). ``target_rate`` (with ``sparsity_weight``) adds
+the KL-to-target-rate penalty of :func:`ppvae.sparsity_kl` to any objective (sigmoid codes).
 
 Your own model or guide: a name ``module:function`` (``mypkg.models:make_vae``, or a file,
 ``path/to/models.py:make_vae``) is looked up in the same tables (:func:`user_entry`). The module
@@ -68,6 +73,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 from .. import guides, models
 from ..train import objectives
 from ..train.corruption import denoising
+from ..train.sparsity import sparsity_kl
 
 __all__ = [
     "DEFAULT_NOISE",
@@ -109,16 +115,22 @@ class ModelSpec(NamedTuple):
     top_latent_dim: int = 2  # the hierarchical model's upper layer
     num_flows: int = 2  # flow guide layers
     channels: int = 16  # conv model / guide
+    l1: float = 0.0  # sparse-ae: the Laplace prior's rate (the L1 penalty's weight)
+    top_k: int | None = None  # sparse guide: keep the k largest code units (None: all)
+    code_activation: str | None = None  # sparse guide: relu / sigmoid / linear (None: its own)
 
     @classmethod
     def from_sizes(cls, sizes: Mapping[str, Any]) -> ModelSpec:
         """The spec of a run's ``[sizes]`` table (missing keys take the defaults)."""
         d = cls()
+        top_k = sizes.get("top_k")
         return cls(int(sizes.get("latent_dim", d.latent_dim)),
                    tuple(int(h) for h in sizes.get("hidden", d.hidden)),
                    int(sizes.get("top_latent_dim", d.top_latent_dim)),
                    int(sizes.get("num_flows", d.num_flows)),
-                   int(sizes.get("channels", d.channels)))
+                   int(sizes.get("channels", d.channels)),
+                   float(sizes.get("l1", d.l1)), None if top_k is None else int(top_k),
+                   sizes.get("code_activation"))
 
 
 class DataShape(NamedTuple):
@@ -190,6 +202,17 @@ def _hierarchical(spec: ModelSpec, shape: DataShape, likelihood: str, label: str
 def _autoencoder(spec: ModelSpec, shape: DataShape, likelihood: str, label: str):
     return models.Autoencoder(shape.data_dim, spec.latent_dim, tuple(spec.hidden),
                               prior="normal", name=label)
+
+
+def _sparse_ae(spec: ModelSpec, shape: DataShape, likelihood: str, label: str):
+    return models.SparseAutoencoder(shape.data_dim, spec.latent_dim, tuple(spec.hidden),
+                                    l1=spec.l1, likelihood=likelihood.replace("-", "_"),
+                                    name=label)
+
+
+def _sparse(model, spec: ModelSpec, shape: DataShape, label: str):
+    return guides.SparseEncoder(shape.data_dim, spec.latent_dim, tuple(reversed(spec.hidden)),
+                                activation=spec.code_activation, k=spec.top_k, name=label)
 
 
 def _encoder(cls, **options) -> Callable[[Any, ModelSpec, DataShape, str], Any]:
@@ -363,6 +386,9 @@ MODELS: Mapping[str, ModelEntry] = _Table({
     "autoencoder": ModelEntry(_autoencoder, "delta"),
     "denoising-ae": ModelEntry(_autoencoder, "delta",
                                defaults={"train": {"corruption": "masking"}}),
+    "sparse-ae": ModelEntry(_sparse_ae, "sparse", likelihoods=("bernoulli", "continuous-bernoulli"),
+                            sizes=("latent_dim", "hidden", "l1"),
+                            defaults={"sizes": {"latent_dim": 100, "l1": 0.1}}),
 }, "model")
 
 GUIDES: Mapping[str, GuideEntry] = _Table({
@@ -375,6 +401,8 @@ GUIDES: Mapping[str, GuideEntry] = _Table({
     "bottom-up": GuideEntry(_bottom_up, sizes=("latent_dim", "hidden", "top_latent_dim")),
     "ladder": GuideEntry(_ladder, for_models=("hierarchical",), sizes=("hidden",)),
     "delta": GuideEntry(_encoder(guides.DeltaEncoder), point_mass=True),
+    "sparse": GuideEntry(_sparse, point_mass=True,
+                         sizes=("latent_dim", "hidden", "top_k", "code_activation")),
 }, "guide")
 
 # the corruption level of a denoising run that sets --corruption but not --noise: Vincent et
@@ -416,13 +444,16 @@ def default_guide(model: str) -> str:
 def make_objective(train: Mapping[str, Any]) -> objectives.Objective:
     """The objective of a run's ``[train]`` table (``objective``, default ``elbo``).
 
-    With ``corruption`` set (and ``noise``, its level), the objective is wrapped in
-    :func:`ppvae.denoising`: the guide sees corrupted inputs.
+    With ``target_rate`` set (and ``sparsity_weight``), :func:`ppvae.sparsity_kl` adds the
+    KL-to-target-rate penalty on the codes; with ``corruption`` set (and ``noise``, its level),
+    the objective is wrapped in :func:`ppvae.denoising`: the guide sees corrupted inputs.
     """
     name = train.get("objective", "elbo")
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective '{name}'; choose one of: {', '.join(OBJECTIVES)}")
     made = OBJECTIVES[name](train)
+    if train.get("target_rate") is not None:
+        made = sparsity_kl(train["target_rate"], train.get("sparsity_weight", 1.0), made)
     if train.get("corruption") is not None:
         made = denoising(train["corruption"], train.get("noise", DEFAULT_NOISE), made)
     return made
