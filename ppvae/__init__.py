@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # (open_run and Trained are left out: ppvae.app imports ppvae
     from .analysis.ppca import ppca_log_marginal, ppca_mle, ppca_posterior
     from .analysis.reconstruction import Reconstruction, reconstruction_error
     from .analysis.report import GapReport, GapRow, LogPx
+    from .analysis.sample_quality import BernoulliMixture, SampleScore, prior_sample_score
     from .analysis.sparsity import SparsityReport, code_sparsity
     from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights
     from .core.contract import ContractError, PairInfo, ParticleFallbackWarning, check_pair
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # (open_run and Trained are left out: ppvae.app imports ppvae
     from .train.objectives import ELBO, IWAE, PyroObjective, beta_vae, kl_warmup, mean_field
     from .train.sparsity import sparsity_kl
     from .train.speedup.capture import CaptureError
+    from .train.wae import WAE, LatentMMD, latent_mmd, mmd
 
 _LAZY = {  # public name: the submodule (under ppvae) that defines it
     "PosteriorComparison": "analysis.compare",
@@ -131,6 +133,13 @@ _LAZY = {  # public name: the submodule (under ppvae) that defines it
     "sparsity_kl": "train.sparsity",
     "DisentanglementReport": "analysis.disentangle",
     "disentanglement": "analysis.disentangle",
+    "WAE": "train.wae",
+    "LatentMMD": "train.wae",
+    "latent_mmd": "train.wae",
+    "mmd": "train.wae",
+    "BernoulliMixture": "analysis.sample_quality",
+    "SampleScore": "analysis.sample_quality",
+    "prior_sample_score": "analysis.sample_quality",
 }
 _SUBPACKAGES = ("analysis", "app", "core", "data", "distributed", "guides", "infer", "models",
                 "nn", "train")
@@ -140,9 +149,11 @@ __version__ = "0.1.0"
 __all__ = [
     "ELBO",
     "IWAE",
+    "WAE",
     "AISResult",
     "AISWarning",
     "BDMCResult",
+    "BernoulliMixture",
     "Bound",
     "Callback",
     "CaptureError",
@@ -158,6 +169,7 @@ __all__ = [
     "GapRow",
     "HMCResult",
     "ImportanceWeightWarning",
+    "LatentMMD",
     "LocalFit",
     "LocalGuide",
     "LogPx",
@@ -169,6 +181,7 @@ __all__ = [
     "PosteriorComparison",
     "PyroObjective",
     "Reconstruction",
+    "SampleScore",
     "SparsityReport",
     "TensorBoardLogger",
     "Trained",
@@ -199,17 +212,20 @@ __all__ = [
     "iwae",
     "iwae_from_log_weights",
     "kl_warmup",
+    "latent_mmd",
     "local_vi_curves",
     "log_weights",
     "mcmc_ranks",
     "mcmc_traces",
     "mean_field",
+    "mmd",
     "nuts",
     "open_run",
     "posterior_pairs",
     "ppca_log_marginal",
     "ppca_mle",
     "ppca_posterior",
+    "prior_sample_score",
     "reconstruction_error",
     "sparsity_kl",
     "to_inference_data",

@@ -414,8 +414,11 @@ def latent_traversals(model, guide, x: torch.Tensor, *, latent: str = "z", dims=
                       span: float = 3.0, steps: int = 9, observed: str = "x",
                       image_shape=None, label=None, datapoint_label: str = "datapoint",
                       model_kwargs: Mapping[str, Any] | None = None, title: str | None = None,
-                      path: PathLike = None) -> Figure:
+                      row_labels: Sequence[str] | None = None, path: PathLike = None) -> Figure:
     """One row per latent coordinate: the encoding of ``x[0]`` with that coordinate swept.
+
+    ``row_labels`` names the rows (default ``z[d]``), e.g. the generative factor each swept
+    coordinate is most informative of (:attr:`ppvae.DisentanglementReport.best_latent`).
 
     The coordinate runs over ``[-span, span]`` (prior standard deviations for a standard
     normal prior) in ``steps`` values, shown under the columns; the others stay at
@@ -441,12 +444,15 @@ def latent_traversals(model, guide, x: torch.Tensor, *, latent: str = "z", dims=
     canvas, shape = _grid(means, len(dims), steps, image_shape)
     who = f"{datapoint_label} {0 if label is None else label}"
     shown = "all" if len(dims) == k else f"{len(dims)} of {k}"
+    if row_labels is not None and len(row_labels) != len(dims):
+        raise ValueError(f"row_labels has {len(row_labels)} labels for {len(dims)} rows")
     text = title or (f"Latent traversals: E[x | z] with one coordinate of '{latent}' set to "
                      f"each value in [-{span:g}, {span:g}], the others at E_q[{latent} | x] of "
                      f"{who} ({shown} coordinates)")
     return save(_image_figure(canvas, shape, text, tile_in=0.55,
                               xticks=[_fmt(float(v)) for v in values],
-                              yticks=[f"{latent}[{d}]" for d in dims],
+                              yticks=list(row_labels) if row_labels is not None else
+                              [f"{latent}[{d}]" for d in dims],
                               xlabel="value of the varied coordinate",
                               ylabel="varied coordinate"), path)
 
