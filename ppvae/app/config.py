@@ -40,6 +40,7 @@ from typing import Any
 
 from ..guides.sparse import CODE_ACTIVATIONS
 from ..train.corruption import CORRUPTIONS
+from ..train.wae import KERNELS
 from .zoo import (
     GUIDES,
     LIKELIHOODS,
@@ -170,6 +171,8 @@ SCHEMA: Mapping[tuple[str | None, str], Field] = {
     ("train", "warmup_steps"): Field("int", 1),
     ("train", "corruption"): Field("str", choices=CORRUPTIONS),
     ("train", "noise"): Field("float", 0, above=True),
+    ("train", "mmd_weight"): Field("float", 0, above=True),
+    ("train", "kernel"): Field("str", choices=KERNELS),
     ("train", "target_rate"): Field("float", 0, 1, above=True),
     ("train", "sparsity_weight"): Field("float", 0),
     ("train", "patience"): Field("int", 1),

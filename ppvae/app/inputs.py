@@ -190,6 +190,7 @@ def train_defaults() -> dict[str, Any]:
         "warmup_steps": f"{OBJECTIVE_DEFAULTS['warmup_steps']}, the command line's own: "
                         "ppvae.kl_warmup has none",
         "patience": "none, no early stopping",
+        "mmd_weight": OBJECTIVE_DEFAULTS["mmd_weight"], "kernel": OBJECTIVE_DEFAULTS["kernel"],
         "l1": "0.1 for sparse-ae", "top_k": "none: every code unit",
         "code_activation": "relu, or linear with --top-k",
         "target_rate": "none: no rate penalty", "sparsity_weight": 1.0,

@@ -32,6 +32,7 @@ import torch
 from ..data.downloads import missing_folders
 from ..guides.sparse import CODE_ACTIVATIONS
 from ..train.corruption import CORRUPTIONS
+from ..train.wae import KERNELS
 from .files import HOLDER, RunLock, replacing
 from .inputs import (
     TRAIN_DEFAULTS,
@@ -82,6 +83,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, help="objective beta: the KL weight")
     p.add_argument("--warmup-steps", dest="warmup_steps", type=positive_int,
                    help="objective kl-warmup: steps")
+    p.add_argument("--mmd-weight", dest="mmd_weight", type=positive_float,
+                   help="objective wae: lambda, the MMD penalty's weight")
+    p.add_argument("--kernel", choices=KERNELS, help="objective wae: the MMD kernel")
     p.add_argument("--l1", type=float,
                    help="sparse-ae: the L1 penalty's weight (a Laplace prior of that rate)")
     p.add_argument("--top-k", dest="top_k", type=positive_int,
@@ -350,7 +354,8 @@ def _prepare_run(cfg: dict, run: RunDir, meta) -> None:
 
 
 _OBJECTIVE_NAMES = {"elbo": "ELBO", "iwae": "IWAE bound", "beta": "beta-ELBO",
-                    "kl-warmup": "ELBO with KL warm-up", "mean-field": "mean-field ELBO"}
+                    "kl-warmup": "ELBO with KL warm-up", "mean-field": "mean-field ELBO",
+                    "wae": "WAE-MMD"}
 
 
 def _objective_label(t: dict) -> str:
@@ -358,7 +363,8 @@ def _objective_label(t: dict) -> str:
     name = t.get("objective", "elbo")
     label = _OBJECTIVE_NAMES.get(name, name)
     option = {"iwae": ("iwae_k", "k"), "beta": ("beta", "beta"),
-              "kl-warmup": ("warmup_steps", "warm-up steps")}.get(name)
+              "kl-warmup": ("warmup_steps", "warm-up steps"),
+              "wae": ("mmd_weight", "lambda")}.get(name)
     if option is not None and t.get(option[0]) is not None:
         label += f" ({option[1]}={t[option[0]]})"
     if t.get("corruption") is not None:
@@ -399,6 +405,8 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
     sparsity = _sparsity(guide, data, dev)
     if sparsity is not None:
         md += f"\nCode sparsity on the {data.test.shape[0]} test rows: {sparsity.summary()}."
+    wae_md, wae_json = _wae_numbers(model, guide, data, dev, cfg)
+    md += wae_md
     if data.image_shape is not None and res.stopped != "non_finite":
         md += ("\nPrior samples and latent-space figures: section 'Samples and latent space' "
                "(`ppvae sample` redraws them).")
@@ -409,12 +417,35 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
         "epochs": res.epochs, "steps": res.steps, "train_objective": res.train_objective,
         "valid_elbo": res.valid_elbo, "stopped": res.stopped, "message": res.message,
         "steps_per_second": res.steps_per_second, "wall_time": res.wall_time,
-        **({} if sparsity is None else {"code_sparsity": {
+        **wae_json, **({} if sparsity is None else {"code_sparsity": {
             "active_per_datapoint": sparsity.mean_active, "dead_fraction": sparsity.dead_fraction,
             "mean_l1": sparsity.mean_l1, "hoyer": sparsity.mean_hoyer}})},
         provenance=prov, warnings=found, files=[*figures, *([nc] if nc else [])])
     if data.image_shape is not None and res.stopped != "non_finite":
         sample_run(Trained(model, guide, data, cfg, run), require_samples=False)
+
+
+def _wae_numbers(model, guide, data, dev, cfg) -> tuple[str, dict]:
+    """A WAE run's latent MMD to the prior and prior-sample score on held-out rows."""
+    from ..analysis.sample_quality import prior_sample_score
+    from ..train.wae import latent_mmd
+
+    if cfg["train"].get("objective") != "wae" or data.test.shape[0] < 20:
+        return "", {}
+    test = data.test.to(dev)
+    m = latent_mmd(model, guide, test, seed=cfg.get("seed", 0))
+    md = (f"\nMMD² (IMQ kernel) between the guide's codes of the {test.shape[0]} test rows and "
+          f"prior draws: {m.mmd:.4f} ± {m.stderr:.4f} (`ppvae.latent_mmd`; 0 when the "
+          "aggregate posterior matches the prior).")
+    out = {"latent_mmd": m.mmd, "latent_mmd_stderr": m.stderr}
+    if cfg.get("likelihood", "bernoulli") == "bernoulli" and data.valid.shape[0] >= 20:
+        s = prior_sample_score(model, data.valid.to(dev), seed=cfg.get("seed", 0))
+        md += (f" Prior samples' NLL under a {s.components}-component Bernoulli mixture fitted "
+               f"to the {data.valid.shape[0]} validation rows: {s.sample_nll:.2f} ± "
+               f"{s.sample_stderr:.2f} nats (the validation rows' own: {s.data_nll:.2f}; "
+               "`ppvae.prior_sample_score`, lower is better).")
+        out.update(prior_sample_nll=s.sample_nll, data_nll=s.data_nll)
+    return md, out
 
 
 def _sparsity(guide, data, dev):

@@ -23,7 +23,10 @@ Models: ``vae`` (:class:`models.VAE`, Kingma and Welling 2014), ``conv-vae``
 (:class:`models.HierarchicalVAE`, two stochastic layers), ``autoencoder``
 (:class:`models.Autoencoder`, a MAP autoencoder with a normal prior) and ``denoising-ae`` (the
 same pair trained with :func:`ppvae.denoising`: masking noise unless ``corruption`` says
-otherwise; any model takes ``corruption`` / ``noise``) and ``sparse-ae``
+otherwise; any model takes ``corruption`` / ``noise``), ``wae`` (the Wasserstein
+autoencoder of Tolstikhin et al. 2018: the VAE's model and a deterministic ``delta`` encoder
+trained with objective ``wae``, :class:`ppvae.WAE`; ``--guide diag`` for a stochastic encoder)
+and ``sparse-ae``
 (:class:`models.SparseAutoencoder`: an overcomplete code, 100 units unless ``latent_dim`` says
 otherwise, under a Laplace prior of rate ``l1``, the L1 penalty).
 
@@ -71,7 +74,7 @@ from types import MappingProxyType
 from typing import Any, Generic, NamedTuple, TypeVar
 
 from .. import guides, models
-from ..train import objectives
+from ..train import objectives, wae
 from ..train.corruption import denoising
 from ..train.sparsity import sparsity_kl
 
@@ -386,6 +389,8 @@ MODELS: Mapping[str, ModelEntry] = _Table({
     "autoencoder": ModelEntry(_autoencoder, "delta"),
     "denoising-ae": ModelEntry(_autoencoder, "delta",
                                defaults={"train": {"corruption": "masking"}}),
+    "wae": ModelEntry(_vae, "delta", likelihoods=LIKELIHOODS,
+                      defaults={"train": {"objective": "wae"}}),
     "sparse-ae": ModelEntry(_sparse_ae, "sparse", likelihoods=("bernoulli", "continuous-bernoulli"),
                             sizes=("latent_dim", "hidden", "l1"),
                             defaults={"sizes": {"latent_dim": 100, "l1": 0.1}}),
@@ -414,7 +419,7 @@ DEFAULT_NOISE = 0.25
 # command line's are its own
 OBJECTIVE_DEFAULTS: Mapping[str, Any] = MappingProxyType({
     "particles": objectives.ELBO.num_particles, "iwae_k": objectives.IWAE.k, "beta": 2.0,
-    "warmup_steps": 500})
+    "warmup_steps": 500, "mmd_weight": wae.WAE.mmd_weight, "kernel": wae.WAE.kernel})
 
 
 def _option(t: Mapping[str, Any], key: str) -> Any:
@@ -428,11 +433,14 @@ OBJECTIVES: Mapping[str, Callable[[Mapping[str, Any]], objectives.Objective]] = 
         "beta": lambda t: objectives.beta_vae(_option(t, "beta")),
         "kl-warmup": lambda t: objectives.kl_warmup(_option(t, "warmup_steps")),
         "mean-field": lambda t: objectives.mean_field(_option(t, "particles")),
+        "wae": lambda t: wae.WAE(_option(t, "mmd_weight"), _option(t, "kernel"),
+                                 num_particles=_option(t, "particles")),
     }))
 # the [train] options each objective reads (others set with it are refused as ignored)
 OBJECTIVE_OPTIONS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "elbo": ("particles",), "iwae": ("iwae_k",), "beta": ("beta",),
-    "kl-warmup": ("warmup_steps",), "mean-field": ("particles",)})
+    "kl-warmup": ("warmup_steps",), "mean-field": ("particles",),
+    "wae": ("mmd_weight", "kernel", "particles")})
 
 
 def default_guide(model: str) -> str:
