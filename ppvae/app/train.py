@@ -406,7 +406,8 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
     if sparsity is not None:
         md += f"\nCode sparsity on the {data.test.shape[0]} test rows: {sparsity.summary()}."
     wae_md, wae_json = _wae_numbers(model, guide, data, dev, cfg)
-    md += wae_md
+    dis_md, dis_json = _disentanglement(model, guide, data, dev, cfg)
+    md += wae_md + dis_md
     if data.image_shape is not None and res.stopped != "non_finite":
         md += ("\nPrior samples and latent-space figures: section 'Samples and latent space' "
                "(`ppvae sample` redraws them).")
@@ -417,7 +418,7 @@ def _train_report(run: RunDir, res, model, guide, data, cfg, found: list[str]) -
         "epochs": res.epochs, "steps": res.steps, "train_objective": res.train_objective,
         "valid_elbo": res.valid_elbo, "stopped": res.stopped, "message": res.message,
         "steps_per_second": res.steps_per_second, "wall_time": res.wall_time,
-        **wae_json, **({} if sparsity is None else {"code_sparsity": {
+        **wae_json, **dis_json, **({} if sparsity is None else {"code_sparsity": {
             "active_per_datapoint": sparsity.mean_active, "dead_fraction": sparsity.dead_fraction,
             "mean_l1": sparsity.mean_l1, "hoyer": sparsity.mean_hoyer}})},
         provenance=prov, warnings=found, files=[*figures, *([nc] if nc else [])])
@@ -446,6 +447,31 @@ def _wae_numbers(model, guide, data, dev, cfg) -> tuple[str, dict]:
                "`ppvae.prior_sample_score`, lower is better).")
         out.update(prior_sample_nll=s.sample_nll, data_nll=s.data_nll)
     return md, out
+
+
+def _disentanglement(model, guide, data, dev, cfg) -> tuple[str, dict]:
+    """MIG and FactorVAE score on the test rows of data with known factors (sprites)."""
+    from ..analysis.disentangle import disentanglement
+    from ..core.contract import ContractError
+
+    if getattr(data, "factors", None) is None or data.test.shape[0] < 100:
+        return "", {}
+    try:
+        rep = disentanglement(model, guide, data.test.to(dev), data.factors[2].to(dev),
+                              data.factor_names, seed=cfg.get("seed", 0))
+    except ContractError as e:  # e.g. discrete codes: no MIG of a continuous latent
+        return f"\nDisentanglement not measured: {e}.", {}
+    table = "\n".join(f"| {n} | {float(rep.mig_per_factor[k]):.3f} | z[{int(rep.best_latent[k])}] |"
+                      for k, n in enumerate(rep.factor_names))
+    md = (f"\n\nDisentanglement on the {rep.num_data} test rows ({rep.num_active}/"
+          f"{rep.activity.numel()} active units): MIG {rep.mig:.3f} (Chen et al. 2018), "
+          f"FactorVAE score {rep.factor_vae_score:.3f} (Kim and Mnih 2018); "
+          "`ppvae.disentanglement`.\n\n| factor | MIG | most informative coordinate |\n"
+          f"|---|---|---|\n{table}\n")
+    return md, {"disentanglement": {"mig": rep.mig, "factor_vae_score": rep.factor_vae_score,
+                                    "mig_per_factor": dict(zip(rep.factor_names,
+                                                               rep.mig_per_factor.tolist(),
+                                                               strict=True))}}
 
 
 def _sparsity(guide, data, dev):
