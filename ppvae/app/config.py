@@ -279,6 +279,12 @@ def check_combination(cfg: Mapping[str, Any], layers: Sequence[Layer]) -> None:
                 f"guide '{cfg['guide']}' (they use {', '.join(sorted(used))}); remove it")
     _check_corruption(cfg["train"], layers)
     _check_sparsity(cfg["train"], layers)
+    sizes = cfg.get("sizes", {})
+    if sizes.get("top_k") is not None and sizes["top_k"] > sizes.get("latent_dim", 1):
+        where = source_of(layers, "sizes", "top_k") or "built-in defaults"
+        raise ConfigError(f"{describe('sizes', 'top_k', where)} {sizes['top_k']} keeps more "
+                          f"code units than the code has (latent_dim {sizes.get('latent_dim')});"
+                          " lower it or raise --latent-dim")
     objective = cfg["train"].get("objective", "elbo")
     takes = OBJECTIVE_OPTIONS[objective]
     for key in sorted(set().union(*OBJECTIVE_OPTIONS.values())):
