@@ -99,6 +99,12 @@ def _autoencoder(prior: str) -> Callable[[], Entry]:
     return make
 
 
+def _wae() -> Entry:  # the pair `ppvae train --model wae` builds: a VAE decoder, a delta encoder
+    model = models.VAE(D, 2, (32,), name="reg_wae")
+    return Entry(model, guides.DeltaEncoder(D, 2, (32,), name="reg_wae_q"), binary_batch(), {},
+                 {"z": (2,)}, deterministic_guide=True)
+
+
 def _supervised() -> Entry:
     model = models.SupervisedVAE(D, C, 2, (32,), name="reg_sup")
     return Entry(model, guides.MLPEncoder(D, 2, (32,), name="reg_sup_q"), binary_batch(),
@@ -146,6 +152,7 @@ REGISTRY: dict[str, Callable[[], Entry]] = {
     "hierarchical/ladder": _hierarchical(True),
     "autoencoder/delta": _autoencoder("flat"),
     "autoencoder_map/delta": _autoencoder("normal"),
+    "wae/delta": _wae,
     "supervised/mlp": _supervised,
     "bayesian_vae/mlp": _bayesian,
     "vqvae/vq": _vq(False),
