@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .scaling import Factor, Objective
+from .scaling import Factor, Objective, WrappedObjective
 
 __all__ = ["CORRUPTIONS", "Corruption", "Denoising", "corrupting", "denoising"]
 
@@ -95,10 +95,9 @@ def corrupting(guide: Callable, corruption: Corruption,
 
 
 @dataclass(frozen=True)
-class Denoising(Objective):
+class Denoising(WrappedObjective):
     """``base`` trained with the guide seeing ``corruption(x)`` and the model the clean x."""
 
-    base: Objective
     corruption: Corruption
 
     @property
@@ -106,27 +105,9 @@ class Denoising(Objective):
         """``"denoising-"`` and the base objective's name, e.g. ``"denoising-elbo"``."""
         return f"denoising-{self.base.name}"
 
-    @property
-    def supports_latent_scale(self) -> bool:  # type: ignore[override]  # the base's
-        """Whether beta / KL warm-up can wrap it (the base's answer)."""
-        return self.base.supports_latent_scale
-
-    @property
-    def sums_out_enumerated(self) -> bool:  # type: ignore[override]  # the base's
-        """Whether the base objective sums out enumerated sites."""
-        return self.base.sums_out_enumerated
-
     def describe(self) -> str:
         """E.g. ``"denoising(masking 0.25, elbo)"``."""
         return f"denoising({self.corruption.describe()}, {self.base.describe()})"
-
-    def jit_capturable(self) -> str | None:
-        """The base objective's answer: the noise is drawn inside the captured graph."""
-        return self.base.jit_capturable()
-
-    def scalars(self, step: int) -> tuple[float, ...]:
-        """The base objective's scalars."""
-        return self.base.scalars(step)
 
     def loss(self, model, guide, x, *, info, data_scale=1.0, train_size=None, step=0,
              kwargs=None, latent_scale: Factor = 1.0, scalars=None):

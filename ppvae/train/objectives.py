@@ -44,7 +44,15 @@ from ..core.contract import PairInfo, is_latent, is_observed
 from ..core.trace import particle_plate, trace_pair
 from ..core.weights import log_weights
 from .pyro_elbos import PyroObjective, mean_field
-from .scaling import EngineScale, Factor, Objective, SiteScale, global_factor, in_plate
+from .scaling import (
+    EngineScale,
+    Factor,
+    Objective,
+    SiteScale,
+    WrappedObjective,
+    global_factor,
+    in_plate,
+)
 from .speedup.recorder import StepRecorder
 
 __all__ = [
@@ -225,10 +233,9 @@ class IWAE(Objective):
 
 
 @dataclass(frozen=True)
-class ScaledLatents(Objective):
+class ScaledLatents(WrappedObjective):
     """``base`` with every latent site of model and guide scaled by ``beta(step)``."""
 
-    base: Objective
     beta: Callable[[int], float]
     label: str = "beta"
 
@@ -245,18 +252,9 @@ class ScaledLatents(Objective):
         """The label and the base objective's name, e.g. ``"beta-elbo"``."""
         return f"{self.label}-{self.base.name}"
 
-    @property
-    def sums_out_enumerated(self) -> bool:  # type: ignore[override]  # the base's
-        """Whether the base objective sums out enumerated sites."""
-        return self.base.sums_out_enumerated
-
     def describe(self) -> str:
         """The label around the base's description, e.g. ``"warmup(elbo)"``."""
         return f"{self.label}({self.base.describe()})"
-
-    def jit_capturable(self) -> str | None:
-        """The base objective's answer."""
-        return self.base.jit_capturable()
 
     def scalars(self, step: int) -> tuple[float, ...]:
         """``beta(step)`` followed by the base objective's scalars."""

@@ -24,6 +24,7 @@ where B is the minibatch's rows and N the training rows.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from pyro.poutine.messenger import Messenger
@@ -31,7 +32,8 @@ from pyro.poutine.scale_messenger import ScaleMessenger
 
 from ..core.contract import DATA_PLATE, PairInfo
 
-__all__ = ["EngineScale", "Objective", "SiteScale", "global_factor", "in_plate", "inside"]
+__all__ = ["EngineScale", "Objective", "SiteScale", "WrappedObjective", "global_factor",
+           "in_plate", "inside"]
 
 Factor = float | torch.Tensor
 
@@ -126,6 +128,37 @@ class Objective:
     def jit_capturable(self) -> str | None:
         """None when ``fit(jit=True)`` can capture ``loss`` as a graph; else why not."""
         return None
+
+
+@dataclass(frozen=True)
+class WrappedObjective(Objective):
+    """An objective built around another, ``base``, which answers for it.
+
+    Whether beta can wrap it, whether it sums out enumerated sites, whether ``fit(jit=True)``
+    can capture it and its per-step scalars are the base's (a subclass overrides what it
+    changes): the wrappers :func:`ppvae.beta_vae` / :func:`ppvae.kl_warmup`,
+    :func:`ppvae.denoising` and :func:`ppvae.sparsity_kl`.
+    """
+
+    base: Objective
+
+    @property
+    def supports_latent_scale(self) -> bool:  # type: ignore[override]  # the base's
+        """Whether beta / KL warm-up can wrap it (the base's answer)."""
+        return self.base.supports_latent_scale
+
+    @property
+    def sums_out_enumerated(self) -> bool:  # type: ignore[override]  # the base's
+        """Whether the base objective sums out enumerated sites."""
+        return self.base.sums_out_enumerated
+
+    def jit_capturable(self) -> str | None:
+        """The base objective's answer."""
+        return self.base.jit_capturable()
+
+    def scalars(self, step: int) -> tuple[float, ...]:
+        """The base objective's scalars."""
+        return self.base.scalars(step)
 
 
 def global_factor(data_scale: float, batch: int, train_size: int | None) -> float:

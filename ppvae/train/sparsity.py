@@ -42,7 +42,7 @@ from pyro.poutine.messenger import Messenger
 
 from ..core.contract import PairInfo
 from .objectives import ELBO
-from .scaling import Factor, Objective
+from .scaling import Factor, Objective, WrappedObjective
 
 __all__ = ["CodeRecorder", "SparsityKL", "rate_kl", "recording", "sparsity_kl"]
 
@@ -92,10 +92,9 @@ def rate_kl(rate: float, mean_activation: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class SparsityKL(Objective):
+class SparsityKL(WrappedObjective):
     """``base`` plus ``weight * sum_j KL(rate || rho_hat_j)`` of the code site ``site``."""
 
-    base: Objective
     rate: float = 0.05
     weight: float = 1.0
     site: str | None = None
@@ -113,29 +112,11 @@ class SparsityKL(Objective):
         """``"sparsity_kl-"`` and the base objective's name, e.g. ``"sparsity_kl-elbo"``."""
         return f"sparsity_kl-{self.base.name}"
 
-    @property
-    def supports_latent_scale(self) -> bool:  # type: ignore[override]  # the base's
-        """Whether beta / KL warm-up can wrap it (the base's answer)."""
-        return self.base.supports_latent_scale
-
-    @property
-    def sums_out_enumerated(self) -> bool:  # type: ignore[override]  # the base's
-        """Whether the base objective sums out enumerated sites."""
-        return self.base.sums_out_enumerated
-
     def describe(self) -> str:
         """E.g. ``"sparsity_kl(rate 0.05, weight 1, elbo)"``."""
         where = f", site {self.site}" if self.site is not None else ""
         return (f"sparsity_kl(rate {self.rate:g}, weight {self.weight:g}{where}, "
                 f"{self.base.describe()})")
-
-    def jit_capturable(self) -> str | None:
-        """The base objective's answer: the penalty is tensor operations on the recorded code."""
-        return self.base.jit_capturable()
-
-    def scalars(self, step: int) -> tuple[float, ...]:
-        """The base objective's scalars."""
-        return self.base.scalars(step)
 
     def loss(self, model, guide, x, *, info, data_scale=1.0, train_size=None, step=0,
              kwargs=None, latent_scale: Factor = 1.0, scalars=None):
