@@ -175,7 +175,8 @@ def elbo(
     """Per-datapoint ELBO ``E_q[log p(x, z) - log q(z | x)]`` from ``num_samples`` samples each.
 
     In nats, with the Monte Carlo s.e. of each datapoint's mean (module docstring). The
-    samples stream in chunks of ``chunk_size`` (default about 32k datapoint-samples);
+    samples stream in chunks of ``chunk_size`` (default: :func:`ppvae.core.weights.
+    default_chunk_size`, measured per device);
     ``progress`` shows a bar over them when they take several chunks (True, False, or None for
     one only on a terminal: :mod:`ppvae.core.progress`).
     """
@@ -183,7 +184,7 @@ def elbo(
     if num_samples < 2:
         raise ValueError("num_samples must be >= 2 to estimate a standard error")
     info = pair_info(model, guide, x, None, kwargs)
-    chunk = resolve_chunk_size(chunk_size, info.num_data)
+    chunk = resolve_chunk_size(chunk_size, info.num_data, x)
     with samples_bar(progress, num_samples, chunk, "elbo") as bar:
         n_tot, mean, m2 = _welford(iter_log_weights(model, guide, x, num_samples,
                                                     chunk_size=chunk, info=info,
@@ -290,7 +291,7 @@ def iwae(
         raise ValueError(f"k and num_estimates must be >= 1, got k={k}, "
                          f"num_estimates={num_estimates}")
     info = check_pair(model, guide, x, model_kwargs=kwargs)
-    chunk = resolve_chunk_size(chunk_size, info.num_data)
+    chunk = resolve_chunk_size(chunk_size, info.num_data, x)
     with samples_bar(progress, k * num_estimates, chunk, "iwae") as bar:
         def draw(num: int, size: int) -> Iterator[torch.Tensor]:
             for lw in iter_log_weights(model, guide, x, num, chunk_size=size, info=info,

@@ -38,6 +38,8 @@ from .progress import bar as progress_bar
 from .trace import particle_groups, trace_fn, trace_pair
 
 __all__ = [
+    "CPU_VALUES_PER_CHUNK",
+    "GPU_PAIRS_PER_CHUNK",
     "default_chunk_size",
     "enumerated_log_weights",
     "iter_log_weights",
@@ -47,20 +49,42 @@ __all__ = [
     "samples_bar",
 ]
 
-# Datapoint-particle pairs per chunk when the caller gives none: for a 784-pixel model with a
-# 500-unit MLP this keeps each chunk's activations around a few hundred MB.
-_PAIRS_PER_CHUNK = 2**15
+# The default chunk when the caller gives none, chosen by measurement (benchmarks/chunk_size.py,
+# docs/performance.md). On a CPU the fastest chunk holds about the same number of data values
+# (datapoint-particle pairs times values per datapoint) whatever the model: 1.2-1.6 million for
+# VAEs on 64-, 784- and 1024-value rows, one thread; smaller chunks pay Pyro's per-trace work
+# more often, larger ones fall out of the caches. On a GPU, large chunks keep it busy: 2^15
+# pairs (a few hundred MB of activations for a 784-pixel model with a 500-unit MLP), not yet
+# tuned on a GPU.
+CPU_VALUES_PER_CHUNK = 1_500_000
+GPU_PAIRS_PER_CHUNK = 2**15
 
 
-def default_chunk_size(num_data: int) -> int:
-    """Particles per chunk for ``num_data`` datapoints: about 32k pairs, at least 1."""
-    return max(1, _PAIRS_PER_CHUNK // max(num_data, 1))
+def default_chunk_size(num_data: int, device: torch.device | str | None = None,
+                       row_size: int = 1) -> int:
+    """Particles per chunk for ``num_data`` datapoints of ``row_size`` values on ``device``.
+
+    On the CPU (the default) about :data:`CPU_VALUES_PER_CHUNK` data values per chunk, on
+    other devices about :data:`GPU_PAIRS_PER_CHUNK` datapoint-particle pairs; at least 1.
+    """
+    n = max(num_data, 1)
+    if device is None or torch.device(device).type == "cpu":
+        return max(1, round(CPU_VALUES_PER_CHUNK / (n * max(row_size, 1))))
+    return max(1, GPU_PAIRS_PER_CHUNK // n)
 
 
-def resolve_chunk_size(chunk_size: int | None, num_data: int) -> int:
-    """``chunk_size``, checked (an integer >= 1), or :func:`default_chunk_size` for None."""
+def resolve_chunk_size(chunk_size: int | None, num_data: int,
+                       like: torch.Tensor | None = None) -> int:
+    """``chunk_size``, checked (an integer >= 1), or the default for None.
+
+    The default (:func:`default_chunk_size`) is for the device and row size of ``like`` (the
+    data, ``[N, ...]``), or for CPU rows of one value without it.
+    """
     if chunk_size is None:
-        return default_chunk_size(num_data)
+        if like is None:
+            return default_chunk_size(num_data)
+        row = like[0].numel() if like.dim() > 0 and like.shape[0] > 0 else 1
+        return default_chunk_size(num_data, like.device, row)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) \
             or chunk_size < 1:
         raise ValueError(f"chunk_size must be an integer >= 1, or None for the default; "
@@ -168,7 +192,7 @@ def iter_log_weights(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     info = pair_info(model, guide, x, info, kwargs, eval_modules)
-    chunk = resolve_chunk_size(chunk_size, info.num_data)
+    chunk = resolve_chunk_size(chunk_size, info.num_data, x)
     for size in _chunk_sizes(num_samples, chunk):
         with evaluation(model, guide) if eval_modules else nullcontext():
             lw = _chunk(model, guide, x, size, info, kwargs)
@@ -197,8 +221,9 @@ def log_weights(
         guide: the pair's guide.
         x: data, ``[N, ...]``; tensors follow its device and dtype.
         num_samples: particles per datapoint.
-        chunk_size: particles traced at once (vectorized over an outer plate); default keeps
-            ``chunk_size * N`` near 32k.
+        chunk_size: particles traced at once (vectorized over an outer plate); default
+            :func:`default_chunk_size` (measured per device: about 1.5 million data values per
+            chunk on a CPU, 2^15 datapoint-particle pairs on a GPU).
         info: a :class:`PairInfo` from an earlier check, to skip re-checking in loops.
         model_kwargs: passed to both model and guide (labels for a conditional model, ...).
         eval_modules: run the pair's networks in eval mode (default; restored afterwards).
@@ -212,7 +237,7 @@ def log_weights(
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
     info = pair_info(model, guide, x, info, kwargs, eval_modules)
-    chunk = resolve_chunk_size(chunk_size, info.num_data)
+    chunk = resolve_chunk_size(chunk_size, info.num_data, x)
     with samples_bar(progress, num_samples, chunk, "log_weights") as b:
         return torch.cat(
             list(iter_log_weights(model, guide, x, num_samples, chunk_size=chunk, info=info,
