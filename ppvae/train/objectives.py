@@ -228,7 +228,8 @@ class IWAE(Objective):
             raise ValueError(f"the IWAE bound is per datapoint, but the pair has global latent "
                              f"site(s) {list(info.globals)}: train it with the ELBO")
         lw = log_weights(model, guide, x, self.k, chunk_size=self.k, info=info,
-                         model_kwargs=kwargs, eval_modules=False)  # [k, B]: training mode
+                         model_kwargs=kwargs, eval_modules=False,
+                         validate=None)  # [k, B]: training mode, fit's validation setting
         return -data_scale * logmeanexp(lw, dim=0).sum()
 
 

@@ -1,0 +1,89 @@
+"""The evaluation hot loop's defaults: a measured chunk size per device, and validation off.
+
+* The default chunk holds about ``CPU_VALUES_PER_CHUNK`` data values on a CPU (pairs times the
+  values per datapoint, rounded to whole particles) and about ``GPU_PAIRS_PER_CHUNK``
+  datapoint-particle pairs elsewhere; ``log_weights`` uses the data's own row size and device.
+* Pyro's distribution validation is off inside ``log_weights`` once the pair is checked (an
+  invalid observation then passes), on with ``validate=True``, left to the caller with None
+  (what fit's IWAE objective passes), and Pyro's global setting is restored either way.
+"""
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+
+import ppvae
+from ppvae.core import weights
+from ppvae.core.weights import (
+    CPU_VALUES_PER_CHUNK,
+    GPU_PAIRS_PER_CHUNK,
+    default_chunk_size,
+    resolve_chunk_size,
+)
+
+
+@pytest.mark.parametrize("n,row", [(1, 1), (300, 64), (500, 784), (1000, 784), (600, 1024)])
+def test_cpu_chunk_holds_the_measured_number_of_values(n, row):
+    c = default_chunk_size(n, "cpu", row)
+    # rounded to the nearest whole particle: within half a particle's values of the target
+    assert abs(c * n * row - CPU_VALUES_PER_CHUNK) <= n * row / 2 or c == 1
+    assert c >= 1
+
+
+def test_huge_rows_still_get_one_particle_and_gpus_count_pairs():
+    assert default_chunk_size(10**6, "cpu", 10**4) == 1
+    assert default_chunk_size(1000, "cuda") * 1000 <= GPU_PAIRS_PER_CHUNK
+    assert (default_chunk_size(1000, "cuda") + 1) * 1000 > GPU_PAIRS_PER_CHUNK
+
+
+def test_log_weights_sizes_its_chunks_by_the_datas_rows(monkeypatch):
+    x = torch.zeros(50, 8, 8)  # images: 64 values per datapoint
+    assert resolve_chunk_size(None, 50, x) == default_chunk_size(50, "cpu", 64)
+    assert resolve_chunk_size(7, 50, x) == 7
+    seen = []
+    real = weights._chunk
+
+    def spy(model, guide, x, size, info, kwargs):
+        seen.append(size)
+        return real(model, guide, x, size, info, kwargs)
+
+    monkeypatch.setattr(weights, "_chunk", spy)
+    vae = ppvae.models.VAE(4, 2, (8,), name="fd_vae")
+    xs = torch.bernoulli(torch.full((20000, 4), 0.5))
+    ppvae.log_weights(vae, vae.guide, xs, 100, progress=False)
+    chunk = default_chunk_size(20000, "cpu", 4)
+    assert seen[0] == chunk and sum(seen) == 100
+
+
+def _invalid_pair():
+    """A model observing 0.5 under a Bernoulli: valid only with validation off."""
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+            logits = z.unsqueeze(-1).expand(*z.shape, x.shape[-1])  # any leading particle dims
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(1), obs=x)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(x.shape[0]), 1.0))
+
+    good = torch.ones(3, 2)
+    info = ppvae.check_pair(model, guide, good)
+    return model, guide, torch.full((3, 2), 0.5), info
+
+
+def test_validation_is_off_in_the_chunks_and_restored_after():
+    model, guide, bad, info = _invalid_pair()
+    with pyro.validation_enabled(True):
+        lw = ppvae.log_weights(model, guide, bad, 4, info=info)  # default: no checks
+        assert lw.shape == (4, 3)
+        from pyro.infer.util import is_validation_enabled
+        assert is_validation_enabled()  # the global setting is back
+        with pytest.raises(ValueError, match="support"):
+            ppvae.log_weights(model, guide, bad, 4, info=info, validate=True)
+        with pytest.raises(ValueError, match="support"):
+            ppvae.log_weights(model, guide, bad, 4, info=info, validate=None)  # the caller's
+    with pyro.validation_enabled(False):
+        assert ppvae.log_weights(model, guide, bad, 4, info=info, validate=None).shape == (4, 3)
