@@ -183,10 +183,10 @@ def speed(args, vae, x, particles: int):
     with pyro.validation_enabled(False):
         t_loop = loop_svi(vae, x[:m], args.speed_steps, particles)
     t = time.perf_counter()
-    ppvae.fit_local(vae, x[:m], "diag", vae.guide, model_kwargs=common)
+    ppvae.fit_local(vae, x[:m], "diag", vae.guide, **common)
     t_sub = time.perf_counter() - t
     t = time.perf_counter()
-    ppvae.fit_local(vae, x, "diag", vae.guide, model_kwargs=common)
+    ppvae.fit_local(vae, x, "diag", vae.guide, **common)
     t_all = time.perf_counter() - t
     n = x.shape[0]
     with pyro.validation_enabled(False):

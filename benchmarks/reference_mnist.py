@@ -74,13 +74,13 @@ def _hmc_vs_nuts(args, vae, x: torch.Tensor) -> None:
     n_nuts = min(args.nuts_datapoints, x.shape[0])
     opts = dict(num_chains=args.mcmc_chains, num_warmup=args.warmup, num_samples=args.samples)
     t = time.perf_counter()
-    res = ppvae.hmc(vae, x, num_leapfrog=args.leapfrog, model_kwargs=opts)
+    res = ppvae.hmc(vae, x, num_leapfrog=args.leapfrog, **opts)
     t_hmc = time.perf_counter() - t
     ess_hmc = _ess_per_datapoint(res.samples)
     t = time.perf_counter()
     ess_nuts = []
     for n in range(n_nuts):  # the unbatched way: one NUTS run per datapoint
-        r = ppvae.nuts(vae, x[n : n + 1], model_kwargs=opts)
+        r = ppvae.nuts(vae, x[n : n + 1], **opts)
         ess_nuts.append(_ess_per_datapoint(r.samples))
     t_nuts = time.perf_counter() - t
     ess_nuts = np.concatenate(ess_nuts)
