@@ -38,6 +38,7 @@ from torch import nn
 from torch.distributions import constraints
 
 from ..nn import flatten_rows, mlp, unique_name
+from .vae import decoder_likelihood
 
 __all__ = ["SPARSE_LIKELIHOODS", "SparseAutoencoder"]
 
@@ -91,12 +92,7 @@ class SparseAutoencoder(PyroModule):
 
     def observation(self, code: torch.Tensor) -> dist.TorchDistribution:
         """p(x | c) for codes ``[..., N, K]``: batch shape ``[..., N]``, event shape ``[D]``."""
-        out = self.decoder(code)  # [..., N, D]
-        if self.likelihood == "bernoulli":
-            return dist.Bernoulli(logits=out).to_event(1)
-        if self.likelihood == "continuous_bernoulli":
-            return dist.ContinuousBernoulli(logits=out).to_event(1)
-        return dist.Normal(out, self.sigma).to_event(1)
+        return decoder_likelihood(self.decoder(code), self.likelihood, self.sigma)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
         """Sample the code ``"z"`` from the prior and observe the flattened x under the decoder."""

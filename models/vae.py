@@ -28,10 +28,23 @@ from torch.distributions import constraints
 from ..guides.mlp import MLPEncoder
 from ..nn import flatten_rows, mlp, unique_name
 
-__all__ = ["LIKELIHOODS", "VAE"]
+__all__ = ["LIKELIHOODS", "VAE", "decoder_likelihood"]
 
 LIKELIHOODS = ("bernoulli", "gaussian", "continuous_bernoulli")
 
+
+
+def decoder_likelihood(out: torch.Tensor, likelihood: str, sigma=None) -> dist.TorchDistribution:
+    """p(x | z) with event shape ``[D]`` from a decoder output ``out`` ``[..., N, D]``.
+
+    ``likelihood`` is one of :data:`LIKELIHOODS`: Bernoulli or continuous Bernoulli with
+    logits ``out``, or a Gaussian with mean ``out`` and scale ``sigma``.
+    """
+    if likelihood == "bernoulli":
+        return dist.Bernoulli(logits=out).to_event(1)
+    if likelihood == "continuous_bernoulli":
+        return dist.ContinuousBernoulli(logits=out).to_event(1)
+    return dist.Normal(out, sigma).to_event(1)
 
 class VAE(PyroModule):
     """VAE model ``model(x)`` with an MLP decoder; ``vae.guide`` is its MLP encoder.
@@ -91,11 +104,8 @@ class VAE(PyroModule):
 
     def _likelihood(self, out: torch.Tensor) -> dist.TorchDistribution:
         """p(x | z) from the decoder output ``[..., N, D]``."""
-        if self.likelihood == "bernoulli":
-            return dist.Bernoulli(logits=out).to_event(1)
-        if self.likelihood == "continuous_bernoulli":
-            return dist.ContinuousBernoulli(logits=out).to_event(1)
-        return dist.Normal(out, self.sigma).to_event(1)
+        sigma = self.sigma if self.likelihood == "gaussian" else None  # only a Gaussian has one
+        return decoder_likelihood(out, self.likelihood, sigma)
 
     def forward(self, x: torch.Tensor, **kwargs) -> None:
         """Sample ``"z"`` from N(0, I) and observe the flattened x under the likelihood."""
