@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+import pyro.distributions
 import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
@@ -117,14 +118,41 @@ def guide_latent_names(guide_trace) -> list[str]:
     return [name for name, site in guide_trace.nodes.items() if is_latent(site)]
 
 
+_INDEPENDENT = (torch.distributions.Independent, pyro.distributions.Independent)
+_BERNOULLI = (torch.distributions.Bernoulli, pyro.distributions.Bernoulli)
+
+
 def site_log_density(site: Mapping[str, Any]) -> torch.Tensor:
     """Log density of a sample site at its value, masked but *not* scaled.
 
     Scaling (poutine.scale, plate subsampling) is a property of training objectives; per-datapoint
     estimators need the model's own densities.
     """
-    lp = site["fn"].log_prob(site["value"], *site["args"], **site["kwargs"])
+    fn, value = site["fn"], site["value"]
+    lp = _bernoulli_logits_log_prob(fn, value)
+    if lp is None:
+        lp = fn.log_prob(value, *site["args"], **site["kwargs"])
     return scale_and_mask(lp, 1.0, site["mask"])
+
+
+def _bernoulli_logits_log_prob(fn, value: torch.Tensor) -> torch.Tensor | None:
+    """``fn.log_prob(value)`` for ``Bernoulli(logits=...).to_event(k)``, summed before negating.
+
+    torch's ``Bernoulli.log_prob`` negates the elementwise cross-entropy, a pass over every data
+    value forwards and another backwards, before ``Independent`` sums it; negating the sum
+    instead gives the same numbers bitwise (IEEE negation is exact and rounding symmetric) for
+    a fraction of the work (about 5% of a local-VI step on MNIST). None for any other
+    distribution, for a Bernoulli built from ``probs``, or while Pyro validates (the generic
+    path then checks the value).
+    """
+    if type(fn) not in _INDEPENDENT or type(fn.base_dist) not in _BERNOULLI:
+        return None
+    base, k = fn.base_dist, fn.reinterpreted_batch_ndims
+    if fn._validate_args or base._validate_args or "logits" not in base.__dict__ or k < 1:
+        return None
+    logits, value = torch.distributions.utils.broadcast_all(base.logits, value)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, value, reduction="none")
+    return -ce.reshape((*ce.shape[:-k], -1)).sum(-1)
 
 
 def per_datapoint(lp: torch.Tensor, particle_dim: int, shape: torch.Size) -> torch.Tensor:

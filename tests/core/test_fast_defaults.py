@@ -15,6 +15,7 @@ import torch
 
 import ppvae
 from ppvae.core import weights
+from ppvae.core.contract import site_log_density
 from ppvae.core.weights import (
     CPU_VALUES_PER_CHUNK,
     GPU_PAIRS_PER_CHUNK,
@@ -87,3 +88,45 @@ def test_validation_is_off_in_the_chunks_and_restored_after():
             ppvae.log_weights(model, guide, bad, 4, info=info, validate=None)  # the caller's
     with pyro.validation_enabled(False):
         assert ppvae.log_weights(model, guide, bad, 4, info=info, validate=None).shape == (4, 3)
+
+
+def _site(fn, value, mask=None):
+    return {"fn": fn, "value": value, "args": (), "kwargs": {}, "mask": mask}
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_bernoulli_logits_fast_path_is_bitwise_torchs_log_prob(k):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 6, 5, 7, generator=g, requires_grad=True)  # particles broadcast
+    value = torch.bernoulli(torch.full((6, 5, 7), 0.3), generator=g)
+    fn = dist.Bernoulli(logits=logits).to_event(k)
+    with pyro.validation_enabled(False):
+        fast = site_log_density(_site(fn, value))
+    slow = fn.log_prob(value)
+    assert fast.shape == slow.shape == logits.shape[:4 - k]
+    assert torch.equal(fast, slow)
+    (g_fast,) = torch.autograd.grad(fast.sum(), logits)
+    (g_slow,) = torch.autograd.grad(slow.sum(), logits)
+    assert torch.equal(g_fast, g_slow)
+    mask = torch.rand(fast.shape, generator=g) > 0.5
+    with pyro.validation_enabled(False):
+        masked = site_log_density(_site(fn, value, mask))
+    assert torch.equal(masked, torch.where(mask, slow, torch.zeros(())))
+
+
+def test_the_generic_path_keeps_validation_and_other_parameterizations(monkeypatch):
+    calls = []  # torch's Bernoulli imports the function itself: only the fast path counts
+    real = torch.nn.functional.binary_cross_entropy_with_logits
+    monkeypatch.setattr(torch.nn.functional, "binary_cross_entropy_with_logits",
+                        lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    value, logits = torch.tensor([[0.0, 1.0, 1.0]]), torch.zeros(1, 3)
+    with pyro.validation_enabled(False):
+        site_log_density(_site(dist.Bernoulli(logits=logits).to_event(1), value))
+    assert len(calls) == 1
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
+        site_log_density(_site(dist.Bernoulli(logits=logits).to_event(1), value / 2))
+    probs = torch.full((1, 3), 0.25)
+    with pyro.validation_enabled(False):
+        lp = site_log_density(_site(dist.Bernoulli(probs=probs).to_event(1), value))
+    assert torch.equal(lp, dist.Bernoulli(probs=probs).to_event(1).log_prob(value))
+    assert len(calls) == 1  # neither the validated call nor the probs one took the fast path
