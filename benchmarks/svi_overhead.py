@@ -25,12 +25,13 @@ from torch.nn import functional as F
 
 import ppvae
 import ppvae.core.device
+from ppvae.train.settings import default_adam
 from ppvae.models import VAE
 
 
 def hand_written(vae: VAE, x: torch.Tensor, batch: int, steps: int) -> float:
     params = list(vae.parameters())
-    opt = torch.optim.Adam(params, lr=1e-3)
+    opt = default_adam(params, lr=1e-3)  # the optimizer fit uses: fused Adam
     n = x.shape[0]
     g = torch.Generator(device=x.device).manual_seed(0)
     perm = torch.randperm(n, generator=g, device=x.device)
