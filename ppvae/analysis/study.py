@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import tempfile
 import time
@@ -71,7 +72,7 @@ from ..distributed.sharded import block_ranges, block_rows, local_guide, main_pr
 from ..infer.ais import BDMCCertificate, ais
 from ..infer.bdmc import BDMC_GAP_MAX, bdmc
 from ..infer.local.families import FAMILIES
-from ..infer.local.vi import fit_local, latent_sites
+from ..infer.local.vi import LocalFit, fit_local, latent_sites
 from .gaps import infer_family, iwae_log_px, named_guides
 from .report import Estimators, GapReport, GapRow, LogPx
 
@@ -98,6 +99,7 @@ class GapStudy(NamedTuple):
     log_px: dict[str, LogPx]  # estimator ("iwae", "ais") -> its per-datapoint estimate
     converged: dict[str, torch.Tensor]  # guide -> [N] bool: q* converged (the fit's rule)
     steps_used: dict[str, torch.Tensor]  # guide -> [N] steps until convergence (or the limit)
+    fits: dict[str, LocalFit]  # guide -> its q* fit record, merged over blocks
     bdmc: BDMCCertificate | None  # the BDMC gap of the AIS settings, if the stage ran
     bdmc_gap: torch.Tensor | None  # [M] per simulated datapoint
     settings: dict[str, Any]  # the manifest
@@ -295,7 +297,9 @@ def _stage_guides(c: _Context, guides: Mapping, fams: Mapping[str, str], *,
             fit = q.fit
             assert fit is not None  # set by fit_local
             return {"value": b.per_datapoint, "se": b.stderr, "converged": fit.converged,
-                    "steps_used": fit.steps_used, "num_steps": fit.num_steps,
+                    "steps_used": fit.steps_used, "fit_elbo": fit.elbo, "trace": fit.trace,
+                    "fit": [fit.init, fit.num_steps, fit.max_steps, fit.num_particles,
+                            fit.window],
                     "plate": q.plate, "fit_seconds": fit_s, "elbo_seconds": time.perf_counter() - t,
                     "params": [{k: p.detach() for k, p in f.named_parameters()}
                                for f in q.families]}
@@ -516,6 +520,30 @@ def _bdmc_columns(directory: Path, s: dict) -> tuple[BDMCCertificate | None,
     return cert, gap, sum(p["seconds"] for p in parts)
 
 
+def _merged_fit(parts: list[dict], family: str) -> LocalFit:
+    """One :class:`ppvae.LocalFit` over all blocks of a q* stage, in datapoint order.
+
+    A block that stopped after fewer windows has its last window repeated in ``trace`` (as
+    :func:`ppvae.distributed.sharded.sharded_fit_local` merges blocks); ``history`` is the
+    mean of ``trace`` over datapoints and ``seconds`` the sum over blocks.
+    """
+    length = max(p["trace"].shape[0] for p in parts)
+    traces = []
+    for p in parts:
+        t = p["trace"]  # [W, B]
+        if t.shape[0] < length:
+            last = t[-1:] if t.shape[0] else torch.full((1, t.shape[1]), math.nan,
+                                                        dtype=t.dtype)
+            t = torch.cat([t, last.expand(length - t.shape[0], -1)])
+        traces.append(t)
+    trace = torch.cat(traces, 1)  # [W, N]
+    init, _, max_steps, particles, window = parts[0]["fit"]
+    return LocalFit(family, init, max(p["fit"][1] for p in parts), max_steps, particles,
+                    _cat(parts, "converged"), _cat(parts, "steps_used"), _cat(parts, "fit_elbo"),
+                    tuple(trace.double().mean(1).tolist()),
+                    sum(p["fit_seconds"] for p in parts), trace, window)
+
+
 def read_gap_study(directory: str | os.PathLike) -> GapStudy:
     """The finished study in ``directory``: its report and per-datapoint details.
 
@@ -531,14 +559,15 @@ def read_gap_study(directory: str | os.PathLike) -> GapStudy:
     cert, gap, bdmc_s = _bdmc_columns(directory, s)
     if cert is not None:
         ref = ref._replace(estimator=f"{ref.estimator}; AIS settings: {cert}")
-    rows, timings, converged, steps = [], [], {}, {}
+    rows, timings, converged, steps, fits = [], [], {}, {}, {}
     opts = s["local_options"]
     rule = (f"window {opts.get('window', 100)}, patience {opts.get('patience', 3)}, "
             f"tol {opts.get('tol', 1e-3)}")
     for i, (name, family) in enumerate(guides):
         amort = _blocks(directory, "elbo_q", i, n, bs)
         opt = _blocks(directory, "qstar", i, n, bs)
-        converged[name], steps[name] = _cat(opt, "converged"), _cat(opt, "steps_used")
+        fits[name] = _merged_fit(opt, family)
+        converged[name], steps[name] = fits[name].converged, fits[name].steps_used
         q = LogPx(_cat(amort, "value"), _cat(amort, "se"), "ELBO[q]")
         qs = LogPx(_cat(opt, "value"), _cat(opt, "se"), "ELBO[q*]")
         est = Estimators(ref.estimator,
@@ -554,4 +583,5 @@ def read_gap_study(directory: str | os.PathLike) -> GapStudy:
     if cert is not None:
         timings.append((f"BDMC on {cert.num_data} simulated datapoints", bdmc_s))
     report = GapReport(tuple(rows), n, tuple(timings))
-    return GapStudy(report, torch.tensor(s["rows"]), estimates, converged, steps, cert, gap, s)
+    return GapStudy(report, torch.tensor(s["rows"]), estimates, converged, steps, fits, cert,
+                    gap, s)

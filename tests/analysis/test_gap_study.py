@@ -51,6 +51,7 @@ def _assert_same(a, b) -> None:
     for g in a.converged:
         assert torch.equal(a.converged[g], b.converged[g])
         assert torch.equal(a.steps_used[g], b.steps_used[g])
+        assert torch.equal(a.fits[g].trace, b.fits[g].trace)
     assert torch.equal(a.bdmc_gap, b.bdmc_gap)
     assert a.settings == b.settings
 
@@ -65,6 +66,9 @@ def test_the_study_holds_what_it_reports(reference):
     assert "BDMC gap" in row.estimators.log_px  # the AIS settings' certificate travels along
     assert s.converged["diag"].dtype == torch.bool and s.converged["diag"].shape == (n,)
     assert int(s.steps_used["diag"].max()) <= 40
+    fit = s.fits["diag"]  # the blocks' fit records merged: one trace column per datapoint
+    assert fit.trace.shape == (len(fit.history), n) and fit.window == 10
+    assert torch.equal(fit.converged, s.converged["diag"])
     assert s.bdmc is not None and s.bdmc.num_data == 5 and s.bdmc_gap.shape == (5,)
     assert torch.equal(s.rows, torch.arange(n))
     assert s.to_dataframe().shape[0] == n
