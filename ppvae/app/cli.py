@@ -57,7 +57,8 @@ EXIT_INTERRUPTED = 130  # Ctrl-C
 COMMANDS = {  # name: (module under ppvae.app, help), in the order ``ppvae --help`` lists them
     "train": ("train", "train a model and guide into a run directory"),
     "evaluate": ("evaluate", "log p-hat(x) by IWAE or AIS, reconstructions"),
-    "gaps": ("gaps", "approximation / amortization gaps, optional MCMC comparison"),
+    "gaps": ("gaps", "approximation / amortization gaps (resumable: rerun the same command "
+             "to continue), optional MCMC comparison"),
     "sample": ("sample", "images from the prior"),
     "demo": ("demo", "the main job on the bundled digits (a few minutes on a CPU)"),
     "ppca": ("ppca", "PPCA study: estimated vs exact bounds and gaps"),

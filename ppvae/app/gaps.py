@@ -17,11 +17,21 @@ netCDF. It writes the report's gaps and posterior sections with their files:
   points), ``mcmc_trace.png`` and ``mcmc_rank.png`` (ArviZ trace and rank plots where R-hat is
   worst) and the draws as netCDF.
 
-The test rows are a seeded random subset (``--first-rows``: the first N, a biased sample of a
-split stored in class order), and the MCMC points and the two of the pair plot are chosen from
-them the same way; the report records the indices (datapoint ``i`` of ``gaps.json`` is test
-row ``rows.gaps.indices[i]`` of the section's provenance in report.json). A run without
-``--mcmc`` marks an earlier MCMC comparison stale: it compared guides this run may not have.
+The decomposition runs as a resumable study (:func:`ppvae.analysis.study.gap_study`) in
+``RUN/gap-study/<settings key>/``: every stage (ELBO[q], q*, log p(x) by IWAE and/or AIS, BDMC)
+writes its per-datapoint results block by block (``--block-size`` rows), so an interrupted
+``ppvae gaps`` resumes at the block where it stopped when the same command is run again, and a
+finished study is read, not recomputed. ``--log-px iwae ais`` takes the per-datapoint larger of
+the two lower bounds (both kept in the study: :func:`ppvae.analysis.study.read_gap_study`
+on its directory); ``--bdmc M``
+certifies the AIS settings on M datapoints simulated from the model.
+
+The test rows are a seeded random subset (``--num-data all``: every test row;
+``--first-rows``: the first N, a biased sample of a split stored in class order), and the MCMC
+points and the two of the pair plot are chosen from them the same way; the report records the
+indices (datapoint ``i`` of ``gaps.json`` is test row ``rows.gaps.indices[i]`` of the section's
+provenance in report.json). A run without ``--mcmc`` marks an earlier MCMC comparison stale:
+it compared guides this run may not have.
 """
 
 from __future__ import annotations
@@ -35,7 +45,7 @@ from .runs import checkpoint_id, provenance, record_warnings
 from .trained import Rows, Trained, data_shape, label_kw, locked_run
 from .zoo import GUIDES, ModelSpec, build_guide
 
-__all__ = ["LOCAL_STEPS", "add_arguments", "gap_guides", "gaps_run", "main",
+__all__ = ["LOCAL_STEPS", "add_arguments", "count_or_all", "gap_guides", "gaps_run", "main",
            "train_extra_guide"]
 
 LOCAL_STEPS = 1000  # --local-steps: ppvae.gaps' local_steps default (a test checks they agree)
@@ -48,8 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="guide families trained on the frozen model next to the run's own "
                    "guide (default: flow)")
     p.add_argument("--guide-epochs", type=positive_int, default=20)
-    p.add_argument("--num-data", type=positive_int, default=300,
-                   help="N test rows, a seeded random subset (default 300)")
+    p.add_argument("--num-data", type=count_or_all, default=300,
+                   help="N test rows, a seeded random subset (default 300), or 'all'")
     p.add_argument("--first-rows", action="store_true",
                    help="the first N test rows instead of a random subset")
     p.add_argument("--seed", type=nonnegative_int,
@@ -58,10 +68,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"per-datapoint VI steps (default {LOCAL_STEPS}, as ppvae.gaps)")
     p.add_argument("--samples", type=positive_int, default=1000,
                    help="samples per datapoint for each ELBO (as ppvae.gaps' num_samples)")
-    p.add_argument("--log-px", choices=("iwae", "ais"), default="iwae")
+    p.add_argument("--log-px", choices=("iwae", "ais"), nargs="+", default=["iwae"],
+                   help="log p(x) estimator(s); with both, per datapoint the larger of the "
+                   "two lower bounds")
     p.add_argument("--k", type=positive_int, default=1000, help="IWAE samples for log p(x)")
     p.add_argument("--ais-steps", type=positive_int, default=2000,
                    help="AIS temperatures with --log-px ais (default 2000, as ppvae.ais)")
+    p.add_argument("--ais-chains", type=positive_int, default=256,
+                   help="AIS chains per datapoint (default 256, as ppvae.ais); AIS starts "
+                   "from the run's own guide")
+    p.add_argument("--bdmc", type=nonnegative_int, default=0,
+                   help="certify the AIS settings by BDMC on this many datapoints simulated "
+                   "from the model (needs --log-px ais; default 0: none)")
+    p.add_argument("--block-size", type=positive_int, default=100,
+                   help="rows per block of the study (default 100); each finished block is "
+                   "saved in RUN/gap-study/, so rerunning the same command resumes an "
+                   "interrupted study")
     p.add_argument("--mcmc", type=nonnegative_int, default=0,
                    help="compare with batched HMC on this many of the --num-data rows (0: no "
                    "MCMC; an earlier comparison in the report is then marked stale)")
@@ -71,12 +93,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="HMC draws per chain (as ppvae.hmc)")
 
 
+def count_or_all(text: str) -> int | None:
+    """The argparse type of ``--num-data``: a positive integer, or "all" (None)."""
+    if text.strip().lower() == "all":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'all', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {value}")
+    return value
+
+
 def main(args) -> int:
     """Run ``ppvae gaps``: print the gap table; returns the exit code."""
     with locked_run(args.run) as tr:
         report = gaps_run(tr, args.guides, num_data=args.num_data,
                           local_steps=args.local_steps, num_samples=args.samples,
-                          log_px=args.log_px, k=args.k, ais_steps=args.ais_steps,
+                          log_px=tuple(args.log_px), k=args.k, ais_steps=args.ais_steps,
+                          ais_chains=args.ais_chains, bdmc_data=args.bdmc,
+                          block_size=args.block_size,
                           guide_epochs=args.guide_epochs, mcmc_points=args.mcmc,
                           mcmc_warmup=args.mcmc_warmup, mcmc_samples=args.mcmc_samples,
                           quiet=getattr(args, "quiet", False), seed=args.seed,
@@ -140,20 +178,23 @@ def _summary_data(report) -> dict:
         "inference")}, "estimators": r.estimators._asdict()} for r in report.rows}
 
 
-def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300,
+def gaps_run(tr: Trained, guide_names=(), *, num_data: int | None = 300,
              local_steps: int = LOCAL_STEPS,
-             num_samples: int = 1000, log_px: str = "iwae", k: int = 1000,
-             ais_steps: int = 2000, guide_epochs: int = 20, mcmc_points: int = 0,
+             num_samples: int = 1000, log_px: str | tuple[str, ...] = "iwae", k: int = 1000,
+             ais_steps: int = 2000, ais_chains: int = 256, bdmc_data: int = 0,
+             block_size: int = 100, guide_epochs: int = 20, mcmc_points: int = 0,
              mcmc_warmup: int = 500, mcmc_samples: int = 500, quiet: bool = True,
              seed: int | None = None, first_rows: bool = False):
     """The gap report of the run's guide and ``guide_names`` on test data; returns it.
 
-    Writes the report's gaps section (``gaps.png``, ``gap_histogram.png``, ``elbo_scatter.png``,
+    The decomposition is a resumable study (:func:`ppvae.analysis.study.gap_study`) in
+    ``RUN/gap-study/<key>/``, the key a hash of these settings: rerunning the same call
+    resumes it (a study whose model or data changed since is started afresh). Writes the
+    report's gaps section (``gaps.png``, ``gap_histogram.png``, ``elbo_scatter.png``,
     ``local_vi.png``, ``gaps.json``), and with ``mcmc_points`` the posterior section
     (``posterior_pairs.png``, ``mcmc_trace.png``, ``mcmc_rank.png``, netCDF draws); each with
-    its provenance and the
-    diagnostic warnings its computation raised. Without ``mcmc_points`` an earlier posterior
-    section is marked stale (its files moved to ``stale/``).
+    its provenance and the diagnostic warnings its computation raised. Without ``mcmc_points``
+    an earlier posterior section is marked stale (its files moved to ``stale/``).
 
     Args:
         tr: the trained run (:func:`ppvae.app.trained.open_run`).
@@ -163,9 +204,12 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300,
             ``first_rows``; the report records their indices.
         local_steps: per-datapoint VI steps for q*.
         num_samples: samples per ELBO.
-        log_px: "iwae" or "ais".
+        log_px: "iwae", "ais" or both (per datapoint the larger of the two lower bounds).
         k: IWAE samples for log p(x).
         ais_steps: AIS temperatures.
+        ais_chains: AIS chains per datapoint (AIS starts from the run's own guide).
+        bdmc_data: datapoints simulated from the model for the BDMC gap of the AIS settings.
+        block_size: rows per block of the study (the unit of resuming).
         guide_epochs: epochs of each further guide (resumed, reused when done).
         mcmc_points: test rows compared with batched HMC (0: none), chosen from the
             ``num_data`` rows the same way (seeded random or first).
@@ -176,8 +220,6 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300,
         first_rows: take the first rows instead of random subsets.
     """
     import pyro
-
-    from ..analysis.gaps import gaps
 
     cfg = tr.config
     seed = cfg.get("seed", 0) if seed is None else seed
@@ -192,20 +234,23 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300,
     # an earlier MCMC comparison compared the guides of an earlier gaps run: superseded
     run.mark_stale(["posterior"], "superseded by a later `ppvae gaps` run"
                    + ("" if mcmc_points > 0 else " without --mcmc"))
+    options = dict(families={n: GUIDES[n].local_family for n in names},
+                   log_px=(log_px,) if isinstance(log_px, str) else tuple(log_px),
+                   block_size=block_size, seed=seed, num_samples=num_samples,
+                   local_steps=local_steps, iwae_options={"k": k},
+                   ais_options={"num_steps": ais_steps, "num_chains": ais_chains},
+                   ais_init=names[0], bdmc_data=bdmc_data)
     with record_warnings() as found:
         guides = _guides(tr, names, guide_epochs, quiet)
         x, kw = rows.take(tr.data), rows.kw(cfg, tr.data)
-        fits, fit_times = _fit_local(tr.model, guides, x, kw, local_steps)
-        options = {"k": k} if log_px == "iwae" else {"num_steps": ais_steps, "init": "guide"}
-        report = gaps(tr.model, guides, x, log_px=log_px, local=fits, local_steps=local_steps,
-                      families={n: GUIDES[n].local_family for n in names},
-                      num_samples=num_samples, log_px_options=options, model_kwargs=kw)
-        report = report._replace(timings=(*fit_times, *report.timings))
-    files = _gap_figures(run, report, fits, rows)
+        study, where = _study(tr, guides, x, kw, rows, options, quiet)
+        report = study.report
+    files = _gap_figures(run, report, study.fits, rows)
     write_text(run.file("gaps.json"), report.to_json())
     extra = {n: (checkpoint_id(run.file(f"guide-{n}.pt")) or {}).get("sha256")
              for n in names[1:]}
-    prov = provenance(run, seed=seed, rows={"gaps": rows.record()}, extra_guides=extra)
+    prov = provenance(run, seed=seed, rows={"gaps": rows.record()}, extra_guides=extra,
+                      study=where)
     run.set_section("gaps", "Inference gaps", report.to_markdown().rstrip()
                     + f"\n\nOver {rows.describe()}. " + _GAPS_FILES, _summary_data(report),
                     provenance=prov, warnings=found, files=[*files, "gaps.json"])
@@ -216,6 +261,36 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int = 300,
                       mcmc_rows, local_steps=local_steps, warmup=mcmc_warmup,
                       samples=mcmc_samples, seed=seed, extra=extra)
     return report
+
+
+def _study(tr: Trained, guides: dict, x, kw: dict, rows: Rows, options: dict, quiet: bool):
+    """Run or resume the gap study of ``options`` in ``RUN/gap-study/<key>``.
+
+    The key hashes the options and the rows, so the same command resumes its own study. A
+    study there whose model, guides or data changed since (a retrained run) is removed and
+    started afresh. Returns the :class:`ppvae.analysis.study.GapStudy` and its directory
+    (relative to the run).
+    """
+    import hashlib
+    import json
+    import shutil
+    import sys
+
+    from ..analysis.study import StudySettingsError, gap_study, read_gap_study
+
+    labels = [int(i) for i in rows.indices]
+    key = hashlib.sha256(json.dumps({"options": options, "rows": labels, "guides": list(guides)},
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    where = f"gap-study/{key}"
+    directory = tr.run.file(where)
+    call = dict(options, rows=labels, batch_kw=kw, progress=False if quiet else None)
+    try:
+        gap_study(tr.model, guides, x, directory, **call)
+    except StudySettingsError as err:
+        print(f"starting the gap study in {directory} afresh: {err}", file=sys.stderr)
+        shutil.rmtree(directory)
+        gap_study(tr.model, guides, x, directory, **call)
+    return read_gap_study(directory), where
 
 
 _GAPS_FILES = ("Figures: `gaps.png` (mean gaps per guide, stacked; error bars: s.e. across "
@@ -236,24 +311,8 @@ def _guides(tr: Trained, names: list[str], epochs: int, quiet: bool) -> dict:
     return guides
 
 
-def _fit_local(model, guides: dict, x, kw: dict, steps: int) -> tuple[dict, list]:
-    """q* of every guide on ``x`` (:func:`ppvae.fit_local` started at the guide's output).
-
-    Returns the fitted local guides by guide name (their ``.fit`` records feed
-    ``local_vi.png``) and the seconds each took, as :func:`ppvae.gaps` times its stages.
-    """
-    from ..infer.local.vi import fit_local
-
-    fits, times = {}, []
-    for name, guide in guides.items():
-        family = GUIDES[name].local_family
-        t = time.perf_counter()
-        fits[name] = fit_local(model, x, family, guide, num_steps=steps, model_kwargs=kw)
-        times.append((f"fit_local {family} q* {name}", time.perf_counter() - t))
-    return fits, times
-
-
 def _gap_figures(run, report, fits: dict, rows: Rows) -> list[str]:
+    # fits: guide name -> its q* LocalFit
     """gaps.png, gap_histogram.png, elbo_scatter.png and local_vi.png; returns their names."""
     from ..analysis.figures import elbo_scatter, gap_bars, gap_histogram, local_vi_curves
 
@@ -261,7 +320,7 @@ def _gap_figures(run, report, fits: dict, rows: Rows) -> list[str]:
     run.save_figure(gap_bars(report, data=what), "gaps")
     run.save_figure(gap_histogram(report, data=what), "gap_histogram")
     run.save_figure(elbo_scatter(report, data=what), "elbo_scatter")
-    run.save_figure(local_vi_curves({f"{n} q*": g.fit for n, g in fits.items()}, data=what),
+    run.save_figure(local_vi_curves({f"{n} q*": f for n, f in fits.items()}, data=what),
                     "local_vi")
     return ["gaps.png", "gap_histogram.png", "elbo_scatter.png", "local_vi.png"]
 
