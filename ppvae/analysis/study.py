@@ -68,11 +68,10 @@ from ..core.modes import modules_of
 from ..core.progress import stage as progress_stage
 from ..core.records import frame, record_repr
 from ..distributed import process as ddp
-from ..distributed.sharded import block_ranges, block_rows, local_guide, main_progress
 from ..infer.ais import BDMCCertificate, ais
 from ..infer.bdmc import BDMC_GAP_MAX, bdmc
-from ..infer.local.families import FAMILIES
-from ..infer.local.vi import LocalFit, fit_local, latent_sites
+from ..infer.local.families import FAMILIES, LocalFamily
+from ..infer.local.vi import LocalFit, LocalGuide, fit_local, latent_sites
 from .gaps import infer_family, iwae_log_px, named_guides
 from .report import Estimators, GapReport, GapRow, LogPx
 
@@ -207,6 +206,35 @@ def _short(v: Any) -> str:
 
 # ------------------------------------------------------------------------------- the stages
 
+def _block_ranges(n: int, block_size: int, everyone: bool = False) -> list[tuple[int, int, int]]:
+    """``(block, start, stop)`` of this rank's blocks (a contiguous range), or of all blocks.
+
+    The split is that of :func:`ppvae.distributed.sharded.block_ranges`.
+    """
+    count = math.ceil(n / block_size)
+    lo, hi = (0, count) if everyone else ddp.shard_bounds(count)
+    return [(b, b * block_size, min(n, (b + 1) * block_size)) for b in range(lo, hi)]
+
+
+def _main_progress(progress: bool | None) -> bool | None:
+    return progress if ddp.is_main() else False
+
+
+def _rebuild_qstar(sites, family: str, params: list[dict[str, torch.Tensor]],
+                   plate: str) -> LocalGuide:
+    """A fitted q* (:class:`ppvae.LocalGuide`) from its saved per-datapoint parameters."""
+    families = []
+    for site, p in zip(sites, params, strict=True):
+        ref = p["loc"]  # [B, K]
+        layers = p["shift_weight"].shape[1] if "shift_weight" in p else 1
+        eye = torch.eye(site.size, dtype=ref.dtype, device=ref.device)
+        fam = LocalFamily(family, ref.new_zeros(1, site.size), eye[None], layers)
+        for name, t in p.items():
+            setattr(fam, name, torch.nn.Parameter(t))
+        fam.num_data = ref.shape[0]
+        families.append(fam)
+    return LocalGuide(tuple(sites), families, plate=plate)
+
 def _seed(seed: int, stage: str, index: int, block: int) -> int:
     return int(np.random.SeedSequence([seed, _CODES[stage], index, block]).generate_state(1)[0])
 
@@ -218,11 +246,11 @@ def _run_stage(directory: Path, stage: str, index: int, n: int, block_size: int,
     Each result gets its ``seconds`` and is written atomically; the caller's RNG state is
     restored; all ranks meet at a barrier at the end.
     """
-    todo = [(b, lo, hi) for b, lo, hi in block_ranges(n, block_size)
+    todo = [(b, lo, hi) for b, lo, hi in _block_ranges(n, block_size)
             if not _block_path(directory, f"{stage}.{index}", b).exists()]
     state = get_rng_state()
     try:
-        with progress_stage(main_progress(progress), f"{stage} blocks", total=len(todo),
+        with progress_stage(_main_progress(progress), f"{stage} blocks", total=len(todo),
                             unit="block") as bar:
             for b, lo, hi in todo:
                 pyro.set_rng_seed(_seed(seed, stage, index, b))
@@ -241,7 +269,7 @@ def _run_stage(directory: Path, stage: str, index: int, n: int, block_size: int,
 def _blocks(directory: Path, stage: str, index: int, n: int, block_size: int) -> list[dict]:
     """Every block of a stage, in order (``FileNotFoundError`` naming the first missing)."""
     out = []
-    for b, _, _ in block_ranges(n, block_size, 0, 1):
+    for b, _, _ in _block_ranges(n, block_size, everyone=True):
         path = _block_path(directory, f"{stage}.{index}", b)
         if not path.exists():
             raise FileNotFoundError(f"stage '{stage}' of the gap study in {directory} lacks "
@@ -267,7 +295,7 @@ class _Context(NamedTuple):
     progress: bool | None
 
     def kw(self, lo: int, hi: int) -> dict:
-        return {**self.kwargs, **block_rows(self.batch_kw, lo, hi)}
+        return {**self.kwargs, **{k: v[lo:hi] for k, v in self.batch_kw.items()}}
 
     def run(self, stage: str, index: int, fn, n: int | None = None) -> None:
         _run_stage(self.directory, stage, index, self.x.shape[0] if n is None else n,
@@ -277,7 +305,7 @@ class _Context(NamedTuple):
 def _stage_guides(c: _Context, guides: Mapping, fams: Mapping[str, str], *,
                   num_samples: int, local_steps: int, local_options: Mapping) -> None:
     """Stages 1 and 2 for every guide: ELBO[q]; q*, its convergence and ELBO[q*]."""
-    inner = main_progress(c.progress)
+    inner = _main_progress(c.progress)
     for i, (name, guide) in enumerate(guides.items()):
         def amortized(lo, hi, guide=guide):
             b = elbo(c.model, guide, c.x[lo:hi], num_samples, model_kwargs=c.kw(lo, hi),
@@ -321,14 +349,14 @@ def _qstar_rows(c: _Context, family: str, index: int, block: int, lo: int, hi: i
     saved = _read_block(_block_path(c.directory, f"qstar.{index}", block))
     sites = latent_sites(c.model, c.x[lo:lo + 1], model_kwargs=c.kw(lo, lo + 1))
     params = [{k: v.to(c.x.device) for k, v in p.items()} for p in saved["params"]]
-    return local_guide(sites, family, params, plate=saved["plate"])
+    return _rebuild_qstar(sites, family, params, saved["plate"])
 
 
 def _stage_log_px(c: _Context, guides: Mapping, fams: Mapping[str, str], log_px: Sequence[str],
                   *, iwae_options: Mapping, ais_options: Mapping, ais_init: str,
                   bdmc_data: int) -> None:
     """Stages 3 to 5: IWAE from the best q*, AIS, BDMC on simulated data."""
-    inner = main_progress(c.progress)
+    inner = _main_progress(c.progress)
     names = list(guides)
     if "iwae" in log_px:
         best = _best_qstar(c, guides)
@@ -388,6 +416,13 @@ def _check_options(log_px, fams: Mapping[str, str], ais_init: str, bdmc_data: in
     return chosen
 
 
+def _labels(rows: Sequence[int] | None, n: int) -> list[int]:
+    labels = list(range(n)) if rows is None else [int(r) for r in rows]
+    if len(labels) != n:
+        raise ValueError(f"rows has {len(labels)} labels for N = {n} datapoints")
+    return labels
+
+
 def gap_study(model, guides, x: torch.Tensor, directory: str | os.PathLike, *,
               families=None, log_px: str | Sequence[str] = ("iwae", "ais"),
               block_size: int = 100, seed: int = 0, num_samples: int = 1000,
@@ -432,7 +467,7 @@ def gap_study(model, guides, x: torch.Tensor, directory: str | os.PathLike, *,
     kwargs, batch = dict(model_kwargs or {}), dict(batch_kw or {})
     guides, families = named_guides(guides, families)
     n = int(x.shape[0])
-    first = {**kwargs, **block_rows(batch, 0, 1)}
+    first = {**kwargs, **{k: v[:1] for k, v in batch.items()}}
     for guide in guides.values():  # a broken pair: a named error first
         check_pair(model, guide, x[:1], model_kwargs=first)
     fams = {name: families.get(name) or infer_family(g, x[:1], first)
@@ -443,16 +478,13 @@ def gap_study(model, guides, x: torch.Tensor, directory: str | os.PathLike, *,
     ai = dict(ais_options or {})
     settings = _jsonable({
         "format": STUDY_FORMAT, "guides": [[k, v] for k, v in fams.items()], "num_data": n,
-        "rows": list(range(n)) if rows is None else [int(r) for r in rows],
-        "block_size": block_size, "seed": seed, "log_px": list(chosen),
-        "num_samples": num_samples, "local_steps": local_steps, "local_options": local,
-        "iwae_options": iw if "iwae" in chosen else None,
+        "rows": _labels(rows, n), "block_size": block_size, "seed": seed,
+        "log_px": list(chosen), "num_samples": num_samples, "local_steps": local_steps,
+        "local_options": local, "iwae_options": iw if "iwae" in chosen else None,
         "ais_options": ai if "ais" in chosen else None,
         "ais_init": ais_init if "ais" in chosen else None, "bdmc_data": bdmc_data,
         "fingerprint": fingerprint, "batch_kw": sorted(batch),
         **_digest(x, (model, *guides.values()), {**kwargs, **batch})})
-    if len(settings["rows"]) != n:
-        raise ValueError(f"rows has {len(settings['rows'])} labels for N = {n} datapoints")
     directory = Path(directory)
     _open_study(directory, settings)
     c = _Context(model, x, directory, block_size, seed, kwargs, batch, progress)

@@ -199,9 +199,8 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int | None = 300,
     Args:
         tr: the trained run (:func:`ppvae.app.trained.open_run`).
         guide_names: further guide families, trained on the frozen model.
-        num_data: test rows (None: all). They are a seeded random subset
-            (:func:`ppvae.app.trained.select_rows`), or the first ``num_data`` with
-            ``first_rows``; the report records their indices.
+        num_data: test rows (None: all): a seeded random subset (:func:`ppvae.app.trained.
+            select_rows`), or the first ones with ``first_rows``; the report records them.
         local_steps: per-datapoint VI steps for q*.
         num_samples: samples per ELBO.
         log_px: "iwae", "ais" or both (per datapoint the larger of the two lower bounds).
@@ -245,6 +244,23 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int | None = 300,
         x, kw = rows.take(tr.data), rows.kw(cfg, tr.data)
         study, where = _study(tr, guides, x, kw, rows, options, quiet)
         report = study.report
+    extra = _gaps_section(run, study, rows, names, seed, where, found)
+    if mcmc_points > 0:
+        pos, mcmc_rows = rows.subset(mcmc_points)
+        pos = pos.to(x.device)
+        _mcmc_section(tr, guides, x[pos], {k_: v[pos.to(v.device)] for k_, v in kw.items()},
+                      mcmc_rows, local_steps=local_steps, warmup=mcmc_warmup,
+                      samples=mcmc_samples, seed=seed, extra=extra)
+    return report
+
+
+def _gaps_section(run, study, rows: Rows, names: list[str], seed: int, where: str,
+                  found: list[str]) -> dict:
+    """Write the report's gaps section (figures, gaps.json, provenance).
+
+    Returns the extra guides' checkpoint hashes.
+    """
+    report = study.report
     files = _gap_figures(run, report, study.fits, rows)
     write_text(run.file("gaps.json"), report.to_json())
     extra = {n: (checkpoint_id(run.file(f"guide-{n}.pt")) or {}).get("sha256")
@@ -254,13 +270,7 @@ def gaps_run(tr: Trained, guide_names=(), *, num_data: int | None = 300,
     run.set_section("gaps", "Inference gaps", report.to_markdown().rstrip()
                     + f"\n\nOver {rows.describe()}. " + _GAPS_FILES, _summary_data(report),
                     provenance=prov, warnings=found, files=[*files, "gaps.json"])
-    if mcmc_points > 0:
-        pos, mcmc_rows = rows.subset(mcmc_points)
-        pos = pos.to(x.device)
-        _mcmc_section(tr, guides, x[pos], {k_: v[pos.to(v.device)] for k_, v in kw.items()},
-                      mcmc_rows, local_steps=local_steps, warmup=mcmc_warmup,
-                      samples=mcmc_samples, seed=seed, extra=extra)
-    return report
+    return extra
 
 
 def _study(tr: Trained, guides: dict, x, kw: dict, rows: Rows, options: dict, quiet: bool):

@@ -31,7 +31,7 @@ import torch
 from pyro.util import get_rng_state, set_rng_state
 
 from ..core.bounds import Bound, elbo, iwae
-from ..core.contract import DATA_PLATE, check_pair
+from ..core.contract import check_pair
 from ..core.progress import stage as progress_stage
 from ..core.weights import log_weights
 from ..infer.ais import AISResult, ais
@@ -44,7 +44,6 @@ __all__ = [
     "block_rows",
     "gather_block_meta",
     "gather_blocks",
-    "local_guide",
     "local_guide_rows",
     "main_progress",
     "map_blocks",
@@ -218,17 +217,6 @@ def _local_guide(sites, family: str, params: list[dict[str, torch.Tensor]],
     guide = LocalGuide(tuple(sites), families, plate=plate)
     guide.fit = fit
     return guide
-
-
-def local_guide(sites, family: str, params: list[dict[str, torch.Tensor]], *,
-                fit: LocalFit | None = None, plate: str = DATA_PLATE) -> LocalGuide:
-    """A :class:`LocalGuide` of ``family`` with the given per-datapoint parameters.
-
-    ``params`` has one dict per latent site (``sites``, from :func:`ppvae.infer.local.vi.
-    latent_sites`), as its families' ``named_parameters()`` give them: a fitted q* rebuilt from
-    saved tensors (:mod:`ppvae.analysis.study`).
-    """
-    return _local_guide(sites, family, params, fit, plate)
 
 
 def local_guide_rows(guide: LocalGuide, start: int, stop: int) -> LocalGuide:
