@@ -136,23 +136,22 @@ def site_log_density(site: Mapping[str, Any]) -> torch.Tensor:
 
 
 def _bernoulli_logits_log_prob(fn, value: torch.Tensor) -> torch.Tensor | None:
-    """``fn.log_prob(value)`` for ``Bernoulli(logits=...).to_event(k)``, summed before negating.
+    """``fn.log_prob(value)`` for ``Bernoulli(logits=l).to_event(k)``, as ``sum x l - softplus(l)``.
 
-    torch's ``Bernoulli.log_prob`` negates the elementwise cross-entropy, a pass over every data
-    value forwards and another backwards, before ``Independent`` sums it; negating the sum
-    instead gives the same numbers bitwise (IEEE negation is exact and rounding symmetric) for
-    a fraction of the work (about 5% of a local-VI step on MNIST). None for any other
-    distribution, for a Bernoulli built from ``probs``, or while Pyro validates (the generic
-    path then checks the value).
+    The identity ``x log sigmoid(l) + (1 - x) log sigmoid(-l) = x l - softplus(l)`` needs two
+    passes over the data values where torch's cross-entropy (its ``log_prob``) makes five and
+    negates the result in a sixth: on MNIST-sized chunks it computes the log-likelihood 2.1x
+    faster (forwards; a local-VI step, forwards and backwards, 5% faster). The values agree to
+    rounding (float64: 1e-13 relative; tested). None for any other distribution, for a
+    Bernoulli built from ``probs``, or while Pyro validates (the generic path checks the value).
     """
     if type(fn) not in _INDEPENDENT or type(fn.base_dist) not in _BERNOULLI:
         return None
     base, k = fn.base_dist, fn.reinterpreted_batch_ndims
     if fn._validate_args or base._validate_args or "logits" not in base.__dict__ or k < 1:
         return None
-    logits, value = torch.distributions.utils.broadcast_all(base.logits, value)
-    ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, value, reduction="none")
-    return -ce.reshape((*ce.shape[:-k], -1)).sum(-1)
+    logits, dims = base.logits, tuple(range(-k, 0))
+    return (logits * value).sum(dims) - torch.nn.functional.softplus(logits).sum(dims)
 
 
 def per_datapoint(lp: torch.Tensor, particle_dim: int, shape: torch.Size) -> torch.Tensor:
