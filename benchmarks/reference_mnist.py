@@ -1,14 +1,14 @@
-"""Reference inference on binarized MNIST: BDMC-certified AIS, and batched HMC vs Pyro NUTS.
+"""Reference inference on binarized MNIST: BDMC-certified AIS next to IWAE.
 
 1. Train a small VAE with ``ppvae.fit`` (or load ``--checkpoint``).
 2. BDMC (Grosse et al. 2015; Wu et al. 2017) on data simulated from the trained model, for
    schedules of increasing length, until the mean sandwich gap is under ``--target-gap`` nats.
 3. AIS with that schedule on ``--num-test`` seeded random test images: mean log p-hat(x) with
    its standard error, next to IWAE_k from the encoder, and the wall time.
-4. Effective samples per second, measured in this run on the same model and test images:
-   ``ppvae.hmc`` (all datapoints at once, [chains, datapoints] in one tensor) versus
-   ``ppvae.nuts`` (Pyro's NUTS) run on one datapoint at a time, as one would without batching.
-   ESS is ArviZ's bulk ESS, the minimum over latent coordinates, summed over datapoints.
+
+MCMC on the same model and images (batched ``ppvae.hmc`` against one joint Pyro NUTS run and a
+loop of NUTS runs) is ``benchmarks/mcmc_mnist.py``, which trains (or loads) the VAE with
+:func:`train_vae` from here.
 
 Every size is an argument, since the full run needs a GPU or a long CPU run:
 
@@ -31,7 +31,8 @@ from ppvae.infer.bdmc import simulate
 from ppvae.models import VAE
 
 
-def _train(args, train: torch.Tensor) -> VAE:
+def train_vae(args, train: torch.Tensor) -> VAE:
+    """The VAE of ``args`` loaded from ``args.checkpoint``, or trained (and saved there)."""
     vae = VAE(784, args.latent, tuple(args.hidden), name="ref_vae")
     if args.checkpoint and Path(args.checkpoint).exists():
         vae.load_state_dict(torch.load(args.checkpoint))
@@ -65,39 +66,6 @@ def _bdmc(args, vae, template: torch.Tensor) -> int:
     return chosen
 
 
-def _ess_per_datapoint(samples) -> np.ndarray:
-    diag = ppvae.diagnostics(ppvae.to_inference_data(samples))
-    return diag.ess_bulk.min(axis=1)  # [N]
-
-
-def _hmc_vs_nuts(args, vae, x: torch.Tensor) -> None:
-    n_nuts = min(args.nuts_datapoints, x.shape[0])
-    opts = dict(num_chains=args.mcmc_chains, num_warmup=args.warmup, num_samples=args.samples)
-    t = time.perf_counter()
-    res = ppvae.hmc(vae, x, num_leapfrog=args.leapfrog, **opts)
-    t_hmc = time.perf_counter() - t
-    ess_hmc = _ess_per_datapoint(res.samples)
-    t = time.perf_counter()
-    ess_nuts = []
-    for n in range(n_nuts):  # the unbatched way: one NUTS run per datapoint
-        r = ppvae.nuts(vae, x[n : n + 1], **opts)
-        ess_nuts.append(_ess_per_datapoint(r.samples))
-    t_nuts = time.perf_counter() - t
-    ess_nuts = np.concatenate(ess_nuts)
-    rate_hmc, rate_nuts = ess_hmc.sum() / t_hmc, ess_nuts.sum() / t_nuts
-    print(f"\nMCMC, {args.mcmc_chains} chains x ({args.warmup} warm-up + {args.samples} draws) "
-          "per datapoint; ESS = min bulk ESS over coordinates")
-    print("| sampler | datapoints | seconds | ESS per datapoint (median) | ESS/s |\n"
-          "|---|---|---|---|---|")
-    print(f"| ppvae.hmc (batched) | {x.shape[0]} | {t_hmc:.1f} | {np.median(ess_hmc):.0f} | "
-          f"{rate_hmc:.1f} |")
-    print(f"| ppvae.nuts per datapoint | {n_nuts} | {t_nuts:.1f} | {np.median(ess_nuts):.0f} | "
-          f"{rate_nuts:.1f} |")
-    print(f"ratio of effective samples per second, batched HMC / NUTS: "
-          f"{rate_hmc / rate_nuts:.1f}x; max R-hat (HMC) "
-          f"{ppvae.diagnostics(res.to_inference_data()).rhat.max():.3f}")
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="binarized_mnist.npz")
@@ -113,11 +81,6 @@ def main(argv=None) -> None:
     ap.add_argument("--chains", type=int, default=8, help="AIS chains per datapoint")
     ap.add_argument("--leapfrog", type=int, default=10)
     ap.add_argument("--k", type=int, default=5000, help="IWAE samples for comparison")
-    ap.add_argument("--mcmc-datapoints", type=int, default=100)
-    ap.add_argument("--nuts-datapoints", type=int, default=3)
-    ap.add_argument("--mcmc-chains", type=int, default=4)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -127,7 +90,7 @@ def main(argv=None) -> None:
     train = torch.tensor(train[: args.train_size], dtype=torch.float32)
     rng = np.random.default_rng(args.seed)  # the test set is ordered by class
     test = torch.tensor(test[rng.permutation(len(test))[: args.num_test]], dtype=torch.float32)
-    vae = _train(args, train)
+    vae = train_vae(args, train)
 
     steps = _bdmc(args, vae, test[: args.bdmc_datapoints])
     t = time.perf_counter()
@@ -139,7 +102,6 @@ def main(argv=None) -> None:
           f"{a.mean:.3f} ± {a.mean_stderr:.3f} nats in {t_ais:.1f} s "
           f"(acceptance {float(a.accept_rate.mean()):.2f}); IWAE_{args.k}: "
           f"{iw.mean:.3f} ± {iw.mean_stderr:.3f}; AIS - IWAE = {a.mean - iw.mean:.3f}")
-    _hmc_vs_nuts(args, vae, test[: args.mcmc_datapoints])
 
 
 if __name__ == "__main__":
