@@ -36,13 +36,13 @@ Inputs:
   (:mod:`ppvae.train.pyro_elbos`), each per datapoint. With no objective given, a model that
   enumerates discrete sites trains with ``TraceEnum_ELBO``; ``FitResult.objective`` says what
   trained.
-* ``optimizer``: None (Adam with ``lr``); a ``torch.optim.Optimizer`` subclass such as
-  ``torch.optim.SGD`` (called with ``lr=lr``); a factory ``params -> torch.optim.Optimizer``; a
-  ``pyro.optim`` optimizer such as ``pyro.optim.Adam({"lr": 1e-3})`` or
-  ``pyro.optim.ClippedAdam({...})`` (per-parameter arguments become parameter groups); or a
-  ``pyro.optim`` scheduler such as ``pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam,
-  "optim_args": {"lr": 1e-2}, "gamma": 0.9})`` (its optimizer, and its scheduler stepped per
-  epoch; not with ``schedule=``).
+* ``optimizer``: None (Adam with ``lr``, fused where the parameters allow); a
+  ``torch.optim.Optimizer`` subclass such as ``torch.optim.SGD`` (called with ``lr=lr``); a factory
+  ``params -> torch.optim.Optimizer``; a ``pyro.optim`` optimizer such as ``pyro.optim.Adam({"lr":
+  1e-3})`` or ``pyro.optim.ClippedAdam({...})`` (per-parameter arguments become parameter groups);
+  or a ``pyro.optim`` scheduler such as ``pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam,
+  "optim_args": {"lr": 1e-2}, "gamma": 0.9})`` (its optimizer, and its scheduler stepped per epoch;
+  not with ``schedule=``).
 
 Host syncs happen once per ``check_every`` steps and per epoch, not per step. A non-finite step
 stops training (``nan_policy="stop"``) or rolls back to the last finite state with a smaller
