@@ -38,8 +38,9 @@ Inputs:
   trained.
 * ``optimizer``: None (Adam with ``lr``, fused where the parameters allow); a
   ``torch.optim.Optimizer`` subclass such as ``torch.optim.SGD`` (called with ``lr=lr``); a factory
-  ``params -> torch.optim.Optimizer``; a ``pyro.optim`` optimizer such as ``pyro.optim.Adam({"lr":
-  1e-3})`` or ``pyro.optim.ClippedAdam({...})`` (per-parameter arguments become parameter groups);
+  ``params -> torch.optim.Optimizer``; a ``pyro.optim`` optimizer such as
+  ``pyro.optim.Adam({"lr": 1e-3})`` or ``pyro.optim.ClippedAdam({...})`` (per-parameter arguments
+  become parameter groups);
   or a ``pyro.optim`` scheduler such as ``pyro.optim.ExponentialLR({"optimizer": torch.optim.Adam,
   "optim_args": {"lr": 1e-2}, "gamma": 0.9})`` (its optimizer, and its scheduler stepped per epoch;
   not with ``schedule=``).
