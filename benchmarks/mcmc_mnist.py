@@ -4,7 +4,9 @@ The same trained VAE (``--checkpoint``: train once) and the same ``--num-test`` 
 binarized-MNIST test images; every contender runs ``--chains`` chains of ``--warmup`` warm-up
 and ``--samples`` kept iterations, on ``--threads`` threads (1 by default):
 
-* ``ppvae.hmc``: all datapoints at once, ``u [chains, datapoints, latent]`` in one tensor;
+* ``ppvae.hmc``: all datapoints at once, ``u [chains, datapoints, latent]`` in one tensor,
+  with its defaults (or ``--hmc-options``), and with its defaults before issue 21 (diagonal
+  mass matrices, 1..10 leapfrog steps);
 * joint NUTS: what a Pyro user writes, ``MCMC(NUTS(vae, adapt_mass_matrix=True,
   full_mass=False), num_chains=C).run(x)`` on all the images: one ``N * K``-dimensional
   posterior with one step size and diagonal mass matrix per chain (Pyro draws the chains one
@@ -18,7 +20,9 @@ datapoints (for the joint run, the same per-datapoint ESS of its coordinates). G
 evaluations are counted where they happen (``Potential.target_and_grad`` for ``ppvae.hmc``,
 ``pyro.ops.integrator.potential_grad`` for Pyro, warm-up included) and reported per datapoint
 and chain; "ESS per 1000 gradients" is a datapoint's ESS per 1000 gradient evaluations of its
-posterior (summed over chains), a machine-independent efficiency. Contenders run in a shuffled
+posterior (summed over chains), a machine-independent efficiency; the same for the tail ESS
+(quantiles: a sampler whose trajectories are antithetic gains bulk ESS, not tail ESS).
+Contenders run in a shuffled
 order each round; the ratios are paired per round; medians with the min-max spread.
 
     python benchmarks/mcmc_mnist.py --data binarized_mnist.npz --checkpoint vae.pt --rounds 3
@@ -47,6 +51,9 @@ from reference_mnist import train_vae
 import ppvae
 from ppvae.core.potential import Potential
 from ppvae.data.binarized_mnist import read_npz
+
+OLD = "ppvae.hmc, diagonal, 1..10 steps"  # hmc's defaults before issue 21
+OLD_OPTIONS = {"dense_mass": False, "num_leapfrog": 10}
 
 
 class _Counter:
@@ -84,20 +91,20 @@ def _diag(z: torch.Tensor):
     return ppvae.diagnostics(ppvae.to_inference_data({"z": z}))
 
 
-def _run_hmc(args, vae, x):
+def _run_hmc(args, vae, x, options=None):
     c = _Counter()
     restore = c.install()
     t = time.perf_counter()
     try:
         res = ppvae.hmc(vae, x, num_chains=args.chains, num_warmup=args.warmup,
                         num_samples=args.samples, diagnose=False, log_likelihood=False,
-                        progress=False, **args.hmc_options)
+                        progress=False, **(args.hmc_options if options is None else options))
     finally:
         restore()
     secs = time.perf_counter() - t
     d = _diag(res.samples["z"])
     grads = c.rows * np.ones(x.shape[0])  # every call moves all chains of every datapoint
-    return secs, d.ess_bulk.min(axis=1), grads, float(d.rhat.max())
+    return secs, d.ess_bulk.min(axis=1), d.ess_tail.min(axis=1), grads, float(d.rhat.max())
 
 
 def _run_joint_nuts(args, vae, x, jit=False):
@@ -120,12 +127,13 @@ def _run_joint_nuts(args, vae, x, jit=False):
     if z.dim() == 3:  # one chain
         z = z.unsqueeze(0)
     d = _diag(z)
-    return secs, d.ess_bulk.min(axis=1), c.calls * np.ones(x.shape[0]), float(d.rhat.max())
+    return (secs, d.ess_bulk.min(axis=1), d.ess_tail.min(axis=1), c.calls * np.ones(x.shape[0]),
+            float(d.rhat.max()))
 
 
 def _run_loop(args, vae, x):
     n = min(args.loop_datapoints, x.shape[0])
-    secs, ess, grads, rhat = 0.0, [], [], 0.0
+    secs, ess, tail, grads, rhat = 0.0, [], [], [], 0.0
     for i in range(n):  # the unbatched way: one NUTS run per datapoint
         c = _Counter()
         restore = c.install()
@@ -139,9 +147,10 @@ def _run_loop(args, vae, x):
         secs += time.perf_counter() - t
         d = _diag(r.samples["z"])
         ess.append(d.ess_bulk.min(axis=1))
+        tail.append(d.ess_tail.min(axis=1))
         grads.append(c.calls)
         rhat = max(rhat, float(d.rhat.max()))
-    return secs, np.concatenate(ess), np.array(grads, dtype=float), rhat
+    return secs, np.concatenate(ess), np.concatenate(tail), np.array(grads, dtype=float), rhat
 
 
 def _med(values) -> str:
@@ -155,11 +164,13 @@ def _report(args, rows: dict[str, list[dict]]) -> None:
           f"{platform.processor() or platform.machine()}, {_cpu_name()}; hmc options "
           f"{args.hmc_options or 'defaults'}; median [min-max] over rounds")
     print("| sampler | datapoints | seconds | ESS/datapoint (median) | ESS/s (per datapoint run) "
-          "| grads/datapoint | ESS per 1000 grads | max R-hat |\n|---|---|---|---|---|---|---|---|")
+          "| grads/datapoint | ESS per 1000 grads | tail ESS per 1000 grads | max R-hat |\n"
+          "|---|---|---|---|---|---|---|---|---|")
     for name, rs in rows.items():
         print(f"| {name} | {rs[0]['n']} | {_med([r['secs'] for r in rs])} | "
               f"{_med([r['ess_med'] for r in rs])} | {_med([r['rate'] for r in rs])} | "
               f"{_med([r['grads'] for r in rs])} | {_med([r['eff'] for r in rs])} | "
+              f"{_med([r['tail_eff'] for r in rs])} | "
               f"{_med([r['rhat'] for r in rs])} |")
     base = rows.get("ppvae.hmc")
     if base:
@@ -183,8 +194,8 @@ def _cpu_name() -> str:
 
 def run(args, vae, x) -> None:
     """The rounds of the comparison, printed as they finish and then summarized."""
-    contenders = {"ppvae.hmc": _run_hmc, "joint NUTS": _run_joint_nuts,
-                  "NUTS per datapoint": _run_loop}
+    contenders = {"ppvae.hmc": _run_hmc, OLD: lambda a, v, xx: _run_hmc(a, v, xx, OLD_OPTIONS),
+                  "joint NUTS": _run_joint_nuts, "NUTS per datapoint": _run_loop}
     if args.nuts_jit:
         contenders["joint NUTS (jit)"] = lambda a, v, xx: _run_joint_nuts(a, v, xx, jit=True)
     contenders = {k: v for k, v in contenders.items() if k in args.contenders}
@@ -197,7 +208,7 @@ def run(args, vae, x) -> None:
                 continue
             pyro.set_rng_seed(args.seed + rnd)
             try:
-                secs, ess, grads, rhat = contenders[name](args, vae, x)
+                secs, ess, tail, grads, rhat = contenders[name](args, vae, x)
             except RuntimeError as e:  # Pyro's jit_compile on this torch
                 print(f"round {rnd + 1} {name}: failed, {type(e).__name__}: {e}", flush=True)
                 failed.add(name)
@@ -205,10 +216,12 @@ def run(args, vae, x) -> None:
             n = len(ess)
             r = {"n": n, "secs": secs, "ess_med": float(np.median(ess)),
                  "rate": float(ess.sum() / secs), "grads": float(np.mean(grads)),
-                 "eff": float(1000 * np.mean(ess / grads)), "rhat": rhat}
+                 "eff": float(1000 * np.mean(ess / grads)),
+                 "tail_eff": float(1000 * np.mean(tail / grads)), "rhat": rhat}
             rows[name].append(r)
             print(f"round {rnd + 1} {name}: {n} datapoints in {secs:.1f} s, ESS/s "
-                  f"{r['rate']:.1f}, ESS per 1000 grads {r['eff']:.1f}, grads/datapoint "
+                  f"{r['rate']:.1f}, ESS per 1000 grads {r['eff']:.1f} (tail "
+                  f"{r['tail_eff']:.1f}), grads/datapoint "
                   f"{r['grads']:.0f}, median ESS {r['ess_med']:.0f}, max R-hat {rhat:.3f}",
                   flush=True)
     _report(args, {k: v for k, v in rows.items() if v})
@@ -232,7 +245,8 @@ def main(argv=None) -> None:
                     help="ppvae.hmc options as a Python dict literal (default: its defaults), "
                     "e.g. \"{'dense_mass': False, 'num_leapfrog': 10}\"")
     ap.add_argument("--contenders", nargs="+",
-                    default=["ppvae.hmc", "joint NUTS", "NUTS per datapoint", "joint NUTS (jit)"],
+                    default=["ppvae.hmc", OLD, "joint NUTS", "NUTS per datapoint",
+                             "joint NUTS (jit)"],
                     help="a subset of the default names")
     ap.add_argument("--nuts-jit", action="store_true",
                     help="also joint NUTS with jit_compile=True (fails on torch 2.15 with pyro "

@@ -146,7 +146,13 @@ def test_dense_mass_matches_exact_correlated_posterior(float64):
     assert bool((ev > 0.5).all() and (ev < 2.0).all()), ev
     assert torch.linalg.cond(cov) > 20
     # a whitened 2-D Gaussian at ~0.8-0.9 acceptance takes leapfrog steps of order 1
-    assert 0.4 < float(res.step_size.median()) < 2.0, res.step_size
+    eps = float(res.step_size.median())
+    assert 0.4 < eps < 2.0, res.step_size
+    # and the kept trajectories last the default trajectory_time (1.2, 2.0), rounded up to
+    # whole steps: between 1.2 and 2.0 + eps
+    t = res.n_steps.double() * eps
+    assert 1.2 <= float(t.min()) and float(t.max()) <= 2.0 + eps, (t.min(), t.max())
+    assert res.num_leapfrog == int(res.n_steps.max())
 
 
 def test_dense_mass_beats_diagonal_on_correlated_posterior(float64):
