@@ -251,6 +251,8 @@ def main(argv=None) -> None:
     ap.add_argument("--nuts-jit", action="store_true",
                     help="also joint NUTS with jit_compile=True (fails on torch 2.15 with pyro "
                     "1.9.2: 'Unsupported value kind: Tensor'; reported, then dropped)")
+    ap.add_argument("--export-npz", default=None,
+                    help="write the decoder weights and test images for mcmc_numpyro.py, exit")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
@@ -262,6 +264,12 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(args.seed)  # the test set is ordered by class
     test = torch.tensor(test[rng.permutation(len(test))[: args.num_test]], dtype=torch.float32)
     vae = train_vae(args, train)
+    if args.export_npz:
+        sd = {k: v.numpy() for k, v in vae.decoder.state_dict().items()}
+        np.savez(args.export_npz, w0=sd["0.weight"], b0=sd["0.bias"], w1=sd["2.weight"],
+                 b1=sd["2.bias"], x=test.numpy())
+        print(f"wrote {args.export_npz}")
+        return
     run(args, vae, test)
 
 
