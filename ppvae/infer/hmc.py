@@ -278,10 +278,15 @@ class _Trajectory:
     """The range of leapfrog steps each iteration draws from (uniformly, shared by all chains).
 
     A fixed ``num_leapfrog``: 1..num_leapfrog with ``jitter``, else num_leapfrog. None: an
-    integration time uniform in ``time`` for the whitened posterior the adapted metric gives,
+    integration time uniform in ``time`` (without ``jitter``, its midpoint) for the whitened
+    posterior the adapted metric gives,
     ``ceil(time / eps)`` steps with eps the median step size over the chains, read twice (the
     warm-up's only host syncs): once dual averaging has re-tuned the step size for the new
-    metric and at the end of the warm-up; before that, :data:`WARMUP_LEAPFROG` steps.
+    metric and at the end of the warm-up; before that, :data:`WARMUP_LEAPFROG` steps. For a
+    whitened Gaussian a trajectory of time T moves a coordinate's deviation from the mean by
+    cos(T): T near pi / 2 gives nearly independent draws for means and quantiles alike; longer
+    times (antithetic draws, cos(T) < 0) gained bulk ESS on the VAE's posteriors but lost tail
+    ESS and R-hat, and times near a period would not move at all.
     """
 
     def __init__(self, num_leapfrog: int | None, jitter: bool, time: tuple[float, float],
@@ -297,7 +302,9 @@ class _Trajectory:
         """The number of leapfrog steps of iteration ``it`` (step sizes ``step [C, N]``)."""
         if self.fixed is None and it in self.reads:
             eps = float(step.median())  # one sync, twice per run
-            self.lo, self.hi = (max(1, math.ceil(t / eps)) for t in self.time)
+            if math.isfinite(eps) and eps > 0:
+                times = self.time if self.jitter else (0.5 * sum(self.time),) * 2
+                self.lo, self.hi = (max(1, math.ceil(t / eps)) for t in times)
         return int(torch.randint(self.lo, self.hi + 1, ())) if self.lo < self.hi else self.lo
 
 
@@ -313,23 +320,20 @@ def hmc(model, x: torch.Tensor, *, num_chains: int = 4, num_warmup: int = 500,
 
     Warm-up: dual averaging of each chain's step size throughout; the mass matrix is set at
     75% of the warm-up from the draws in [15%, 75%) and dual averaging restarts.
-    ``dense_mass``: a dense inverse mass matrix per datapoint, the covariance of the draws of
-    all its chains (True), or each chain's diagonal of variances (False); None (default): dense
-    when a datapoint has at most :data:`DENSE_MAX_DIM` unconstrained coordinates. Dense
-    preconditioning removes the posterior's correlations: on a VAE's posteriors (binarized
-    MNIST, 10 latents) it gave 1.6x the effective samples per gradient
-    (``benchmarks/mcmc_mnist.py``).
+    ``dense_mass``: one dense inverse mass matrix per datapoint, the covariance of its chains'
+    draws (True), or each chain's diagonal of variances (False); None (default): dense for at
+    most :data:`DENSE_MAX_DIM` unconstrained coordinates per datapoint. On a VAE's posteriors
+    (binarized MNIST, 10 latents; ``benchmarks/mcmc_mnist.py``) dense gave 1.6x the effective
+    samples per gradient.
 
     Trajectories: with ``num_leapfrog`` None (default) the number of leapfrog steps follows
-    the tuned step size, so that the integration time in the metric's whitened coordinates is
-    uniform in ``trajectory_time`` (one draw per iteration, shared by all chains; see
-    :class:`_Trajectory`): long enough for nearly independent draws of a whitened posterior
-    (a quarter period is pi / 2), and jittered against periodic trajectories. On the VAE's
-    posteriors this gave another 1.4x effective samples per gradient (bulk; 1.6x tail) over
-    1..8 steps; narrower or longer ranges gained bulk ESS but lost tail ESS and R-hat
-    (antithetic, nearly periodic trajectories). An integer ``num_leapfrog``: that many steps,
-    or with ``jitter`` (default) a uniform draw in 1..``num_leapfrog`` each iteration. Chains
-    start from the prior (or ``guide``, or ``init [C, N, D]``, unconstrained).
+    the tuned step size so that the integration time in the metric's whitened coordinates is
+    uniform in ``trajectory_time`` (:class:`_Trajectory`): about a quarter period (pi / 2),
+    nearly independent draws of a whitened posterior, jittered against periodic trajectories.
+    On the VAE's posteriors: 1.35x bulk (1.55x tail) ESS per gradient over 1..8 steps. An
+    integer ``num_leapfrog``: that many steps, or with ``jitter`` (default) a uniform draw in
+    1..``num_leapfrog``. Chains start from the prior (or ``guide``, or ``init``, unconstrained).
+
     A transition is divergent when its energy error is non-finite or so large (above ~745
     nats) that its acceptance probability underflows to zero; such trajectories are rejected.
     With ``diagnose`` (default) the result carries ArviZ's R-hat, bulk/tail ESS and MCSE per
