@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # (open_run and Trained are left out: ppvae.app imports ppvae
     from .analysis.report import GapReport, GapRow, LogPx
     from .analysis.sample_quality import BernoulliMixture, SampleScore, prior_sample_score
     from .analysis.sparsity import SparsityReport, code_sparsity
+    from .analysis.study import GapStudy, StudySettingsError, gap_study, read_gap_study
     from .core.bounds import Bound, elbo, elbo_from_log_weights, iwae, iwae_from_log_weights
     from .core.contract import ContractError, PairInfo, ParticleFallbackWarning, check_pair
     from .core.diagnostic_warnings import (
@@ -140,6 +141,10 @@ _LAZY = {  # public name: the submodule (under ppvae) that defines it
     "BernoulliMixture": "analysis.sample_quality",
     "SampleScore": "analysis.sample_quality",
     "prior_sample_score": "analysis.sample_quality",
+    "gap_study": "analysis.study",
+    "read_gap_study": "analysis.study",
+    "GapStudy": "analysis.study",
+    "StudySettingsError": "analysis.study",
 }
 _SUBPACKAGES = ("analysis", "app", "core", "data", "distributed", "guides", "infer", "models",
                 "nn", "train")
@@ -167,6 +172,7 @@ __all__ = [
     "FitResult",
     "GapReport",
     "GapRow",
+    "GapStudy",
     "HMCResult",
     "ImportanceWeightWarning",
     "LatentMMD",
@@ -183,6 +189,7 @@ __all__ = [
     "Reconstruction",
     "SampleScore",
     "SparsityReport",
+    "StudySettingsError",
     "TensorBoardLogger",
     "Trained",
     "__version__",
@@ -206,6 +213,7 @@ __all__ = [
     "fix_globals",
     "gap_bars",
     "gap_histogram",
+    "gap_study",
     "gaps",
     "guide_inference_data",
     "hmc",
@@ -226,6 +234,7 @@ __all__ = [
     "ppca_mle",
     "ppca_posterior",
     "prior_sample_score",
+    "read_gap_study",
     "reconstruction_error",
     "sparsity_kl",
     "to_inference_data",

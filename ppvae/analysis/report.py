@@ -96,7 +96,10 @@ class Summary(NamedTuple):
 
 
 def _f64(t) -> torch.Tensor:
-    return torch.as_tensor(t).detach().to(device="cpu", dtype=torch.float64)
+    """``t`` as a float64 CPU tensor; a list (from JSON) is read as float64, not via float32."""
+    if isinstance(t, torch.Tensor):
+        return t.detach().to(device="cpu", dtype=torch.float64)
+    return torch.as_tensor(t, dtype=torch.float64)
 
 
 def _summary(values: torch.Tensor, se: torch.Tensor) -> Summary:
