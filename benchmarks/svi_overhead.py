@@ -25,8 +25,8 @@ from torch.nn import functional as F
 
 import ppvae
 import ppvae.core.device
-from ppvae.train.settings import default_adam
 from ppvae.models import VAE
+from ppvae.train.settings import default_adam
 
 
 def hand_written(vae: VAE, x: torch.Tensor, batch: int, steps: int) -> float:
