@@ -351,7 +351,7 @@ def _mcmc_section(tr: Trained, guides: dict, x, kw, rows: Rows, *, local_steps, 
     with record_warnings() as found:
         t0 = time.perf_counter()
         res = hmc(tr.model, x, num_chains=4, num_warmup=warmup, num_samples=samples,
-                  num_leapfrog=8, model_kwargs=kw)
+                  model_kwargs=kw)
         idata = res.to_inference_data().assign_coords(datapoint=list(test_rows))
         diag = res.diagnostics if res.diagnostics is not None else diagnostics(idata)
         seconds = time.perf_counter() - t0

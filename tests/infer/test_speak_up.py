@@ -68,7 +68,7 @@ def test_short_hmc_warns_rhat_and_ess_and_records_sampler_stats(float64):
 def test_healthy_hmc_is_silent(float64):
     data, model = _ppca()
     with _silent():
-        res = ppvae.hmc(model, data.x, num_chains=4, num_warmup=300, num_samples=400)
+        res = ppvae.hmc(model, data.x, num_chains=4, num_warmup=300, num_samples=800)
     assert res.diagnostics.max_rhat.max() <= 1.01
     assert not res.divergent.any()
 
