@@ -22,8 +22,9 @@ Rows (``--rows``, all by default):
   (the strongest Pyro code), a hand-written vectorized torch loop (the floor), and a Python loop
   of per-datapoint Pyro SVI (the weak baseline, timed on a few datapoints, per datapoint)
   (:mod:`gaps_mnist`).
-* ``mcmc``: batched HMC against one joint Pyro NUTS run and a NUTS loop
-  (``benchmarks/mcmc_mnist.py``, run there: it needs its own warm-up budget).
+* ``mcmc``: batched HMC against one joint Pyro NUTS run and a loop of per-datapoint NUTS
+  (``benchmarks/mcmc_mnist.py``'s rounds and table; about 5 minutes a round, most of it the
+  joint NUTS run).
 
     python benchmarks/fair_baselines.py --data ../shared/data/binarized_mnist.npz
 
@@ -315,25 +316,33 @@ def row_local(args, table: Table, vae: VAE, test: torch.Tensor) -> None:
                         window=10**9, gradient="reparam")
         return time.perf_counter() - t
 
+    n = x.shape[0]
     with pyro.validation_enabled(False):
         times = rounds({"fit_local": lambda: fl(x),
                         "vec": lambda: gaps_mnist.vectorized_svi(vae, x, steps, p),
-                        "hand": lambda: gaps_mnist.hand_vectorized(vae, x, steps, p)},
+                        "hand": lambda: gaps_mnist.hand_vectorized(vae, x, steps, p),
+                        # the weak baseline on m datapoints, scaled to all n (per datapoint)
+                        "loop": lambda: gaps_mnist.loop_svi(vae, x[:m], steps, p) * n / m},
                        args.rounds)
-        table.add(f"per-datapoint VI, {x.shape[0]} images, {steps} steps, {p} particles", times,
-                  "fit_local", "s", 1.0, {
-                      "fit_local": "ppvae.fit_local",
-                      "vec": "one vectorized Pyro SVI (params in the plate, decoder frozen)",
-                      "hand": "hand-written vectorized torch"})
-        loop = gaps_mnist.loop_svi(vae, x[:m], steps, p) / m  # slow: one round
-    per_datapoint = {"fit_local": [t / x.shape[0] for t in times["fit_local"]],
-                     "loop": [loop] * len(times["fit_local"])}
-    table.add(f"per-datapoint VI, per datapoint (loop timed once on {m})", per_datapoint,
-              "fit_local", "ms", 1e3, {"fit_local": "ppvae.fit_local (all rows at once)",
-                                       "loop": "Python loop of per-datapoint Pyro SVI"})
+    table.add(f"per-datapoint VI, {n} images, {steps} steps, {p} particles", times,
+              "fit_local", "s", 1.0, {
+                  "fit_local": "ppvae.fit_local",
+                  "vec": "one vectorized Pyro SVI (params in the plate, decoder frozen)",
+                  "hand": "hand-written vectorized torch",
+                  "loop": f"Python loop of per-datapoint Pyro SVI (timed on {m}, times {n}/{m})"})
 
 
-ROWS = ("svi", "epoch", "iwae", "nll", "local")
+def row_mcmc(args, table: Table) -> None:
+    """Batched HMC against one joint Pyro NUTS run and a NUTS loop: mcmc_mnist's own table."""
+    import mcmc_mnist
+
+    table.note("MCMC: the table of benchmarks/mcmc_mnist.py, printed above.")
+    mcmc_mnist.main(["--data", args.data, "--rounds", str(args.rounds),
+                     "--threads", str(args.threads)]
+                    + (["--checkpoint", args.mcmc_checkpoint] if args.mcmc_checkpoint else []))
+
+
+ROWS = ("svi", "epoch", "iwae", "nll", "local", "mcmc")
 
 
 def parse_args(argv=None):
@@ -355,6 +364,8 @@ def parse_args(argv=None):
     p.add_argument("--local-steps", type=int, default=100)
     p.add_argument("--particles", type=int, default=4)
     p.add_argument("--loop-rows", type=int, default=5)
+    p.add_argument("--mcmc-checkpoint", default=None,
+                   help="the MCMC row's VAE state dict to load or write (mcmc_mnist)")
     p.add_argument("--scratch", default="fair_baselines_scratch", help="pythae's output_dir")
     p.add_argument("--out", default=None, help="also write the table to this markdown file")
     return p.parse_args(argv)
@@ -387,7 +398,9 @@ def main(argv=None) -> None:
     if "local" in args.rows:
         row_local(args, table, train_vae(train[:10000], (500, 500), 50, args.train_epochs),
                   test)
-    table.note(f"Total {time.perf_counter() - t0:.0f} s. MCMC: benchmarks/mcmc_mnist.py.")
+    if "mcmc" in args.rows:
+        row_mcmc(args, table)
+    table.note(f"Total {time.perf_counter() - t0:.0f} s.")
     text = (f"{machine()}; {args.rounds} rounds\n\n" + "\n".join(table.lines) + "\n\n"
             + "\n".join(f"- {n}" for n in table.notes) + "\n")
     print("\n" + text)
