@@ -44,7 +44,6 @@ system all ranks share. The result equals the single-process study's for the sam
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -72,6 +71,7 @@ from ..infer.ais import BDMCCertificate, ais
 from ..infer.bdmc import BDMC_GAP_MAX, bdmc
 from ..infer.local.families import FAMILIES, LocalFamily
 from ..infer.local.vi import LocalFit, LocalGuide, fit_local, latent_sites
+from ..train.checkpoint import save_atomic
 from .gaps import infer_family, iwae_log_px, named_guides
 from .report import Estimators, GapReport, GapRow, LogPx
 
@@ -131,17 +131,7 @@ def _block_path(directory: Path, key: str, block: int) -> Path:
 
 def _write_block(path: Path, payload: dict) -> None:
     """``payload`` (CPU tensors, numbers, strings) to ``path`` atomically (temp + rename)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    save_atomic(payload, path)
 
 
 def _read_block(path: Path) -> dict:

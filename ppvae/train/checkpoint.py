@@ -44,7 +44,7 @@ import pyro
 import torch
 
 __all__ = ["FORMAT", "BestParams", "CheckpointError", "CheckpointMeta", "load_checkpoint",
-           "read_meta", "remove_stale_temps", "same_run", "save_checkpoint"]
+           "read_meta", "remove_stale_temps", "same_run", "save_atomic", "save_checkpoint"]
 
 FORMAT = "ppvae-checkpoint"
 FORMAT_VERSION = 1
@@ -119,6 +119,22 @@ def save_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor],
                            "params": {k: v.detach().cpu() for k, v in best.params.items()},
                            "buffers": [b.detach().cpu() for b in best.buffers]}
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        save_atomic(payload, path)
+    except BaseException as e:
+        if isinstance(e, OSError) and e.filename is None:  # name the file (e.g. a full disk)
+            kept = "the previous checkpoint is unchanged" if path.exists() else "none was written"
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}; {kept}") from e
+        raise
+    return path
+
+
+def save_atomic(payload: Any, path: Path) -> None:
+    """``torch.save(payload)`` to ``path`` atomically.
+
+    A temporary file in the same folder, synced to disk, then renamed over ``path``; on any
+    failure the temporary file is removed and ``path`` is as it was.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -126,13 +142,9 @@ def save_checkpoint(path: str | os.PathLike, *, params: dict[str, torch.Tensor],
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException as e:
+    except BaseException:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.filename is None:  # name the file (e.g. a full disk)
-            kept = "the previous checkpoint is unchanged" if path.exists() else "none was written"
-            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}; {kept}") from e
         raise
-    return path
 
 
 def remove_stale_temps(path: str | os.PathLike) -> list[Path]:
